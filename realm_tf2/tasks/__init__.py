@@ -1,0 +1,1 @@
+"""Model Garden Tasks for the three modes: ICT, REALM pre-training, ORQA fine-tuning."""

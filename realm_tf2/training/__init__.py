@@ -1,0 +1,1 @@
+"""Shared training-driver pieces: strategies, metrics.jsonl, progress, the Trainer and experiment runner."""

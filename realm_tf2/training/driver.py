@@ -1,0 +1,81 @@
+"""Runs a realm-tf2 experiment with Model Garden's Trainer and orbit Controller.
+
+The loop itself is Model Garden's (`official.core.train_lib.run_experiment`: orbit Controller,
+CheckpointManager, TensorBoard summaries, loss blow-up recovery). What this module adds:
+- the BERT AdamWeightDecay optimizer built from `task.optimizer` (Model Garden's factory has bias
+  correction; see `realm_tf2.optimization`),
+- `metrics.jsonl` records and a progress line (step, loss, examples/s, ETA) after every loop,
+- caller-supplied orbit actions (index refresh bookkeeping, exports) and extra metrics.
+"""
+import os
+from typing import Callable, List, Mapping, Optional, Sequence
+
+import realm_tf2  # noqa: F401
+from absl import logging
+import orbit
+import tensorflow as tf
+
+from official.core import base_trainer
+from official.core import config_definitions
+from official.core import train_lib
+from official.core import train_utils
+from official.modeling import performance
+from realm_tf2 import optimization
+from realm_tf2.training import actions as actions_lib
+from realm_tf2.training import metrics_log
+
+
+def latest_step(model_dir: str) -> int:
+  """Global step of the newest checkpoint in `model_dir`, or 0."""
+  ckpt = tf.train.latest_checkpoint(model_dir)
+  if not ckpt:
+    return 0
+  return int(train_utils.read_global_step_from_checkpoint(ckpt))
+
+
+def build_trainer(params: config_definitions.ExperimentConfig, task, strategy: tf.distribute.Strategy,
+                  model_dir: str, train: bool = True, evaluate: bool = True) -> base_trainer.Trainer:
+  """Builds model, optimizer and Model Garden Trainer inside `strategy.scope()`."""
+  with strategy.scope():
+    model = task.build_model()
+    optimizer = optimization.create_optimizer(params.task.optimizer, params.trainer.train_steps)
+    return base_trainer.Trainer(
+        params, task, model=model, optimizer=optimizer, train=train, evaluate=evaluate,
+        checkpoint_exporter=train_lib.maybe_create_best_ckpt_exporter(params, model_dir))
+
+
+def run_experiment(params: config_definitions.ExperimentConfig, task, model_dir: str, mode: str,
+                   strategy: tf.distribute.Strategy, global_batch_size: int,
+                   train_actions: Sequence[Callable] = (), eval_actions: Sequence[Callable] = (),
+                   extra_metrics_fn: Optional[Callable[[], Mapping[str, float]]] = None,
+                   trainer: Optional[base_trainer.Trainer] = None):
+  """Runs `mode` ("train", "eval", "train_and_eval") and returns `(trainer, eval_logs)`.
+
+  Args:
+    params: The experiment config (already overridden and validated).
+    task: A `realm_tf2.tasks.base.RealmBaseTask` built from `params.task`.
+    model_dir: Run directory (checkpoints, summaries, metrics.jsonl, params.yaml).
+    mode: "train", "eval" or "train_and_eval".
+    strategy: From `realm_tf2.training.strategy.get_strategy`.
+    global_batch_size: Examples per step (for examples/s).
+    train_actions / eval_actions: Extra orbit actions, called with the loop's output dict.
+    extra_metrics_fn: Returns extra scalars recorded with every train record.
+    trainer: A pre-built trainer (e.g. to let callers attach a refresher to its model first).
+  """
+  tf.io.gfile.makedirs(model_dir)
+  train_utils.serialize_config(params, model_dir)
+  if params.runtime.mixed_precision_dtype:
+    performance.set_mixed_precision_policy(params.runtime.mixed_precision_dtype)
+  trainer = trainer or build_trainer(params, task, strategy, model_dir,
+                                     train="train" in mode, evaluate="eval" in mode)
+  writer = metrics_log.MetricsJsonlWriter(model_dir, resume_step=latest_step(model_dir))
+  progress = actions_lib.TrainProgressAction(
+      writer, trainer.global_step, params.trainer.train_steps, global_batch_size,
+      extra_metrics_fn=extra_metrics_fn)
+  eval_writer = actions_lib.EvalMetricsAction(writer, trainer.global_step)
+  progress.start()
+  _, eval_logs = train_lib.run_experiment(
+      distribution_strategy=strategy, task=task, mode=mode, params=params, model_dir=model_dir,
+      train_actions=[progress, *train_actions], eval_actions=[eval_writer, *eval_actions],
+      trainer=trainer)
+  return trainer, eval_logs
