@@ -1,0 +1,1 @@
+"""REALM / ORQA Keras models, losses and train-step helpers."""
