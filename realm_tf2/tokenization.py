@@ -1,0 +1,467 @@
+"""WordPiece tokenization (TF Text) and the REALM / ORQA input packing layouts.
+
+Tokenizer choice (measured, see tests/test_tokenization.py):
+* Ids come from `tensorflow_text.BertTokenizer`, the tokenizer ORQA itself uses in-graph
+  (§3.3 Read step 2), reading `vocab.txt` through a `StaticVocabularyTable` whose file becomes a
+  SavedModel asset when the tokenizer is tracked by an exported module.
+* `FastBertTokenizer` was checked against it: on 3,000 random strings mixing Latin/accents, CJK,
+  ligatures, control and format characters it disagreed on 16, all involving U+2028/U+2029
+  (line/paragraph separators, which BertTokenizer treats as whitespace but the fast tokenizer does
+  not). So it is NOT used for ids.
+* Byte offsets into the ORIGINAL string (needed for salient-span masking, §1.3) are what
+  BertTokenizer cannot give when lower-casing changes byte lengths (accents, ß, ligatures): its
+  offsets point into the normalised text. `FastBertNormalizer.normalize_with_offsets` performs the
+  same normalisation (case fold + NFD + strip accents + control chars -> space) and returns the
+  post->pre byte mapping. We therefore normalise with it, run BertTokenizer (lower_case=False) on the
+  normalised text and map offsets back. On the same 3,000 strings this path produced ids identical to
+  plain BertTokenizer in all cases (unlike the original REALM greedy `find` alignment, which had to
+  skip any sentence whose normalisation changed its length).
+
+Packing layouts (§1.2, §3.2, §3.3) are TF ops on ragged batches with static output shapes plus NumPy
+twins for host-side code. All ids are int32.
+"""
+import realm_tf2  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow is imported)
+
+import numpy as np
+import tensorflow as tf
+import tensorflow_text as tf_text
+from tensorflow_text.python.ops import bert_tokenizer as _tf_text_bert
+
+# TF Text's BERT delimiter regexes (the same ones ORQA's bert_utils imports). Private in TF Text,
+# so they are re-exported here once; ORQA's original-token split must match BERT's split exactly.
+BERT_DELIM_REGEX = _tf_text_bert._DELIM_REGEX_PATTERN  # pylint: disable=protected-access
+BERT_KEEP_DELIM_REGEX = _tf_text_bert._KEEP_DELIM_NO_WHITESPACE_PATTERN  # pylint: disable=protected-access
+_CONTROL_REGEX = r"\p{Cc}|\p{Cf}"
+
+# Standard lengths of the original (§1.2, §3.2, §3.3).
+QUERY_SEQ_LEN = 96
+CANDIDATE_SEQ_LEN = 288
+JOINT_SEQ_LEN = 384
+ICT_QUERY_SEQ_LEN = 64
+ICT_BLOCK_SEQ_LEN = 288
+READER_SEQ_LEN = 320
+
+SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
+
+
+def load_vocab(vocab_file):
+  """Reads a vocab.txt (one token per line) via gfile. Returns the list of tokens."""
+  with tf.io.gfile.GFile(vocab_file, "r") as f:
+    tokens = [line.rstrip("\n").rstrip("\r") for line in f]
+  while tokens and not tokens[-1]:
+    tokens.pop()
+  return tokens
+
+
+def lower_case_text(text):
+  """BERT / ORQA lower-casing: case_fold_utf8, NFD, remove \\p{Mn} (works on any string tensor)."""
+  text = tf_text.case_fold_utf8(text)
+  text = tf_text.normalize_utf8(text, "NFD")
+  return tf.strings.regex_replace(text, r"\p{Mn}", "")
+
+
+class RealmTokenizer(tf.Module):
+  """BERT WordPiece tokenizer over a vocab file, usable in tf.data, tf.function and SavedModels.
+
+  Being a `tf.Module`, attaching an instance to an exported module tracks the vocabulary table, so
+  `vocab.txt` is copied into the SavedModel's assets.
+
+  Args:
+    vocab_file: path (gfile) of a WordPiece vocab, one token per line; must contain [PAD] [UNK]
+      [CLS] [SEP] [MASK].
+    do_lower_case: BERT uncased normalisation (case fold, NFD, strip accents).
+
+  Attributes:
+    cls_id, sep_id, mask_id, pad_id, unk_id: int special-token ids. vocab_size: int.
+    vocab_file, do_lower_case: as given.
+  """
+
+  def __init__(self, vocab_file, do_lower_case=True, name=None):
+    super().__init__(name=name)
+    self.vocab_file = vocab_file
+    self.do_lower_case = bool(do_lower_case)
+    vocab = load_vocab(vocab_file)
+    index = {}
+    for i, tok in enumerate(vocab):
+      index.setdefault(tok, i)
+    missing = [t for t in SPECIAL_TOKENS if t not in index]
+    if missing:
+      raise ValueError(f"vocab file {vocab_file} lacks special tokens {missing}")
+    self.vocab_size = len(vocab)
+    self.pad_id = index["[PAD]"]
+    self.unk_id = index["[UNK]"]
+    self.cls_id = index["[CLS]"]
+    self.sep_id = index["[SEP]"]
+    self.mask_id = index["[MASK]"]
+    self._vocab = vocab
+    # Lower-casing variant: the reference tokenizer for ids.
+    self._bert = tf_text.BertTokenizer(
+        vocab_file, lower_case=self.do_lower_case, token_out_type=tf.int32,
+        unknown_token="[UNK]")
+    # Offsets: normaliser with post->pre byte mapping, then the non-normalising tokenizer.
+    self._normalizer = tf_text.FastBertNormalizer(
+        lower_case_nfd_strip_accents=self.do_lower_case)
+    self._bert_no_norm = tf_text.BertTokenizer(
+        vocab_file, lower_case=False, token_out_type=tf.int32, unknown_token="[UNK]")
+    self._wordpiece = tf_text.WordpieceTokenizer(
+        vocab_file, token_out_type=tf.int32, unknown_token="[UNK]")
+
+  @property
+  def vocab(self):
+    """The vocabulary as a Python list (index = id)."""
+    return list(self._vocab)
+
+  @staticmethod
+  def _as_batch(strings):
+    strings = tf.convert_to_tensor(strings, dtype=tf.string)
+    scalar = strings.shape.rank == 0
+    if scalar:
+      strings = tf.expand_dims(strings, 0)
+    return strings, scalar
+
+  def tokenize(self, strings):
+    """Wordpiece ids, flattened per string.
+
+    Args:
+      strings: tf.string [B] (or a scalar).
+    Returns:
+      tf.RaggedTensor int32 [B, (wordpieces)] (for a scalar input: int32 [wordpieces]).
+    """
+    batch, scalar = self._as_batch(strings)
+    ids = self._bert.tokenize(batch).merge_dims(-2, -1)
+    return ids[0] if scalar else ids
+
+  def tokenize_with_offsets(self, strings):
+    """Wordpiece ids with byte offsets [start, end) into the ORIGINAL utf-8 strings.
+
+    Args:
+      strings: tf.string [B] (or a scalar).
+    Returns:
+      (ids, starts, ends): ragged int32 [B, (wp)] (1-D for a scalar input); ids equal `tokenize`.
+      starts/ends are int64 byte offsets into the input strings.
+    """
+    batch, scalar = self._as_batch(strings)
+    normalized, offsets = self._normalizer.normalize_with_offsets(batch)  # offsets [B, (len+1)]
+    ids, starts, ends = self._bert_no_norm.tokenize_with_offsets(normalized)
+    ids = ids.merge_dims(-2, -1)
+    starts = tf.gather(offsets, starts.merge_dims(-2, -1), axis=-1, batch_dims=-1)
+    ends = tf.gather(offsets, ends.merge_dims(-2, -1), axis=-1, batch_dims=-1)
+    if scalar:
+      return ids[0], starts[0], ends[0]
+    return ids, starts, ends
+
+  def tokenize_np(self, texts):
+    """Host-side convenience: list[str] -> list of np.int32 arrays of wordpiece ids."""
+    texts = list(texts)
+    if not texts:
+      return []
+    ids = self.tokenize(tf.constant(texts, dtype=tf.string))
+    return [np.asarray(x, dtype=np.int32) for x in ids.numpy()]
+
+  def tokenize_with_offsets_np(self, texts):
+    """Host-side: list[str] -> list of (ids int32 [n], starts int64 [n], ends int64 [n])."""
+    texts = list(texts)
+    if not texts:
+      return []
+    ids, starts, ends = self.tokenize_with_offsets(tf.constant(texts, dtype=tf.string))
+    return [(np.asarray(i, np.int32), np.asarray(s, np.int64), np.asarray(e, np.int64))
+            for i, s, e in zip(ids.numpy(), starts.numpy(), ends.numpy())]
+
+  def tokenize_with_original_mapping(self, strings):
+    """ORQA's `bert_utils.tokenize_with_original_mapping` (§3.3 Read step 1).
+
+    Control/format characters become spaces; the text is split with TF Text's BERT delimiter regex
+    (punctuation kept as tokens) into "original tokens"; each original token is lower-cased (if
+    do_lower_case) and WordPiece-tokenized; token_map[wp] = index of its original token.
+
+    Note: because splitting happens before lower-casing, ids can differ from `tokenize` for text whose
+    case folding removes characters (e.g. zero-width spaces), exactly as in ORQA.
+
+    Args:
+      strings: tf.string [B] (or a scalar).
+    Returns:
+      (orig_tokens ragged tf.string [B, (o)], wp_ids ragged int32 [B, (w)],
+       token_map ragged int32 [B, (w)]); 1-D / dense-ragged for a scalar input.
+    """
+    batch, scalar = self._as_batch(strings)
+    text = tf.strings.regex_replace(batch, _CONTROL_REGEX, " ")
+    orig_tokens = tf_text.regex_split(text, BERT_DELIM_REGEX, BERT_KEEP_DELIM_REGEX)  # [B, (o)]
+    normalized = lower_case_text(orig_tokens) if self.do_lower_case else orig_tokens
+    wordpieces = self._wordpiece.tokenize(normalized)  # [B, (o), (wp)]
+    wp_ids = wordpieces.merge_dims(-2, -1)  # [B, (w)]
+    # Index of the original token within its string, repeated once per wordpiece.
+    orig_index = tf.ragged.range(orig_tokens.row_lengths()).flat_values  # [total_o] int64
+    token_map = tf.RaggedTensor.from_row_splits(
+        tf.repeat(orig_index, wordpieces.values.row_lengths()), wp_ids.row_splits)  # [B, (w)]
+    token_map = tf.cast(token_map, tf.int32)
+    if scalar:
+      return orig_tokens[0], wp_ids[0], token_map[0]
+    return orig_tokens, wp_ids, token_map
+
+  def convert_ids_to_tokens(self, ids):
+    """Host-side: iterable of ints -> list of wordpiece strings."""
+    return [self._vocab[int(i)] for i in ids]
+
+
+class TokenizationInfo(tf.Module):
+  """Carries `vocab_file` (as a SavedModel asset) and `do_lower_case` into exports.
+
+  Export use: `module.tokenization_info = TokenizationInfo(vocab_file, do_lower_case)` and
+  `signatures={"tokenization_info": module.tokenization_info.__call__.get_concrete_function()}`.
+  The signature returns {"vocab_file": tf.string scalar (asset path), "do_lower_case": tf.bool scalar}.
+  """
+
+  def __init__(self, vocab_file, do_lower_case=True, name=None):
+    super().__init__(name=name)
+    self.vocab_file = tf.saved_model.Asset(vocab_file)
+    self.do_lower_case = tf.Variable(bool(do_lower_case), trainable=False, name="do_lower_case")
+
+  @tf.function(input_signature=[])
+  def __call__(self):
+    return {"vocab_file": tf.identity(self.vocab_file.asset_path),
+            "do_lower_case": tf.identity(self.do_lower_case)}
+
+
+# ---------------------------------------------------------------------------------------------
+# Packing (TF).
+# ---------------------------------------------------------------------------------------------
+
+
+def _as_ragged(x):
+  """int32 RaggedTensor [B, (n)] from a ragged or dense rank-2 tensor; also returns was_1d."""
+  if isinstance(x, tf.RaggedTensor):
+    return tf.cast(x, tf.int32), False
+  x = tf.convert_to_tensor(x)
+  if x.shape.rank == 1:
+    return tf.RaggedTensor.from_tensor(tf.cast(x[tf.newaxis], tf.int32)), True
+  return tf.RaggedTensor.from_tensor(tf.cast(x, tf.int32)), False
+
+
+def bert_pack(segments, seq_len, cls_id, sep_id):
+  """`[CLS] s0 [SEP] s1 [SEP] ...` with greedy truncation (REALM `bert_format`, §1.2).
+
+  The token budget `seq_len - 1 - len(segments)` is filled greedily: as much of s0 as fits, then of
+  s1, and so on (TF Text `WaterfallTrimmer`). segment id = index of the sequence; [CLS] gets 0 and
+  each sequence's trailing [SEP] gets its sequence's id; mask 1 on real tokens; zero padding.
+
+  Args:
+    segments: list of int ragged [B, (n_i)] (or all 1-D dense tensors for one example).
+    seq_len: output length (python int).
+    cls_id, sep_id: special ids.
+  Returns:
+    {"input_ids", "input_mask", "segment_ids"}: int32 [B, seq_len] ([seq_len] for 1-D inputs).
+  """
+  if not segments:
+    raise ValueError("bert_pack needs at least one segment")
+  budget = seq_len - 1 - len(segments)
+  if budget < 0:
+    raise ValueError(f"seq_len={seq_len} too short for {len(segments)} segments")
+  converted = [_as_ragged(s) for s in segments]
+  single = all(c[1] for c in converted)
+  rag = [c[0] for c in converted]
+  trimmed = tf_text.WaterfallTrimmer(budget).trim(rag)
+  ids, seg = tf_text.combine_segments(trimmed, start_of_sequence_id=cls_id,
+                                      end_of_segment_id=sep_id)
+  input_ids, input_mask = tf_text.pad_model_inputs(ids, max_seq_length=seq_len)
+  segment_ids, _ = tf_text.pad_model_inputs(seg, max_seq_length=seq_len)
+  out = {"input_ids": tf.cast(input_ids, tf.int32),
+         "input_mask": tf.cast(input_mask, tf.int32),
+         "segment_ids": tf.cast(segment_ids, tf.int32)}
+  if single:
+    out = {k: v[0] for k, v in out.items()}
+  return out
+
+
+def _truncate(x, n):
+  x, was_1d = _as_ragged(x)
+  x = x[:, :n]
+  return x[0] if was_1d else x
+
+
+def pack_query(query, cls_id, sep_id, seq_len=QUERY_SEQ_LEN):
+  """REALM query input `[CLS] q[:seq_len-2] [SEP]` (96), segments 0."""
+  return bert_pack([query], seq_len, cls_id, sep_id)
+
+
+def pack_candidate(title, body, cls_id, sep_id, seq_len=CANDIDATE_SEQ_LEN):
+  """Document input `[CLS] title [SEP] body [SEP]` (288); title kept first (it can eat the body)."""
+  return bert_pack([title, body], seq_len, cls_id, sep_id)
+
+
+def pack_joint(query, body, cls_id, sep_id, query_seq_len=QUERY_SEQ_LEN, seq_len=JOINT_SEQ_LEN):
+  """REALM reader input `[CLS] q[:query_seq_len-2] [SEP] body [SEP]` (384), NO title.
+
+  The query is cut to the same tokens as `pack_query(query, ..., query_seq_len)` so that
+  mlm_positions agree between the query and joint inputs; the body fills the remaining budget.
+  """
+  return bert_pack([_truncate(query, query_seq_len - 2), body], seq_len, cls_id, sep_id)
+
+
+def pack_ict_query(query, cls_id, sep_id, seq_len=ICT_QUERY_SEQ_LEN):
+  """ICT query `[CLS] q[:62] [SEP]` (64), segments all 0 (§3.2)."""
+  return bert_pack([query], seq_len, cls_id, sep_id)
+
+
+def pack_ict_block(title, block, cls_id, sep_id, seq_len=ICT_BLOCK_SEQ_LEN):
+  """ICT / ORQA block-embedding input `[CLS] title [SEP] block [SEP]` (288) (§3.2)."""
+  return bert_pack([title, block], seq_len, cls_id, sep_id)
+
+
+def pack_reader_inputs(question, block, token_map, cls_id, sep_id, seq_len=READER_SEQ_LEN):
+  """ORQA `ReaderInputs` (§3.3 Read step 4): `[CLS] question [SEP] block [SEP]`.
+
+  The question is never truncated (unless it alone exceeds seq_len-3, where ORQA's op is undefined;
+  here it is then cut to seq_len-3 and the block region is empty). The block is cut so the final
+  [SEP] is at most at position seq_len-1. A question so long that no block token fits gives an empty
+  block region.
+
+  Args:
+    question: int ragged [B, (q)] question wordpieces (or 1-D for one example).
+    block: int ragged [B, (b)] block wordpieces.
+    token_map: int ragged [B, (b)] original-token index of each block wordpiece.
+  Returns:
+    dict of int32 [B, seq_len]: input_ids, input_mask, segment_ids (0 on CLS/question/first SEP,
+    1 on block and final SEP), block_mask (1 only on block wordpieces), token_map (orig index on
+    block wordpieces, -1 elsewhere); and block_start int32 [B] = position of the first block
+    wordpiece (question length + 2). For 1-D inputs the batch dimension is dropped.
+  """
+  q, q_1d = _as_ragged(question)
+  b, b_1d = _as_ragged(block)
+  tm, _ = _as_ragged(token_map)
+  q = q[:, :seq_len - 3]
+  out = bert_pack([q, b], seq_len, cls_id, sep_id)
+  q_len = tf.cast(q.row_lengths(), tf.int32)  # [B]
+  b_len = tf.minimum(tf.cast(b.row_lengths(), tf.int32), seq_len - 3 - q_len)  # [B]
+  block_start = q_len + 2  # [B]
+  pos = tf.range(seq_len, dtype=tf.int32)[tf.newaxis, :]  # [1, T]
+  rel = pos - block_start[:, tf.newaxis]  # [B, T]
+  in_block = (rel >= 0) & (rel < b_len[:, tf.newaxis])  # [B, T]
+  tm_dense = tm.to_tensor(default_value=-1, shape=[None, seq_len])  # [B, T]
+  tm_at = tf.gather(tm_dense, tf.clip_by_value(rel, 0, seq_len - 1), batch_dims=1)  # [B, T]
+  out["block_mask"] = tf.cast(in_block, tf.int32)
+  out["token_map"] = tf.where(in_block, tm_at, -tf.ones_like(tm_at))
+  out["block_start"] = block_start
+  if q_1d and b_1d:
+    out = {k: v[0] for k, v in out.items()}
+  return out
+
+
+def find_answer_spans(input_ids, block_mask, answers, max_spans):
+  """Every occurrence of every answer's wordpiece sequence inside the block region (ORQA gold spans).
+
+  Occurrences may overlap; an occurrence counts only if all its tokens have block_mask 1. Spans are
+  returned ordered by (start, answer index); at most `max_spans` are kept (the earliest).
+
+  Args:
+    input_ids: int32 [B, T].
+    block_mask: int32 [B, T].
+    answers: int ragged [B, (A), (L)] answer wordpieces per example (or [(A), (L)] shared by all
+      rows); empty answers never match.
+    max_spans: python int.
+  Returns:
+    (starts, ends): int32 [B, max_spans] inclusive token positions, padded with -1.
+  """
+  input_ids = tf.cast(input_ids, tf.int32)
+  block_mask = tf.cast(block_mask, tf.int32)
+  batch = tf.shape(input_ids)[0]
+  seq_len = input_ids.shape[1] if input_ids.shape[1] is not None else tf.shape(input_ids)[1]
+  if not isinstance(answers, tf.RaggedTensor):
+    answers = tf.ragged.constant(answers) if not tf.is_tensor(answers) else answers
+  answers = tf.cast(answers, tf.int32)
+  if answers.shape.rank == 2:
+    answers = tf.repeat(answers[tf.newaxis], batch, axis=0) if isinstance(
+        answers, tf.RaggedTensor) else tf.repeat(answers[tf.newaxis], batch, axis=0)
+  ans = answers.to_tensor(default_value=-1)  # [B, A, L]
+  ans_len = tf.cast(answers.row_lengths(axis=-1).to_tensor(), tf.int32)  # [B, A]
+  max_len = tf.shape(ans)[2]
+  num_ans = tf.shape(ans)[1]
+  # Windows of length L starting at every position: [B, T, L]; past-the-end -> id -1, mask 0.
+  pad_ids = tf.pad(input_ids, [[0, 0], [0, max_len]], constant_values=-2)
+  pad_mask = tf.pad(block_mask, [[0, 0], [0, max_len]])
+  win_idx = tf.range(seq_len)[:, tf.newaxis] + tf.range(max_len)[tf.newaxis, :]  # [T, L]
+  win_ids = tf.gather(pad_ids, win_idx, axis=1)  # [B, T, L]
+  win_mask = tf.gather(pad_mask, win_idx, axis=1)  # [B, T, L]
+  l_range = tf.range(max_len)[tf.newaxis, tf.newaxis, :]  # [1, 1, L]
+  needed = l_range < ans_len[:, :, tf.newaxis]  # [B, A, L]
+  eq = tf.equal(win_ids[:, :, tf.newaxis, :], ans[:, tf.newaxis, :, :])  # [B, T, A, L]
+  inside = tf.equal(win_mask, 1)[:, :, tf.newaxis, :]  # [B, T, 1, L]
+  ok = (eq & inside) | ~needed[:, tf.newaxis, :, :]  # [B, T, A, L]
+  match = tf.reduce_all(ok, axis=-1) & (ans_len > 0)[:, tf.newaxis, :]  # [B, T, A]
+  flat = tf.reshape(match, [batch, -1])  # [B, T*A]
+  total = tf.shape(flat)[1]
+  # Earliest matches first: key = total - flat_index on matches, 0 elsewhere; top_k picks largest.
+  key = tf.where(flat, total - tf.range(total)[tf.newaxis, :], 0)  # [B, T*A]
+  k_avail = tf.minimum(max_spans, total)
+  top_key, _ = tf.math.top_k(key, k=k_avail)  # [B, k]
+  top_key = tf.pad(top_key, [[0, 0], [0, max_spans - k_avail]])  # [B, max_spans]
+  valid = top_key > 0
+  idx = total - top_key  # [B, max_spans]
+  starts = idx // num_ans
+  which = idx % num_ans
+  lens = tf.gather(ans_len, tf.where(valid, which, 0), batch_dims=1)  # [B, max_spans]
+  ends = starts + lens - 1
+  neg = -tf.ones_like(starts)
+  starts = tf.reshape(tf.where(valid, starts, neg), [-1, max_spans])
+  ends = tf.reshape(tf.where(valid, ends, neg), [-1, max_spans])
+  return starts, ends
+
+
+# ---------------------------------------------------------------------------------------------
+# Packing (NumPy twins for the host-side REALM pipeline). Single example, 1-D arrays.
+# ---------------------------------------------------------------------------------------------
+
+
+def bert_pack_np(segments, seq_len, cls_id, sep_id):
+  """NumPy twin of `bert_pack` for ONE example: list of 1-D int arrays -> dict of int32 [seq_len]."""
+  if not segments:
+    raise ValueError("bert_pack_np needs at least one segment")
+  budget = seq_len - 1 - len(segments)
+  if budget < 0:
+    raise ValueError(f"seq_len={seq_len} too short for {len(segments)} segments")
+  ids = [cls_id]
+  seg = [0]
+  for i, s in enumerate(segments):
+    s = np.asarray(s, dtype=np.int64).reshape(-1)[:max(budget, 0)]
+    budget -= len(s)
+    ids.extend(int(t) for t in s)
+    ids.append(sep_id)
+    seg.extend([i] * (len(s) + 1))
+  n = len(ids)
+  out = {"input_ids": np.zeros(seq_len, np.int32), "input_mask": np.zeros(seq_len, np.int32),
+         "segment_ids": np.zeros(seq_len, np.int32)}
+  out["input_ids"][:n] = ids
+  out["input_mask"][:n] = 1
+  out["segment_ids"][:n] = seg
+  return out
+
+
+def pack_query_np(query, cls_id, sep_id, seq_len=QUERY_SEQ_LEN):
+  """NumPy twin of `pack_query`."""
+  return bert_pack_np([query], seq_len, cls_id, sep_id)
+
+
+def pack_candidate_np(title, body, cls_id, sep_id, seq_len=CANDIDATE_SEQ_LEN):
+  """NumPy twin of `pack_candidate`."""
+  return bert_pack_np([title, body], seq_len, cls_id, sep_id)
+
+
+def pack_joint_np(query, body, cls_id, sep_id, query_seq_len=QUERY_SEQ_LEN, seq_len=JOINT_SEQ_LEN):
+  """NumPy twin of `pack_joint` (query cut to query_seq_len-2 first, no title)."""
+  return bert_pack_np([np.asarray(query).reshape(-1)[:query_seq_len - 2], body], seq_len,
+                      cls_id, sep_id)
+
+
+def pack_reader_inputs_np(question, block, token_map, cls_id, sep_id, seq_len=READER_SEQ_LEN):
+  """NumPy twin of `pack_reader_inputs` for one example (block_start is a python int)."""
+  q = np.asarray(question).reshape(-1)[:seq_len - 3]
+  b = np.asarray(block).reshape(-1)
+  tm = np.asarray(token_map).reshape(-1)
+  out = bert_pack_np([q, b], seq_len, cls_id, sep_id)
+  start = len(q) + 2
+  b_len = min(len(b), seq_len - 3 - len(q))
+  out["block_mask"] = np.zeros(seq_len, np.int32)
+  out["block_mask"][start:start + b_len] = 1
+  out["token_map"] = -np.ones(seq_len, np.int32)
+  out["token_map"][start:start + b_len] = tm[:b_len]
+  out["block_start"] = start
+  return out
