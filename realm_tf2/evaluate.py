@@ -1,0 +1,93 @@
+r"""Scores a QA prediction file against an ORQA-format reference file (reference §3.5).
+
+  python -m realm_tf2.evaluate --references=REF.jsonl --predictions=PRED.jsonl \
+      [--is_regex] [--answer_field=answer] [--output_file=metrics.json]
+
+REF lines: {"question": str, "answer": [str, ...]} (regular expressions with --is_regex, CuratedTrec).
+PRED lines: {"question": str, "prediction": str, ...}. Joined by the exact question string; a missing
+prediction counts as wrong; accuracy = correct / #references. Prints ONE JSON object on stdout and
+exits 0. A malformed line (bad JSON, bad UTF-8, missing/ill-typed field) is an error naming file and
+line (exit code 2); blank lines are not records and are counted in `num_blank_lines`.
+"""
+import json
+import sys
+from typing import Iterator, Tuple
+
+from absl import app
+from absl import flags
+
+import realm_tf2  # noqa: F401
+from realm_tf2.evaluation import metrics
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string("references", None, "ORQA-format reference JSONL (question + answer list).")
+flags.DEFINE_string("predictions", None, "Prediction JSONL with 'question' and 'prediction'.")
+flags.DEFINE_bool("is_regex", False, "References are regular expressions (CuratedTrec): "
+                  "re.match on the raw prediction, case-insensitive; an invalid regex never matches.")
+flags.DEFINE_enum("answer_field", "answer", list(metrics.ANSWER_FIELDS), "Reference field with the answers.")
+flags.DEFINE_string("output_file", None, "Optional: also write the JSON result here (atomically).")
+
+
+def iter_jsonl_records(path: str, blank_counter: list) -> Iterator[Tuple[str, object]]:
+  """Yields ("path:line", parsed object) for every non-blank line; raises naming file:line on bad input."""
+  import tensorflow as tf  # Lazy: keeps `--help` fast.
+  with tf.io.gfile.GFile(path, "rb") as f:
+    for line_no, raw in enumerate(f, start=1):
+      where = f"{path}:{line_no}"
+      try:
+        text = raw.decode("utf-8")
+      except UnicodeDecodeError as e:
+        raise metrics.EvaluationInputError(f"{where}: not valid UTF-8 ({e})") from None
+      if not text.strip():
+        blank_counter[0] += 1
+        continue
+      try:
+        yield where, json.loads(text)
+      except json.JSONDecodeError as e:
+        raise metrics.EvaluationInputError(f"{where}: invalid JSON ({e})") from None
+
+
+def evaluate_files(references_path: str, predictions_path: str, is_regex: bool = False,
+                   answer_field: str = "answer") -> dict:
+  """Library form of the CLI: reads both files and returns `metrics.evaluate_predictions`'s dict."""
+  import tensorflow as tf
+  for p in (references_path, predictions_path):
+    if not tf.io.gfile.exists(p):
+      raise metrics.EvaluationInputError(f"{p}: file not found")
+  blanks = [0]
+  predictions = list(iter_jsonl_records(predictions_path, blanks))
+  result = metrics.evaluate_predictions(iter_jsonl_records(references_path, blanks), predictions,
+                                        is_regex=is_regex, answer_field=answer_field)
+  result["num_blank_lines"] = blanks[0]
+  result["references"] = references_path
+  result["predictions"] = predictions_path
+  return result
+
+
+def _atomic_write_text(path: str, text: str) -> None:
+  import uuid
+  import tensorflow as tf
+  tmp = f"{path}.tmp-{uuid.uuid4().hex}"
+  with tf.io.gfile.GFile(tmp, "w") as f:
+    f.write(text)
+  tf.io.gfile.rename(tmp, path, overwrite=True)
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  if not FLAGS.references or not FLAGS.predictions:
+    raise app.UsageError("--references and --predictions are required.")
+  try:
+    result = evaluate_files(FLAGS.references, FLAGS.predictions, FLAGS.is_regex, FLAGS.answer_field)
+  except metrics.EvaluationInputError as e:
+    print(f"error: {e}", file=sys.stderr)
+    sys.exit(2)
+  line = json.dumps(result, sort_keys=True)
+  if FLAGS.output_file:
+    _atomic_write_text(FLAGS.output_file, line + "\n")
+  print(line)
+
+
+if __name__ == "__main__":
+  app.run(main)

@@ -1,0 +1,80 @@
+"""The evaluate CLI on tiny files: join semantics, JSON output, file:line errors."""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from realm_tf2 import evaluate
+from realm_tf2.evaluation import metrics
+from tests.conftest import REPO_ROOT
+
+
+def _write(path, lines):
+  with open(path, "w", encoding="utf-8") as f:
+    f.write("\n".join(lines) + "\n")
+  return str(path)
+
+
+@pytest.fixture
+def files(tmp_path):
+  ref = _write(tmp_path / "ref.jsonl", [
+      json.dumps({"question": "Who founded the Quillon Guild?", "answer": ["Varenko Dralis"]}),
+      json.dumps({"question": "When was Varenko Dralis born?", "answer": ["12 June 1875"]}),
+      json.dumps({"question": "What is the capital of Ostrelia?", "answer": ["Quillon"]}),
+      "",
+  ])
+  pred = _write(tmp_path / "pred.jsonl", [
+      json.dumps({"question": "Who founded the Quillon Guild?", "prediction": "varenko dralis", "score": 1}),
+      json.dumps({"question": "When was Varenko Dralis born?", "prediction": "1875"}),
+      json.dumps({"question": "Unrelated?", "prediction": "Quillon"}),
+  ])
+  return ref, pred
+
+
+def test_evaluate_files(files):
+  ref, pred = files
+  r = evaluate.evaluate_files(ref, pred)
+  assert r["num_correct"] == 1 and r["num_references"] == 3
+  assert r["accuracy"] == pytest.approx(1 / 3)
+  assert r["num_missing_predictions"] == 1 and r["num_unused_predictions"] == 1
+  assert r["num_blank_lines"] == 1
+
+
+def test_bad_line_names_file_and_line(tmp_path, files):
+  ref, _ = files
+  bad = _write(tmp_path / "bad.jsonl", [json.dumps({"question": "a", "prediction": "b"}), "{not json"])
+  with pytest.raises(metrics.EvaluationInputError, match=r"bad\.jsonl:2: invalid JSON"):
+    evaluate.evaluate_files(ref, bad)
+  wrong = _write(tmp_path / "wrong.jsonl", [json.dumps({"question": "a", "answer": "b"})])
+  with pytest.raises(metrics.EvaluationInputError, match=r"wrong\.jsonl:1: field 'answer'"):
+    evaluate.evaluate_files(wrong, files[1])
+  with open(tmp_path / "latin.jsonl", "wb") as f:
+    f.write(b'{"question": "caf\xe9", "prediction": "x"}\n')
+  with pytest.raises(metrics.EvaluationInputError, match=r"latin\.jsonl:1: not valid UTF-8"):
+    evaluate.evaluate_files(ref, str(tmp_path / "latin.jsonl"))
+  with pytest.raises(metrics.EvaluationInputError, match="file not found"):
+    evaluate.evaluate_files(ref, str(tmp_path / "missing.jsonl"))
+
+
+def test_cli_subprocess(tmp_path, files):
+  ref, pred = files
+  out = str(tmp_path / "m.json")
+  env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+  proc = subprocess.run([sys.executable, "-m", "realm_tf2.evaluate", f"--references={ref}",
+                         f"--predictions={pred}", f"--output_file={out}"],
+                        capture_output=True, text=True, cwd=REPO_ROOT, env=env, timeout=120)
+  assert proc.returncode == 0, proc.stderr
+  lines = [l for l in proc.stdout.splitlines() if l.strip()]
+  assert len(lines) == 1
+  result = json.loads(lines[0])
+  assert result["accuracy"] == pytest.approx(1 / 3)
+  with open(out) as f:
+    assert json.loads(f.read()) == result
+  bad = _write(tmp_path / "bad.jsonl", ["[1, 2"])
+  proc = subprocess.run([sys.executable, "-m", "realm_tf2.evaluate", f"--references={bad}",
+                         f"--predictions={pred}"], capture_output=True, text=True, cwd=REPO_ROOT,
+                        env=env, timeout=120)
+  assert proc.returncode == 2
+  assert "bad.jsonl:1: invalid JSON" in proc.stderr

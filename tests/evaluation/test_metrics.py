@@ -1,0 +1,89 @@
+"""evaluate_predictions join semantics, recall@k and reader oracle on hand-computed cases."""
+import math
+
+import numpy as np
+import pytest
+
+from realm_tf2.evaluation import metrics
+
+REFS = [
+    {"question": "q1", "answer": ["The Cat"]},
+    {"question": "q2", "answer": ["1875", "12 June 1875"]},
+    {"question": "q3", "answer": ["Quillon"]},
+    {"question": "q4", "answer": ["x"]},
+]
+
+
+def test_join_by_question_missing_is_wrong():
+  preds = [
+      {"question": "q1", "prediction": "cat."},          # correct after normalisation
+      {"question": "q2", "prediction": "12 june 1875"},  # correct (second reference)
+      {"question": "q3", "prediction": "Quilon"},        # wrong
+      {"question": "q9", "prediction": "x"},             # not a reference question
+  ]                                                      # q4: missing -> wrong
+  r = metrics.evaluate_predictions(REFS, preds)
+  assert r["num_correct"] == 2
+  assert r["num_references"] == 4
+  assert r["accuracy"] == pytest.approx(0.5)
+  assert r["num_missing_predictions"] == 1
+  assert r["num_unused_predictions"] == 1
+  assert r["num_predictions"] == 4
+
+
+def test_mapping_predictions_and_last_duplicate_wins():
+  r = metrics.evaluate_predictions(REFS, {"q4": "X"})
+  assert r["num_correct"] == 1 and r["accuracy"] == pytest.approx(0.25)
+  preds = [{"question": "q4", "prediction": "X"}, {"question": "q4", "prediction": "y"}]
+  r = metrics.evaluate_predictions(REFS, preds)
+  assert r["num_correct"] == 0 and r["num_duplicate_predictions"] == 1
+
+
+def test_regex_mode():
+  refs = [{"question": "q", "answer": ["18[0-9]{2}", "(bad"]}]
+  assert metrics.evaluate_predictions(refs, {"q": "1875 AD"}, is_regex=True)["accuracy"] == 1.0
+  assert metrics.evaluate_predictions(refs, {"q": "in 1875"}, is_regex=True)["accuracy"] == 0.0
+  # Without regex mode the pattern is a literal reference.
+  assert metrics.evaluate_predictions(refs, {"q": "1875"}, is_regex=False)["accuracy"] == 0.0
+
+
+def test_answer_field_and_errors_name_the_record():
+  refs = [{"question": "q", "answer": ["a"], "answer_and_def_correct_predictions": ["b"]}]
+  r = metrics.evaluate_predictions(refs, {"q": "b"}, answer_field="answer_and_def_correct_predictions")
+  assert r["accuracy"] == 1.0
+  with pytest.raises(metrics.EvaluationInputError, match=r"references\[0\].*'answer'.*list of strings"):
+    metrics.evaluate_predictions([{"question": "q", "answer": "a"}], {})
+  with pytest.raises(metrics.EvaluationInputError, match=r"f\.jsonl:7.*'prediction'"):
+    metrics.evaluate_predictions(REFS, [("f.jsonl:7", {"question": "q1"})])
+  assert metrics.evaluate_predictions([], {})["accuracy"] == 0.0
+
+
+def test_recall_at_k_hand_computed():
+  retrieved = [
+      ["nothing here", "Quillon is a city", "Quillon again"],  # first hit at rank 1
+      ["the cat sat", "x"],                                     # rank 0 for "cat"
+      ["CAT", "dog"],                                           # case-sensitive: no hit
+  ]
+  answers = [["Quillon"], ["cat"], ["cat"]]
+  r = metrics.recall_at_k(retrieved, answers, ks=(1, 2, 5))
+  assert r["top_1_match"] == pytest.approx(1 / 3)
+  assert r["top_2_match"] == pytest.approx(2 / 3)
+  assert r["top_5_match"] == pytest.approx(2 / 3)
+  assert r["num_questions"] == 3
+  rn = metrics.recall_at_k(retrieved, answers, ks=(1,), normalized=True)
+  assert rn["top_1_match"] == pytest.approx(2 / 3)   # "CAT" matches after normalisation
+  assert metrics.first_answer_rank(retrieved[0], answers[0]) == 1
+  assert metrics.first_answer_rank(["a"], ["b"]) == -1
+  assert math.isnan(metrics.recall_at_k([], [], ks=(5,))["top_5_match"])
+  with pytest.raises(ValueError):
+    metrics.recall_at_k([["a"]], [], ks=(1,))
+
+
+def test_reader_oracle():
+  spans = [["the Cat", "dog"], ["Quilon"], []]
+  answers = [["cat"], ["Quillon"], ["x"]]
+  assert metrics.reader_oracle(spans, answers) == pytest.approx(1 / 3)
+  correct = np.zeros([3, 5, 4], bool)
+  correct[0, 4, 2] = True     # only in the 5th block
+  correct[1, 0, 0] = True
+  assert metrics.reader_oracle_from_correct(correct) == pytest.approx(2 / 3)
+  assert metrics.reader_oracle_from_correct(correct, reader_beam_size=4) == pytest.approx(1 / 3)
