@@ -1,0 +1,266 @@
+"""ORQA open-QA model: trainable question tower + fixed block index + reader (reference §3.3).
+
+Everything in `call` is static-shape int32/float32 tensor code (no strings, no Python on values), so
+it runs under `tf.function(jit_compile=True)` and on TPU, for a batch of B >= 1 questions (the
+original ran one question per step).
+
+Differences from the original, on purpose:
+* Retrieval is exact brute force (`matmul` + `top_k` over all N block embeddings) instead of ScaNN;
+  the retriever logits are exact dot products in both (§3.3 Retrieve 4).
+* `retriever_correct` is "an answer's wordpiece sequence occurs in the block's wordpieces". The
+  original used a raw, case-sensitive substring test on the block TEXT (`HasAnswer`, §6.7), which
+  needs strings on device. Wordpiece matching is what the reader uses, so both losses now agree.
+* Block wordpieces are tokenized once on the host (`qa_pipeline.pretokenize_blocks`) instead of per
+  step from the strings; the reader packing (`ReaderInputs`, a C++ op in the original) is done here
+  with dense gathers because `tokenization.pack_reader_inputs` works on ragged tensors (not XLA).
+"""
+from typing import Dict, Mapping, Optional
+
+import numpy as np
+import realm_tf2  # noqa: F401
+import tensorflow as tf
+import tf_keras
+
+from realm_tf2 import configs
+from realm_tf2.modeling import embedder as embedder_lib
+from realm_tf2.modeling import losses
+from realm_tf2.modeling import reader as reader_lib
+
+
+class _Untracked:
+  """Holder that Keras/tf.Module do not track: the block index must not go into model checkpoints
+  (the original kept it in a local variable too; it is re-read from the retriever export)."""
+
+  def __init__(self, **kwargs):
+    self.__dict__.update(kwargs)
+
+
+def answer_match_starts(token_ids: tf.Tensor, token_valid: tf.Tensor, answer_ids: tf.Tensor,
+                        answer_len: tf.Tensor) -> tf.Tensor:
+  """Where each answer's wordpiece sequence starts inside the valid tokens.
+
+  Args:
+    token_ids: int32 [B, X, T] (X blocks per question).
+    token_valid: bool/int [B, X, T], 1 where a token may be part of an answer.
+    answer_ids: int32 [B, A, L] zero-padded answers.
+    answer_len: int32 [B, A] (0 = no answer in that slot, never matches).
+  Returns:
+    bool [B, X, T, A]: answer a occurs starting at position t (all its tokens valid).
+  """
+  max_len = answer_ids.shape[-1]
+  seq_len = token_ids.shape[-1]
+  ids = tf.pad(token_ids, [[0, 0], [0, 0], [0, max_len]], constant_values=-1)  # [B, X, T+L]
+  valid = tf.pad(tf.cast(token_valid, tf.bool), [[0, 0], [0, 0], [0, max_len]])  # [B, X, T+L]
+  match = tf.broadcast_to((answer_len > 0)[:, tf.newaxis, tf.newaxis, :],
+                          tf.concat([tf.shape(token_ids), tf.shape(answer_len)[1:]], 0))  # [B,X,T,A]
+  for l in range(max_len):  # static unroll over answer positions (L is small)
+    tok = ids[:, :, l:l + seq_len]  # [B, X, T]
+    ok = valid[:, :, l:l + seq_len]  # [B, X, T]
+    eq = tf.equal(tok[..., tf.newaxis], answer_ids[:, tf.newaxis, tf.newaxis, :, l])  # [B,X,T,A]
+    needed = (l < answer_len)[:, tf.newaxis, tf.newaxis, :]  # [B, 1, 1, A]
+    match &= (eq & ok[..., tf.newaxis]) | ~needed
+  return match
+
+
+def pack_reader_inputs_dense(question_ids, question_len, block_ids, block_len, seq_len, cls_id,
+                             sep_id) -> Dict[str, tf.Tensor]:
+  """Dense, XLA-friendly twin of `tokenization.pack_reader_inputs` (ORQA `ReaderInputs`, §3.3).
+
+  `[CLS] question [SEP] block [SEP] 0...`; the block is cut so the final [SEP] is at most at seq_len-1.
+
+  Args:
+    question_ids: int32 [B, Q]; question_len int32 [B] (question_len <= seq_len - 3).
+    block_ids: int32 [B, K, Lb]; block_len int32 [B, K].
+  Returns:
+    input_ids, input_mask, segment_ids, block_mask: int32 [B, K, seq_len]; block_start int32 [B]
+    (position of the first block wordpiece = question_len + 2).
+  """
+  num_blocks = block_ids.shape[1]
+  max_block = block_ids.shape[2]
+  pos = tf.range(seq_len, dtype=tf.int32)[tf.newaxis, tf.newaxis, :]  # [1, 1, T]
+  q_len = question_len[:, tf.newaxis, tf.newaxis]  # [B, 1, 1]
+  b_len = tf.minimum(block_len, seq_len - 3 - question_len[:, tf.newaxis])[..., tf.newaxis]  # [B,K,1]
+  block_start = q_len + 2  # [B, 1, 1]
+  q_tok = tf.pad(question_ids, [[0, 0], [1, seq_len]])[:, tf.newaxis, :seq_len]  # [B, 1, T]
+  rel = pos - block_start  # [B, 1, T], position inside the block
+  b_idx = tf.tile(tf.clip_by_value(rel, 0, max_block - 1), [1, num_blocks, 1])  # [B, K, T]
+  b_tok = tf.gather(block_ids, b_idx, batch_dims=2)  # [B, K, T]
+  is_cls = pos == 0
+  is_q = (pos >= 1) & (pos <= q_len)
+  is_sep1 = pos == q_len + 1
+  in_block = (rel >= 0) & (rel < b_len)  # [B, K, T]
+  is_sep2 = rel == b_len
+  ids = tf.where(is_cls, cls_id, 0)
+  ids = tf.where(is_q, q_tok, ids)
+  ids = tf.where(is_sep1 | is_sep2, sep_id, ids)
+  ids = tf.where(in_block, b_tok, ids)  # [B, K, T]
+  mask = (pos <= q_len + 1) | in_block | is_sep2  # [B, K, T]
+  segment = in_block | is_sep2
+  return {"input_ids": tf.cast(ids, tf.int32),
+          "input_mask": tf.cast(tf.broadcast_to(mask, tf.shape(ids)), tf.int32),
+          "segment_ids": tf.cast(tf.broadcast_to(segment, tf.shape(ids)), tf.int32),
+          "block_mask": tf.cast(tf.broadcast_to(in_block, tf.shape(ids)), tf.int32),
+          "block_start": question_len + 2}
+
+
+class OrqaModel(tf_keras.Model):
+  """Retriever (question tower) + fixed block index + reader.
+
+  Args:
+    model_config: `configs.ModelConfig` (bert, projection_size, reader_seq_len, span sizes, beams).
+    block_emb: float32 [N, D] block embeddings (fixed; `encoded.ckpt` of the retriever).
+    block_ids: int32 [N, Lb] reader wordpieces of every block (`qa_pipeline.pretokenize_blocks`).
+    block_len: int32 [N] wordpieces per block.
+    cls_id, sep_id: special ids of the vocabulary.
+    vocab_size: word-embedding rows when `model_config.bert.vocab_size` is 0.
+    retriever_beam_size: R (default from the config, capped at N).
+    reader_beam_size: K blocks read (default from the config, capped at R).
+
+  Call inputs (int32): question_ids [B, Q], question_len [B], answer_ids [B, A, L], answer_len [B, A].
+  Call outputs: see `call`.
+  Attributes: retriever (`RealmEmbedder`), reader (`OrqaReader`), num_blocks, retriever_beam_size,
+    reader_beam_size, block_emb / block_ids / block_len (non-trainable, NOT checkpointed).
+  """
+
+  def __init__(self, model_config: configs.ModelConfig, block_emb, block_ids, block_len,
+               cls_id: int, sep_id: int, vocab_size: Optional[int] = None,
+               retriever_beam_size: Optional[int] = None, reader_beam_size: Optional[int] = None,
+               name: str = "orqa", **kwargs):
+    super().__init__(name=name, **kwargs)
+    block_emb = np.asarray(block_emb, np.float32)
+    block_ids = np.asarray(block_ids, np.int32)
+    block_len = np.asarray(block_len, np.int32)
+    n = block_emb.shape[0]
+    if block_ids.shape[0] != n or block_len.shape[0] != n:
+      raise ValueError(f"block_emb has {n} rows but block_ids/block_len have "
+                       f"{block_ids.shape[0]}/{block_len.shape[0]}")
+    if block_emb.shape[1] != model_config.projection_size:
+      raise ValueError(f"block_emb width {block_emb.shape[1]} != projection_size "
+                       f"{model_config.projection_size}")
+    self.model_config = model_config
+    self.num_blocks = n
+    self.retriever_beam_size = min(retriever_beam_size or model_config.retriever_beam_size, n)
+    self.reader_beam_size = min(reader_beam_size or model_config.reader_beam_size,
+                                self.retriever_beam_size)
+    self.seq_len = model_config.reader_seq_len
+    self.cls_id = int(cls_id)
+    self.sep_id = int(sep_id)
+    self.retriever = embedder_lib.RealmEmbedder(
+        model_config.bert, projection_size=model_config.projection_size,
+        layer_norm_epsilon=model_config.embedder_layer_norm_epsilon,
+        dropout_rate=model_config.embedder_dropout_rate, vocab_size=vocab_size, name="retriever")
+    self.reader = reader_lib.OrqaReader(
+        model_config.bert, span_hidden_size=model_config.span_hidden_size,
+        max_span_width=model_config.max_span_width,
+        layer_norm_epsilon=model_config.reader_layer_norm_epsilon, seq_len=self.seq_len,
+        vocab_size=vocab_size, name="reader")
+    self._index = _Untracked(
+        block_emb=tf.Variable(block_emb, trainable=False, name="block_emb"),  # [N, D]
+        block_ids=tf.Variable(block_ids, trainable=False, name="block_ids"),  # [N, Lb]
+        block_len=tf.Variable(block_len, trainable=False, name="block_len"))  # [N]
+
+  @property
+  def block_emb(self):
+    return self._index.block_emb
+
+  @property
+  def block_ids(self):
+    return self._index.block_ids
+
+  @property
+  def block_len(self):
+    return self._index.block_len
+
+  def retriever_inputs(self, question_ids, question_len):
+    """`[CLS] q [SEP]` int32 [B, Q+2], mask 1 on real tokens, segments 0 (§2.3)."""
+    q_max = question_ids.shape[1]
+    pos = tf.range(q_max + 2, dtype=tf.int32)[tf.newaxis, :]  # [1, Q+2]
+    q_len = question_len[:, tf.newaxis]  # [B, 1]
+    q_tok = tf.pad(question_ids, [[0, 0], [1, 1]])  # [B, Q+2], question at 1..Q
+    ids = tf.where(pos == 0, self.cls_id, tf.where(pos == q_len + 1, self.sep_id, q_tok))
+    ids = tf.where(pos <= q_len + 1, ids, 0)
+    return {"input_ids": tf.cast(ids, tf.int32),
+            "input_mask": tf.cast(pos <= q_len + 1, tf.int32) + tf.zeros_like(ids),
+            "segment_ids": tf.zeros_like(ids)}
+
+  def call(self, inputs: Mapping[str, tf.Tensor], training=None) -> Dict[str, tf.Tensor]:
+    """One step of ORQA.
+
+    Returns dict:
+      retrieved_ids int32 [B, R]; retriever_logits float32 [B, R] (exact, gradient to the question
+      tower only); retriever_correct bool [B, R]; reader_inputs (dict of [B, K, T]); block_start [B];
+      reader_logits float32 [B, K, S] (span logits + retriever logit of the block);
+      reader_correct bool [B, K, S]; starts/ends int32 [S].
+    """
+    question_ids = tf.cast(inputs["question_ids"], tf.int32)  # [B, Q]
+    question_len = tf.cast(inputs["question_len"], tf.int32)  # [B]
+    answer_ids = tf.cast(inputs["answer_ids"], tf.int32)  # [B, A, L]
+    answer_len = tf.cast(inputs["answer_len"], tf.int32)  # [B, A]
+    num_read = self.reader_beam_size
+
+    # Retrieve.
+    question_emb = self.retriever(self.retriever_inputs(question_ids, question_len),
+                                  training=training)  # [B, D]
+    block_emb = tf.convert_to_tensor(self.block_emb)  # [N, D]
+    all_scores = tf.matmul(tf.stop_gradient(question_emb), block_emb, transpose_b=True)  # [B, N]
+    _, retrieved_ids = tf.math.top_k(all_scores, k=self.retriever_beam_size)  # [B, R]
+    retrieved_emb = tf.gather(block_emb, retrieved_ids)  # [B, R, D]
+    retriever_logits = tf.einsum("bd,brd->br", question_emb, retrieved_emb)  # [B, R]
+
+    # Retriever correctness: answer wordpieces occur in the block.
+    block_ids = tf.gather(self.block_ids, retrieved_ids)  # [B, R, Lb]
+    block_len = tf.gather(self.block_len, retrieved_ids)  # [B, R]
+    block_valid = tf.range(block_ids.shape[-1])[tf.newaxis, tf.newaxis, :] < block_len[..., None]
+    retriever_correct = tf.reduce_any(
+        answer_match_starts(block_ids, block_valid, answer_ids, answer_len), axis=[2, 3])  # [B, R]
+
+    # Read the top K.
+    packed = pack_reader_inputs_dense(question_ids, question_len, block_ids[:, :num_read],
+                                      block_len[:, :num_read], self.seq_len, self.cls_id,
+                                      self.sep_id)  # each [B, K, T]
+    flat = {k: tf.reshape(packed[k], [-1, self.seq_len])
+            for k in ("input_ids", "input_mask", "segment_ids", "block_mask")}  # [B*K, T]
+    reader_out = self.reader(flat, training=training)
+    starts, ends = reader_out["starts"], reader_out["ends"]  # [S]
+    num_spans = starts.shape[0]
+    span_logits = tf.reshape(reader_out["logits"], [-1, num_read, num_spans])  # [B, K, S]
+    reader_logits = losses.add_retriever_scores(span_logits, retriever_logits[:, :num_read])
+
+    # Reader correctness: span == an occurrence of an answer inside the block region.
+    match = answer_match_starts(packed["input_ids"], packed["block_mask"], answer_ids,
+                                answer_len)  # [B, K, T, A]
+    match_at_start = tf.gather(match, starts, axis=2)  # [B, K, S, A]
+    width = (ends - starts + 1)[tf.newaxis, tf.newaxis, :, tf.newaxis]  # [1, 1, S, 1]
+    len_ok = tf.equal(width, answer_len[:, tf.newaxis, tf.newaxis, :])  # [B, 1, S, A]
+    reader_correct = tf.reduce_any(match_at_start & len_ok, axis=-1)  # [B, K, S]
+
+    return {"retrieved_ids": retrieved_ids, "retriever_logits": retriever_logits,
+            "retriever_correct": retriever_correct, "reader_inputs": packed,
+            "block_start": packed["block_start"], "reader_logits": reader_logits,
+            "reader_correct": reader_correct, "starts": starts, "ends": ends}
+
+
+def predictions(outputs: Mapping[str, tf.Tensor]) -> Dict[str, tf.Tensor]:
+  """Global argmax over (block, span) of `reader_logits` (§3.3 Prediction).
+
+  Returns:
+    pred_block int32 [B] (index into the K read blocks), pred_block_id int32 [B] (corpus row),
+    pred_start/pred_end int32 [B] (positions in the packed reader input), pred_score float32 [B],
+    exact_match bool [B] (token-level: reader_correct at the prediction), reader_oracle bool [B].
+  """
+  logits = outputs["reader_logits"]  # [B, K, S]
+  num_spans = logits.shape[-1]
+  flat = tf.reshape(logits, [tf.shape(logits)[0], -1])  # [B, K*S]
+  best = tf.argmax(flat, axis=-1, output_type=tf.int32)  # [B]
+  block = best // num_spans
+  span = best % num_spans
+  correct = tf.reshape(outputs["reader_correct"], tf.shape(flat))  # [B, K*S]
+  return {
+      "pred_block": block,
+      "pred_block_id": tf.gather(outputs["retrieved_ids"], block, batch_dims=1),
+      "pred_start": tf.gather(outputs["starts"], span),
+      "pred_end": tf.gather(outputs["ends"], span),
+      "pred_score": tf.reduce_max(flat, axis=-1),
+      "exact_match": tf.gather(correct, best, batch_dims=1),
+      "reader_oracle": tf.reduce_any(correct, axis=-1),
+  }
