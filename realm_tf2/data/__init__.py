@@ -1,1 +1,1 @@
-"""tf.data pipelines and the on-disk corpus formats."""
+"""tf.data input pipelines: REALM pre-training (`pretrain_pipeline`), ICT (`ict_pipeline`), ORQA QA."""
