@@ -65,7 +65,9 @@ def _process_chunk(blocker, docs):
       counters.add("documents_blocked")
     for b in blocks:
       ex = cf.orqa_example(b.title_ids, b.token_ids, b.sentence_starts, b.uid)
-      out.append((b.text.encode("utf-8"), b.title.encode("utf-8"), ex.SerializeToString()))
+      # deterministic=True: proto map order would otherwise differ between processes.
+      out.append((b.text.encode("utf-8"), b.title.encode("utf-8"),
+                  ex.SerializeToString(deterministic=True)))
   return out, counters
 
 
@@ -77,7 +79,7 @@ def _realm_records(tmp_paths):
   for i, (text, title, ser) in enumerate(zip(blocks, titles, examples)):
     ex = cf._example_to_py(ser, cf.ORQA_EXAMPLE_FEATURES)  # pylint: disable=protected-access
     yield cf.realm_example(title, text, ex["title_ids"], ex["token_ids"], ex["doc_uid"],
-                           i).SerializeToString()
+                           i).SerializeToString(deterministic=True)
 
 
 def build_knowledge_corpus(input_pattern, vocab_file, output_dir, num_shards=8, do_lower_case=True,

@@ -109,7 +109,8 @@ def _record(state, title, text, sentence_spans, uid, counters):
   n = 2 * len(sentence_spans)
   sent_b = list(zip(offsets[0:n:2], offsets[1:n:2]))
   span_b = list(zip(offsets[n::2], offsets[n + 1::2]))
-  return cf.pretrain_example(title, text, sent_b, span_b, uid).SerializeToString()
+  ex = cf.pretrain_example(title, text, sent_b, span_b, uid)
+  return ex.SerializeToString(deterministic=True)  # byte-identical across processes/runs
 
 
 def _process_chunk(state, docs):
