@@ -1,0 +1,255 @@
+"""Embeds every block of the retrieval corpus -> `block_emb` float32 [N, 128] -> `encoded/encoded.ckpt`.
+
+Input layout is the document layout of §1.2: `[CLS] title [SEP] body [SEP]`, at most 288, title kept
+first (`tokenization.bert_pack`). Blocks are **bucketed by packed length** (default 64/128/192/288) so a
+short block is not padded to 288 — transformer cost is ~linear-to-quadratic in T, so on a corpus of
+mostly short blocks this is several times faster. Each bucket is one tf.data pipeline with static
+shapes ([global_batch, bucket_len], last batch padded with a repeated row and flagged invalid, as the
+original padded with doc 0); rows are scattered back so the result is in corpus order.
+
+The embedder is a `RealmEmbedder` (any callable model on the three inputs) or an exported embedder
+SavedModel (path or loaded object, `projected` signature). Runs under an optional tf.distribute strategy.
+"""
+import realm_tf2  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow is imported)
+
+import os
+import time
+import uuid
+
+from absl import logging
+import numpy as np
+import tensorflow as tf
+
+from realm_tf2 import tokenization
+from realm_tf2.retrieval import index as index_lib
+
+DEFAULT_BUCKETS = (64, 128, 192, 288)
+ENCODED_SUBDIR = "encoded"
+ENCODED_CKPT_NAME = "encoded.ckpt"
+
+
+def make_embed_fn(embedder):
+  """Returns fn(features dict of int32 [B, T]) -> float32 [B, D] for an embedder of any kind.
+
+  Args:
+    embedder: a Keras model (e.g. `RealmEmbedder`), an export path (str), or a loaded SavedModel with a
+      `projected` signature.
+  """
+  if isinstance(embedder, str):
+    embedder = tf.saved_model.load(embedder)
+  signatures = getattr(embedder, "signatures", None)
+  if signatures is not None and "projected" in signatures:
+    projected = signatures["projected"]
+    return lambda f: projected(input_ids=f["input_ids"], input_mask=f["input_mask"],
+                               segment_ids=f["segment_ids"])["default"]
+  if callable(embedder):
+    return lambda f: tf.cast(embedder(f, training=False), tf.float32)
+  raise TypeError(f"cannot embed with {type(embedder).__name__}: need a Keras model or an embedder "
+                  "SavedModel with a 'projected' signature")
+
+
+def special_ids_from_embedder(embedder):
+  """(cls_id, sep_id) from an embedder export's `tokenization_info` vocab (path or loaded object)."""
+  if isinstance(embedder, str):
+    embedder = tf.saved_model.load(embedder)
+  info = embedder.signatures["tokenization_info"]()
+  return special_ids_from_vocab(info["vocab_file"].numpy().decode("utf-8"))
+
+
+def special_ids_from_vocab(vocab_file):
+  vocab = {t: i for i, t in enumerate(tokenization.load_vocab(vocab_file))}
+  missing = [t for t in ("[CLS]", "[SEP]") if t not in vocab]
+  if missing:
+    raise ValueError(f"{vocab_file}: vocab lacks {missing}")
+  return vocab["[CLS]"], vocab["[SEP]"]
+
+
+def packed_lengths(store, seq_len=tokenization.CANDIDATE_SEQ_LEN):
+  """int64 [N]: length of `[CLS] title [SEP] body [SEP]` after greedy truncation to seq_len."""
+  return np.minimum(store.title_lengths() + store.body_lengths(), seq_len - 3) + 3
+
+
+def assign_buckets(lengths, buckets):
+  """int [N] index into `buckets` (sorted lengths) of the smallest bucket >= length."""
+  buckets = np.asarray(sorted(buckets))
+  if lengths.size and lengths.max() > buckets[-1]:
+    raise ValueError(f"length {lengths.max()} exceeds the largest bucket {buckets[-1]}")
+  return np.searchsorted(buckets, lengths, side="left")
+
+
+def _batch_plan(which, buckets, global_batch):
+  """[(bucket_len, rows int64 [global_batch], valid bool [global_batch])] covering every row once."""
+  plan = []
+  for bi, bucket_len in enumerate(buckets):
+    rows = np.nonzero(which == bi)[0].astype(np.int64)
+    if not len(rows):
+      continue
+    padded = int(np.ceil(len(rows) / global_batch)) * global_batch
+    # The last batch is padded with a repeated row flagged invalid (static batch shape for TPU).
+    row_ids = np.concatenate([rows, np.full(padded - len(rows), rows[0], np.int64)])  # [padded]
+    valid = np.arange(padded) < len(rows)  # [padded]
+    for s in range(0, padded, global_batch):
+      plan.append((int(bucket_len), row_ids[s:s + global_batch], valid[s:s + global_batch]))
+  return plan
+
+
+def _dataset(store, plan, global_batch, cls_id, sep_id, seq_len):
+  """tf.data over the batch plan -> (features int32 [B, bucket_len], rows int32 [B], valid bool [B]).
+
+  One pipeline for all buckets (the map is traced once; the bucket length is data).
+  """
+
+  def gen():
+    # Host side only slices the flat arrays; packing happens in the tf.data graph (bert_pack).
+    for bucket_len, r, v in plan:
+      t = [store.title(i) for i in r]
+      b = [store.body(i) for i in r]
+      yield (np.concatenate(t), np.array([len(x) for x in t], np.int64),
+             np.concatenate(b), np.array([len(x) for x in b], np.int64), r, v, bucket_len)
+
+  sig = (tf.TensorSpec([None], tf.int32), tf.TensorSpec([global_batch], tf.int64),
+         tf.TensorSpec([None], tf.int32), tf.TensorSpec([global_batch], tf.int64),
+         tf.TensorSpec([global_batch], tf.int64), tf.TensorSpec([global_batch], tf.bool),
+         tf.TensorSpec([], tf.int32))
+
+  def pack(t_flat, t_len, b_flat, b_len, r, v, bucket_len):
+    title = tf.RaggedTensor.from_row_lengths(t_flat, t_len)  # [B, (t)]
+    body = tf.RaggedTensor.from_row_lengths(b_flat, b_len)  # [B, (b)]
+    # Truncate as at seq_len (title first), then keep only the bucket's length (all rows fit in it).
+    feats = tokenization.bert_pack([title, body], seq_len, cls_id, sep_id)  # [B, seq_len]
+    feats = {k: x[:, :bucket_len] for k, x in feats.items()}  # [B, bucket_len]
+    return feats, tf.cast(r, tf.int32), v
+
+  ds = tf.data.Dataset.from_generator(gen, output_signature=sig)
+  ds = ds.map(pack, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+  return ds.prefetch(2)
+
+
+def embed_blocks(store, embedder, cls_id, sep_id, batch_size=128,
+                 seq_len=tokenization.CANDIDATE_SEQ_LEN, buckets=DEFAULT_BUCKETS, strategy=None,
+                 stats=None):
+  """Embeds all blocks of `store`.
+
+  Args:
+    store: `BlockStore` (N blocks).
+    embedder: see `make_embed_fn`.
+    cls_id, sep_id: special token ids.
+    batch_size: Global batch (rounded up to a multiple of the replica count).
+    seq_len: Candidate length (288); also the truncation length.
+    buckets: Padded lengths; the largest must be >= seq_len's packed lengths. `(seq_len,)` disables
+      bucketing.
+    strategy: Optional tf.distribute strategy; the embed step runs in `strategy.run`.
+    stats: Optional dict, filled with blocks, seconds, blocks_per_sec, per-bucket counts.
+
+  Returns:
+    float32 [N, D] in corpus order.
+  """
+  start = time.time()
+  n = store.num_blocks
+  if n == 0:
+    raise ValueError("cannot embed an empty retrieval corpus")
+  buckets = tuple(sorted(b for b in buckets if b < seq_len)) + (seq_len,)
+  replicas = strategy.num_replicas_in_sync if strategy is not None else 1
+  global_batch = int(np.ceil(batch_size / replicas)) * replicas
+  embed_fn = make_embed_fn(embedder)
+  lengths = packed_lengths(store, seq_len)
+  which = assign_buckets(lengths, buckets)
+
+  if strategy is None:
+    # One trace for every bucket on CPU/GPU (dynamic T); under a strategy (TPU) each bucket length
+    # is traced/compiled once with static shapes.
+    spec = {k: tf.TensorSpec([global_batch, None], tf.int32)
+            for k in ("input_ids", "input_mask", "segment_ids")}
+    step = tf.function(lambda f: embed_fn(f), input_signature=[spec])
+  else:
+    @tf.function
+    def step(dist_feats, dist_rows):
+      out = strategy.run(embed_fn, args=(dist_feats,))  # per replica [B/R, D]
+      return strategy.gather(out, axis=0), strategy.gather(dist_rows, axis=0)
+
+  out = None
+  filled = np.zeros(n, np.int64)
+  per_bucket = {int(b): int(np.sum(which == i)) for i, b in enumerate(buckets)}
+  ds = _dataset(store, _batch_plan(which, buckets, global_batch), global_batch, cls_id, sep_id,
+                seq_len)
+  if strategy is None:
+    for feats, r, v in ds:
+      emb = step(feats).numpy()  # [B, D]
+      r, v = r.numpy(), v.numpy()
+      out = _scatter(out, n, emb[v], r[v], filled)
+  else:
+    # Rows travel with the features (-1 = padding) so each replica's slice stays aligned.
+    ds = ds.map(lambda f, r, v: (f, tf.where(v, r, -1)))
+    for feats, r in strategy.experimental_distribute_dataset(ds):
+      emb, rows_g = step(feats, r)
+      emb, rows_g = emb.numpy(), rows_g.numpy()  # [B, D], [B]
+      keep = rows_g >= 0
+      out = _scatter(out, n, emb[keep], rows_g[keep], filled)
+  if out is None or np.any(filled != 1):
+    bad = np.nonzero(filled != 1)[0]
+    raise RuntimeError(f"embedding covered {np.sum(filled == 1)} of {n} blocks exactly once; "
+                       f"first bad rows {bad[:5].tolist()}")
+  if stats is not None:
+    secs = time.time() - start
+    stats.update(blocks=n, seconds=secs, blocks_per_sec=n / max(secs, 1e-9), buckets=per_bucket)
+  return out
+
+
+def _scatter(out, n, emb, rows, filled):
+  if out is None:
+    out = np.zeros([n, emb.shape[1]], np.float32)
+  out[rows] = emb
+  np.add.at(filled, rows, 1)
+  return out
+
+
+def write_encoded(parent_dir, block_emb, expected_rows=None):
+  """Writes `parent_dir/encoded/encoded.ckpt` (key `block_emb`) atomically; returns the prefix.
+
+  Staged in `parent_dir/.tmp-encoded-<uuid>/` and renamed to `parent_dir/encoded`.
+
+  Args:
+    parent_dir: Usually an embedder export dir (`.../embedder`).
+    block_emb: float32 [N, D].
+    expected_rows: If given, N must equal it (the retrieval corpus size).
+  """
+  block_emb = np.asarray(block_emb, np.float32)
+  if expected_rows is not None and block_emb.shape[0] != expected_rows:
+    raise ValueError(f"block_emb has {block_emb.shape[0]} rows but the corpus has {expected_rows}")
+  target = os.path.join(parent_dir, ENCODED_SUBDIR)
+  staging = os.path.join(parent_dir, f".tmp-{ENCODED_SUBDIR}-{uuid.uuid4().hex}")
+  tf.io.gfile.makedirs(staging)
+  try:
+    index_lib.write_block_emb_checkpoint(os.path.join(staging, ENCODED_CKPT_NAME), block_emb)
+    if tf.io.gfile.exists(target):
+      tf.io.gfile.rmtree(target)
+    tf.io.gfile.rename(staging, target, overwrite=True)
+  finally:
+    if tf.io.gfile.exists(staging):
+      tf.io.gfile.rmtree(staging)
+  return os.path.join(target, ENCODED_CKPT_NAME)
+
+
+def encoded_path(parent_dir):
+  """`parent_dir/encoded/encoded.ckpt`."""
+  return os.path.join(parent_dir, ENCODED_SUBDIR, ENCODED_CKPT_NAME)
+
+
+def embed_corpus(store, embedder, output_dir, cls_id=None, sep_id=None, vocab_file=None, **kwargs):
+  """Embeds the corpus and writes `output_dir/encoded/encoded.ckpt`; returns (prefix, block_emb).
+
+  Special ids come from `cls_id/sep_id`, else `vocab_file`, else the export's `tokenization_info`.
+  `store` is a `BlockStore` or a retrieval-corpus glob. kwargs go to `embed_blocks`.
+  """
+  from realm_tf2.retrieval import block_store as block_store_lib  # pylint: disable=g-import-not-at-top
+  if isinstance(store, str):
+    store = block_store_lib.BlockStore.from_retrieval_corpus(store)
+  if isinstance(embedder, str):
+    embedder = tf.saved_model.load(embedder)
+  if cls_id is None or sep_id is None:
+    cls_id, sep_id = (special_ids_from_vocab(vocab_file) if vocab_file
+                      else special_ids_from_embedder(embedder))
+  emb = embed_blocks(store, embedder, cls_id, sep_id, **kwargs)
+  prefix = write_encoded(output_dir, emb, expected_rows=store.num_blocks)
+  logging.info("wrote %s: block_emb %s", prefix, emb.shape)
+  return prefix, emb

@@ -1,0 +1,81 @@
+"""embed_corpus: bucketing, corpus order, strategy, encoded.ckpt contract, SavedModel embedder."""
+import realm_tf2  # noqa: F401
+
+import os
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from realm_tf2 import tokenization
+from realm_tf2.retrieval import block_store as block_store_lib
+from realm_tf2.retrieval import embed_corpus
+from tests.retrieval import helpers
+
+
+def _reference(store, embedder):
+  """Embeds each block one by one at full length 288 with the NumPy packer."""
+  feats = [tokenization.pack_candidate_np(store.title(i), store.body(i), helpers.CLS_ID,
+                                          helpers.SEP_ID) for i in range(store.num_blocks)]
+  batch = {k: tf.constant(np.stack([f[k] for f in feats])) for k in feats[0]}
+  return embedder(batch, training=False).numpy()
+
+
+@pytest.fixture(scope="module")
+def setup():
+  titles, bodies = helpers.random_blocks(19, seed=3)
+  store = block_store_lib.BlockStore.from_arrays(titles, bodies)
+  embedder = helpers.tiny_embedder()
+  return store, embedder, _reference(store, embedder)
+
+
+def test_buckets_and_lengths():
+  store = block_store_lib.BlockStore.from_arrays([[5] * 2, [], [5] * 10],
+                                                 [[6] * 50, [6] * 62, [6] * 400])
+  lengths = embed_corpus.packed_lengths(store)
+  np.testing.assert_array_equal(lengths, [55, 65, 288])
+  np.testing.assert_array_equal(embed_corpus.assign_buckets(lengths, (64, 128, 192, 288)), [0, 1, 3])
+
+
+def test_embed_blocks_matches_unbucketed_reference_in_corpus_order(setup):
+  store, embedder, want = setup
+  stats = {}
+  got = embed_corpus.embed_blocks(store, embedder, helpers.CLS_ID, helpers.SEP_ID, batch_size=4,
+                                  stats=stats)
+  assert got.shape == (19, 8) and got.dtype == np.float32
+  np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+  assert sum(stats["buckets"].values()) == 19 and len([v for v in stats["buckets"].values() if v]) >= 3
+
+
+def test_embed_blocks_under_mirrored_strategy(setup):
+  if len(tf.config.list_logical_devices("CPU")) < 2:
+    pytest.skip("needs 2 virtual CPUs")
+  store, embedder, want = setup
+  strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+  got = embed_corpus.embed_blocks(store, embedder, helpers.CLS_ID, helpers.SEP_ID, batch_size=6,
+                                  strategy=strategy, buckets=(128, 288))
+  np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+
+
+def test_write_encoded_contract_and_row_check(tmp_path):
+  emb = np.arange(12, dtype=np.float32).reshape(3, 4)
+  prefix = embed_corpus.write_encoded(str(tmp_path / "embedder"), emb, expected_rows=3)
+  assert prefix == str(tmp_path / "embedder" / "encoded" / "encoded.ckpt")
+  np.testing.assert_array_equal(tf.train.load_checkpoint(prefix).get_tensor("block_emb"), emb)
+  assert [p for p in os.listdir(tmp_path / "embedder")] == ["encoded"]
+  with pytest.raises(ValueError, match="corpus has 4"):
+    embed_corpus.write_encoded(str(tmp_path / "embedder"), emb, expected_rows=4)
+
+
+def test_embed_corpus_from_saved_model_export(setup, tmp_path, tiny_vocab_file):
+  from realm_tf2.export import embedder_export
+  store, embedder, want = setup
+  titles = [store.title(i) for i in range(store.num_blocks)]
+  bodies = [store.body(i) for i in range(store.num_blocks)]
+  pattern = helpers.write_corpus(str(tmp_path / "corpus"), titles, bodies, num_shards=2)
+  export_dir = embedder_export.export_embedder(embedder, tiny_vocab_file, True,
+                                               str(tmp_path / "export" / "7" / "embedder"))
+  prefix, emb = embed_corpus.embed_corpus(pattern, export_dir, export_dir, batch_size=8)
+  np.testing.assert_allclose(emb, want, rtol=1e-4, atol=1e-4)
+  np.testing.assert_allclose(tf.train.load_checkpoint(prefix).get_tensor("block_emb"), want,
+                             rtol=1e-4, atol=1e-4)
