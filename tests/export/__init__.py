@@ -1,0 +1,1 @@
+"""Tests of realm_tf2.export."""
