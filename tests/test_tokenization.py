@@ -64,6 +64,9 @@ def test_offsets_are_bytes_of_the_original_string(tok):
   assert ends.to_list()[0] == [1, 2, 3, 5, 10, 11, 12]
   # ß -> "ss" changes the length; later words still align to the original bytes.
   assert ids.to_list()[1] == [110, 142, 141, 89, 83, 83, 90, 19, 41]
+  # Both pieces of the expansion map to the whole original "ß" (bytes 4..6), never an empty range.
+  assert starts.to_list()[1] == [0, 1, 2, 3, 4, 4, 6, 8, 11]
+  assert ends.to_list()[1] == [1, 2, 3, 4, 6, 6, 7, 10, 16]
   raw = "Stra\u00dfe in Paris".encode("utf-8")
   assert raw[starts.to_list()[1][-1]:ends.to_list()[1][-1]] == b"Paris"
   assert raw[starts.to_list()[1][-2]:ends.to_list()[1][-2]] == b"in"
@@ -78,8 +81,17 @@ def test_offsets_are_bytes_of_the_original_string(tok):
 
 def test_offsets_ids_equal_tokenize_on_mixed_unicode(tok):
   texts = ["\u00c9COLE d\u0301e \ufb01", "a\u200bb\tc\nJune\u2028MAY", "\u4e2d x \U0001d400bc", "  "]
-  ids, _, _ = tok.tokenize_with_offsets(tf.constant(texts))
+  ids, starts, ends = tok.tokenize_with_offsets(tf.constant(texts))
   assert ids.to_list() == tok.tokenize(tf.constant(texts)).to_list()
+  # "\u00c9COLE d\u0301e \ufb01": É is 2 bytes, the combining acute stays with d, the ligature
+  # (3 bytes) yields f + ##i, both spanning it.
+  assert ids.to_list()[0] == [96, 129, 91, 137, 90, 95, 90, 97, 134]
+  assert starts.to_list()[0] == [0, 2, 3, 4, 5, 7, 10, 12, 12]
+  assert ends.to_list()[0] == [2, 3, 4, 5, 6, 10, 11, 15, 15]
+  # Scalar input (as used inside tf.data map) -> 1-D results.
+  i1, s1, e1 = tok.tokenize_with_offsets(tf.constant("in Paris"))
+  assert (i1.numpy().tolist(), s1.numpy().tolist(), e1.numpy().tolist()) == (
+      [19, 41], [0, 3], [2, 8])
 
 
 def test_original_mapping_punctuation(tok):
@@ -290,3 +302,15 @@ def test_find_answer_spans():
   s2, e2 = T.find_answer_spans(pack["input_ids"], pack["block_mask"], answers, max_spans=2)
   assert s2.numpy().tolist()[0] == [3, 4] and e2.numpy().tolist()[0] == [4, 4]
   assert s2.shape.as_list() == [2, 2]
+
+
+def test_greedy_trim_matches_tf_text_waterfall_trimmer():
+  import tensorflow_text as tf_text
+  rng = np.random.RandomState(1)
+  segs = [_ragged([rng.randint(5, 99, size=rng.randint(0, 9)).tolist() for _ in range(7)])
+          for _ in range(3)]
+  for budget in (0, 3, 7, 12, 30):
+    ours = T._greedy_trim(segs, budget)  # pylint: disable=protected-access
+    ref = tf_text.WaterfallTrimmer(budget).trim(segs)
+    for a, b in zip(ours, ref):
+      assert a.to_list() == b.to_list(), budget
