@@ -37,18 +37,22 @@ from realm_tf2 import io_utils
 from realm_tf2.data import corpus_format as cf
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("input", None, "Input file(s): glob or comma-separated list (JSONL, "
-                    "WikiExtractor --json, or .txt one document per line).")
-flags.DEFINE_enum("input_format", "auto", list(common.INPUT_FORMATS), "Input format.")
-flags.DEFINE_string("vocab_file", None, "WordPiece vocab (one token per line).")
-flags.DEFINE_bool("do_lower_case", True, "BERT uncased normalisation.")
-flags.DEFINE_string("output_dir", None, "Output directory (local or gs://).")
-flags.DEFINE_integer("num_shards", 8, "Number of REALM retrieval-corpus shards.")
-flags.DEFINE_integer("max_block_length", 288, "Max wordpieces of [CLS] title [SEP] block [SEP].")
-flags.DEFINE_bool("skip_bad_lines", False, "Count and skip invalid lines instead of failing.")
-flags.DEFINE_bool("title_filter", True, "Drop List of / Index of / Outline of / disambiguation.")
-flags.DEFINE_integer("num_workers", common.default_num_workers(), "Worker processes (<=1: in-process).")
-flags.DEFINE_integer("chunk_size", 64, "Documents per work chunk.")
+
+
+def define_flags():
+  """Defines the CLI flags (only when run as a script, so data_prep modules import together)."""
+  flags.DEFINE_string("input", None, "Input file(s): glob or comma-separated list (JSONL, "
+                      "WikiExtractor --json, or .txt one document per line).")
+  flags.DEFINE_enum("input_format", "auto", list(common.INPUT_FORMATS), "Input format.")
+  flags.DEFINE_string("vocab_file", None, "WordPiece vocab (one token per line).")
+  flags.DEFINE_bool("do_lower_case", True, "BERT uncased normalisation.")
+  flags.DEFINE_string("output_dir", None, "Output directory (local or gs://).")
+  flags.DEFINE_integer("num_shards", 8, "Number of REALM retrieval-corpus shards.")
+  flags.DEFINE_integer("max_block_length", 288, "Max wordpieces of [CLS] title [SEP] block [SEP].")
+  flags.DEFINE_bool("skip_bad_lines", False, "Count and skip invalid lines instead of failing.")
+  flags.DEFINE_bool("title_filter", True, "Drop List of / Index of / Outline of / disambiguation.")
+  flags.DEFINE_integer("num_workers", common.default_num_workers(), "Worker processes (<=1: in-process).")
+  flags.DEFINE_integer("chunk_size", 64, "Documents per work chunk.")
 
 
 def _init_worker(vocab_file, do_lower_case, max_block_length):
@@ -140,5 +144,6 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  define_flags()
   flags.mark_flags_as_required(["input", "vocab_file", "output_dir"])
   app.run(main)

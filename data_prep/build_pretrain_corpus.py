@@ -40,21 +40,25 @@ from realm_tf2 import io_utils
 from realm_tf2.data import corpus_format as cf
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("input", None, "Input file(s): glob or comma list (JSONL/WikiExtractor/.txt).")
-flags.DEFINE_enum("input_format", "auto", list(common.INPUT_FORMATS), "Input format.")
-flags.DEFINE_string("output_dir", None, "Output directory (local or gs://).")
-flags.DEFINE_integer("num_shards", 8, "Number of output shards.")
-flags.DEFINE_enum("tagger", "builtin", list(span_tagger.TAGGERS), "Salient span tagger.")
-flags.DEFINE_enum("masking", "salient", ["salient", "random"],
-                  "salient: tagger spans; random: one random 1-3 word span per sentence (ablation).")
-flags.DEFINE_string("knowledge_corpus_dir", None, "Optional build_knowledge_corpus output built "
-                    "from the same input: records become its blocks, doc_uid = block uid.")
-flags.DEFINE_bool("title_filter", False, "Apply ORQA's title filter (always on, as recorded in "
-                  "corpus_info.json, with --knowledge_corpus_dir).")
-flags.DEFINE_bool("skip_bad_lines", False, "Count and skip invalid lines instead of failing.")
-flags.DEFINE_integer("seed", 0, "Seed of --masking=random.")
-flags.DEFINE_integer("num_workers", common.default_num_workers(), "Worker processes (<=1: in-process).")
-flags.DEFINE_integer("chunk_size", 64, "Documents per work chunk.")
+
+
+def define_flags():
+  """Defines the CLI flags (only when run as a script, so data_prep modules import together)."""
+  flags.DEFINE_string("input", None, "Input file(s): glob or comma list (JSONL/WikiExtractor/.txt).")
+  flags.DEFINE_enum("input_format", "auto", list(common.INPUT_FORMATS), "Input format.")
+  flags.DEFINE_string("output_dir", None, "Output directory (local or gs://).")
+  flags.DEFINE_integer("num_shards", 8, "Number of output shards.")
+  flags.DEFINE_enum("tagger", "builtin", list(span_tagger.TAGGERS), "Salient span tagger.")
+  flags.DEFINE_enum("masking", "salient", ["salient", "random"],
+                    "salient: tagger spans; random: one random 1-3 word span per sentence (ablation).")
+  flags.DEFINE_string("knowledge_corpus_dir", None, "Optional build_knowledge_corpus output built "
+                      "from the same input: records become its blocks, doc_uid = block uid.")
+  flags.DEFINE_bool("title_filter", False, "Apply ORQA's title filter (always on, as recorded in "
+                    "corpus_info.json, with --knowledge_corpus_dir).")
+  flags.DEFINE_bool("skip_bad_lines", False, "Count and skip invalid lines instead of failing.")
+  flags.DEFINE_integer("seed", 0, "Seed of --masking=random.")
+  flags.DEFINE_integer("num_workers", common.default_num_workers(), "Worker processes (<=1: in-process).")
+  flags.DEFINE_integer("chunk_size", 64, "Documents per work chunk.")
 
 _WORD_RE = re.compile(r"\w+", re.UNICODE)
 
@@ -196,5 +200,6 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  define_flags()
   flags.mark_flags_as_required(["input", "output_dir"])
   app.run(main)

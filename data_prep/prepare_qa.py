@@ -43,14 +43,18 @@ REGEX_DATASETS = ("CuratedTrec",)
 REGEX_FLAGS = re.IGNORECASE | re.UNICODE | re.MULTILINE
 
 FLAGS = flags.FLAGS
-flags.DEFINE_enum("dataset_name", None, list(DATASETS), "Dataset name (output file prefix).")
-flags.DEFINE_string("input_dir", None, "Directory with {Name}-train.* and {Name}-test.* files.")
-flags.DEFINE_string("train_file", None, "Explicit train JSONL (overrides --input_dir).")
-flags.DEFINE_string("test_file", None, "Explicit test JSONL (overrides --input_dir).")
-flags.DEFINE_string("output_dir", None, "Output directory (data_root).")
-flags.DEFINE_bool("skip_bad_lines", False, "Count and skip invalid lines instead of failing.")
-flags.DEFINE_integer("num_buckets", 100000, "Hash buckets of the resplit (original: 100000).")
-flags.DEFINE_integer("dev_modulus", 10, "bucket % dev_modulus == 0 → dev (original: 10).")
+
+
+def define_flags():
+  """Defines the CLI flags (only when run as a script, so data_prep modules import together)."""
+  flags.DEFINE_enum("dataset_name", None, list(DATASETS), "Dataset name (output file prefix).")
+  flags.DEFINE_string("input_dir", None, "Directory with {Name}-train.* and {Name}-test.* files.")
+  flags.DEFINE_string("train_file", None, "Explicit train JSONL (overrides --input_dir).")
+  flags.DEFINE_string("test_file", None, "Explicit test JSONL (overrides --input_dir).")
+  flags.DEFINE_string("output_dir", None, "Output directory (data_root).")
+  flags.DEFINE_bool("skip_bad_lines", False, "Count and skip invalid lines instead of failing.")
+  flags.DEFINE_integer("num_buckets", 100000, "Hash buckets of the resplit (original: 100000).")
+  flags.DEFINE_integer("dev_modulus", 10, "bucket % dev_modulus == 0 → dev (original: 10).")
 
 _WS = re.compile(r"\s+", re.UNICODE)
 
@@ -189,5 +193,6 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  define_flags()
   flags.mark_flags_as_required(["dataset_name", "output_dir"])
   app.run(main)
