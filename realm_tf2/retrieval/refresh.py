@@ -1,0 +1,161 @@
+r"""Standalone document-index refresher (the original `realm/refresh_doc_embeds.py`, §1.7).
+
+Watches `model_dir/export/<step>/embedder` (embedder exports written by the trainer), and for each new
+newest export writes a versioned snapshot
+
+  model_dir/export/encoded/<step>/embedder/...                 copy of the embedder export
+  model_dir/export/encoded/<step>/embedder/encoded/encoded.ckpt  block_emb float32 [N, 128]
+
+staged in `model_dir/export/encoded/.tmp-<step>-<uuid>/` and renamed into place when complete, so
+readers (`IndexRefresher(mode="external")`) never see a partial snapshot. Keeps the newest
+`--keep` snapshots. Exits when `model_dir/TRAINING_DONE` exists (after a last check), or after one
+refresh with `--once`.
+
+Differences from the original: the trainer's export is copied, not moved (the trainer's own
+`export/<step>` stays intact); polling sleeps (`--poll_interval_secs`) instead of busy-waiting; blocks are
+embedded in length buckets.
+
+  python -m realm_tf2.retrieval.refresh --model_dir=gs://b/run --retrieval_corpus='gs://b/corpus/blocks-*'
+"""
+import realm_tf2  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow is imported)
+
+import json
+import os
+import sys
+import time
+import uuid
+
+from absl import app
+from absl import flags
+from absl import logging
+import tensorflow as tf
+
+from realm_tf2.retrieval import block_store as block_store_lib
+from realm_tf2.retrieval import embed_corpus
+from realm_tf2.retrieval import refresher as refresher_lib
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string("model_dir", None, "Training run directory (watches model_dir/export/<step>/embedder).")
+flags.DEFINE_string("retrieval_corpus", None, "Glob of the GZIP TFRecord retrieval-corpus shards.")
+flags.DEFINE_integer("batch_size", 128, "Global embedding batch size (original predict_batch_size 256).")
+flags.DEFINE_list("buckets", ["64", "128", "192", "288"], "Padded lengths of the length buckets.")
+flags.DEFINE_integer("candidate_seq_len", 288, "Document input length [CLS] title [SEP] body [SEP].")
+flags.DEFINE_integer("keep", 3, "Keep the newest N snapshots in model_dir/export/encoded.")
+flags.DEFINE_float("poll_interval_secs", 30.0, "Sleep between polls when there is no new export.")
+flags.DEFINE_integer("start_at_step", 0, "Ignore exports of earlier steps.")
+flags.DEFINE_bool("once", False, "Refresh from the newest export once (waiting for one) and exit.")
+flags.DEFINE_float("max_wait_secs", 0.0, "With --once: give up after this long without an export "
+                   "(0 = wait forever).")
+flags.DEFINE_string("distribution_strategy", "off", "off | one_device | mirrored | tpu.")
+flags.DEFINE_string("tpu", "", "TPU name/address for --distribution_strategy=tpu.")
+
+ENCODED_SUBDIR = "encoded"
+DONE_FILE = "TRAINING_DONE"
+
+
+def copy_tree(src, dst):
+  """Recursive gfile copy (SavedModel directories; gs:// works)."""
+  for root, _, files in tf.io.gfile.walk(src):
+    rel = os.path.relpath(root, src)
+    target = dst if rel == "." else os.path.join(dst, rel)
+    tf.io.gfile.makedirs(target)
+    for name in files:
+      tf.io.gfile.copy(os.path.join(root, name), os.path.join(target, name), overwrite=True)
+
+
+def encoded_root(model_dir):
+  return os.path.join(model_dir, "export", ENCODED_SUBDIR)
+
+
+def newest_export(model_dir, after_step):
+  """(step, embedder_dir) of the newest complete `export/<step>/embedder` newer than after_step."""
+  found = refresher_lib.list_step_dirs(os.path.join(model_dir, "export"),
+                                       required=os.path.join("embedder", "saved_model.pb"))
+  found = [(s, os.path.join(p, "embedder")) for s, p in found if s > after_step]
+  return found[-1] if found else None
+
+
+def refresh_once(model_dir, store, step, embedder_dir, batch_size=128, buckets=(64, 128, 192, 288),
+                 seq_len=288, strategy=None, keep=3):
+  """Writes `export/encoded/<step>` for the embedder export at `embedder_dir`; returns (dir, stats)."""
+  root = encoded_root(model_dir)
+  final = os.path.join(root, str(step))
+  staging = os.path.join(root, f".tmp-{step}-{uuid.uuid4().hex}")
+  stats = {}
+  try:
+    staged_embedder = os.path.join(staging, "embedder")
+    copy_tree(embedder_dir, staged_embedder)
+    loaded = tf.saved_model.load(staged_embedder)
+    cls_id, sep_id = embed_corpus.special_ids_from_embedder(loaded)
+    if strategy is not None:
+      with strategy.scope():
+        loaded = tf.saved_model.load(staged_embedder)
+    emb = embed_corpus.embed_blocks(store, loaded, cls_id, sep_id, batch_size=batch_size,
+                                    buckets=buckets, seq_len=seq_len, strategy=strategy, stats=stats)
+    embed_corpus.write_encoded(staged_embedder, emb, expected_rows=store.num_blocks)
+    with tf.io.gfile.GFile(os.path.join(staging, "global_step.txt"), "w") as f:
+      f.write(f"{step}\n")
+    if tf.io.gfile.exists(final):
+      tf.io.gfile.rmtree(final)
+    tf.io.gfile.rename(staging, final)
+  finally:
+    if tf.io.gfile.exists(staging):
+      tf.io.gfile.rmtree(staging)
+  refresher_lib.prune_step_dirs(root, keep)
+  return final, stats
+
+
+def main(argv):
+  del argv
+  if not FLAGS.model_dir or not FLAGS.retrieval_corpus:
+    raise app.UsageError("--model_dir and --retrieval_corpus are required")
+  strategy = None
+  if FLAGS.distribution_strategy not in ("off", ""):
+    from realm_tf2.training import strategy as strategy_lib  # pylint: disable=g-import-not-at-top
+    strategy = strategy_lib.get_strategy(FLAGS.distribution_strategy, tpu=FLAGS.tpu)
+  store = block_store_lib.BlockStore.from_retrieval_corpus(FLAGS.retrieval_corpus)
+  logging.info("retrieval corpus: %d blocks, %.1f MB", store.num_blocks, store.nbytes / 1e6)
+  buckets = tuple(int(b) for b in FLAGS.buckets)
+  last = FLAGS.start_at_step - 1
+  existing = refresher_lib.list_step_dirs(encoded_root(FLAGS.model_dir))
+  if existing:
+    last = max(last, existing[-1][0])  # resume: never redo a snapshot that exists
+  failures = 0
+  started = time.time()
+  while True:
+    done = tf.io.gfile.exists(os.path.join(FLAGS.model_dir, DONE_FILE))
+    found = newest_export(FLAGS.model_dir, last)
+    if found is not None:
+      step, embedder_dir = found
+      last = step
+      try:
+        path, stats = refresh_once(FLAGS.model_dir, store, step, embedder_dir, FLAGS.batch_size,
+                                   buckets, FLAGS.candidate_seq_len, strategy, FLAGS.keep)
+        print(json.dumps({"step": step, "snapshot": path, "blocks": stats["blocks"],
+                          "blocks_per_sec": round(stats["blocks_per_sec"], 2),
+                          "seconds": round(stats["seconds"], 2)}), flush=True)
+        if FLAGS.once:
+          return 0
+      except Exception as e:  # pylint: disable=broad-except  (keep serving older snapshots)
+        failures += 1
+        logging.exception("refresh of step %d from %s failed (%d failures)", step, embedder_dir,
+                          failures)
+        if FLAGS.once:
+          return 1
+      continue
+    if done:
+      logging.info("%s exists; exiting after %d failures", DONE_FILE, failures)
+      return 0
+    if FLAGS.once and FLAGS.max_wait_secs and time.time() - started > FLAGS.max_wait_secs:
+      logging.error("no export under %s/export after %.0fs", FLAGS.model_dir, FLAGS.max_wait_secs)
+      return 1
+    time.sleep(FLAGS.poll_interval_secs)
+
+
+def run():
+  flags.mark_flags_as_required(["model_dir", "retrieval_corpus"])
+  app.run(lambda argv: sys.exit(main(argv)))
+
+
+if __name__ == "__main__":
+  run()

@@ -1,0 +1,62 @@
+"""Standalone refresher: export -> versioned encoded snapshot -> IndexRefresher(external) loads it."""
+import realm_tf2  # noqa: F401
+
+import os
+
+from absl import flags
+import numpy as np
+import tensorflow as tf
+
+from realm_tf2 import tokenization
+from realm_tf2.retrieval import refresh
+from realm_tf2.retrieval import refresher as refresher_lib
+from tests.retrieval import helpers
+
+
+def _run(argv):
+  flags.FLAGS.unparse_flags()
+  flags.FLAGS(["refresh"] + argv)
+  try:
+    return refresh.main([])
+  finally:
+    flags.FLAGS.unparse_flags()
+
+
+def test_refresh_once_then_external_refresher(tmp_path, tiny_vocab_file):
+  from realm_tf2.export import embedder_export
+  model_dir = str(tmp_path / "run")
+  titles, bodies = helpers.random_blocks(9, seed=5, max_body=200)
+  pattern = helpers.write_corpus(str(tmp_path / "corpus"), titles, bodies, num_shards=2)
+  embedder = helpers.tiny_embedder(seed=1)
+  embedder_export.export_embedder(embedder, tiny_vocab_file, True,
+                                  os.path.join(model_dir, "export", "3", "embedder"))
+  # An incomplete export (no saved_model.pb) with a higher step is ignored.
+  tf.io.gfile.makedirs(os.path.join(model_dir, "export", "8", "embedder"))
+  common = [f"--model_dir={model_dir}", f"--retrieval_corpus={pattern}", "--batch_size=4",
+            "--poll_interval_secs=0.05"]
+  assert _run(common + ["--once", "--keep=2"]) == 0
+  snap = os.path.join(model_dir, "export", "encoded", "3")
+  assert sorted(os.listdir(os.path.join(model_dir, "export", "encoded"))) == ["3"]
+  assert open(os.path.join(snap, "global_step.txt")).read().strip() == "3"
+  emb = tf.train.load_checkpoint(
+      os.path.join(snap, "embedder", "encoded", "encoded.ckpt")).get_tensor("block_emb")
+  feats = [tokenization.pack_candidate_np(t, b, helpers.CLS_ID, helpers.SEP_ID)
+           for t, b in zip(titles, bodies)]
+  want = embedder({k: tf.constant(np.stack([f[k] for f in feats])) for k in feats[0]},
+                  training=False).numpy()
+  np.testing.assert_allclose(emb, want, rtol=1e-4, atol=1e-4)
+  # The copied export still works as an embedder SavedModel.
+  loaded = tf.saved_model.load(os.path.join(snap, "embedder"))
+  assert "projected" in loaded.signatures
+
+  # The training process picks the snapshot up in external mode and retrieves with it.
+  holder = refresher_lib.IndexHolder()
+  r = refresher_lib.IndexRefresher(holder, model_dir, mode="external")
+  assert r.poll_once() and holder.get().step == 3
+  queries = np.random.default_rng(0).normal(size=(4, emb.shape[1])).astype(np.float32)
+  ids, _ = holder.get().index.search(queries, 3)
+  np.testing.assert_array_equal(ids, np.argsort(-(queries @ emb.T), axis=1)[:, :3])
+
+  # With TRAINING_DONE and nothing new, the watcher exits at once.
+  open(os.path.join(model_dir, "TRAINING_DONE"), "w").close()
+  assert _run(common) == 0
