@@ -1,0 +1,186 @@
+"""REALM pre-training (reference §1.1) as a Model Garden Task.
+
+The index is used only to CHOOSE the K candidates (in the input pipeline, from a stale snapshot); the
+train step re-embeds the query and all K candidates with the live embedder, so retrieval gets
+gradients through `log_softmax(scores)`, exactly as the original.
+"""
+import dataclasses
+from typing import Dict, Optional, Tuple
+
+import realm_tf2  # noqa: F401
+from absl import logging
+import tensorflow as tf
+import tf_keras
+
+from official.core import config_definitions as cfg
+from official.core import task_factory
+from realm_tf2 import io_utils
+from realm_tf2 import tokenization
+from realm_tf2.data import pipeline_stats
+from realm_tf2.data import pretrain_pipeline
+from realm_tf2.modeling import embedder as embedder_lib
+from realm_tf2.modeling import init_utils
+from realm_tf2.modeling import knowledge_encoder
+from realm_tf2.modeling import losses
+from realm_tf2.tasks import base
+from realm_tf2.tasks.ict_task import vocab_size_of
+
+
+@dataclasses.dataclass
+class RealmDataConfig(cfg.DataConfig):
+  """REALM data: `input_path` = glob of the GZIP pre-training shards (CONTRACTS §2).
+
+  The first `num_eval_shards` sorted shards are held out: training reads the rest, evaluation
+  (`is_training=False`) reads only those.
+  """
+  input_path: str = ""
+  global_batch_size: int = 512
+  is_training: bool = True
+  seed: Optional[int] = 0
+  deterministic: bool = False
+  shuffle_buffer_size: int = 1000
+  num_eval_shards: int = 5
+  retrieval_batch_size: int = 32
+
+
+@dataclasses.dataclass
+class RealmPretrainTaskConfig(base.RealmTaskConfig):
+  """REALM pre-training task.
+
+  Attributes:
+    train_data / validation_data: `RealmDataConfig`s.
+    retrieval_corpus_path: Glob of the retrieval corpus shards (index rows).
+    embedder_init: Embedder source (ICT export / converter output / checkpoint); "" = random.
+    bert_init: Knowledge-augmented encoder source (`bert` export / converter output / checkpoint).
+  """
+  train_data: RealmDataConfig = dataclasses.field(default_factory=RealmDataConfig)
+  validation_data: RealmDataConfig = dataclasses.field(
+      default_factory=lambda: RealmDataConfig(is_training=False, shuffle_buffer_size=0))
+  retrieval_corpus_path: str = ""
+  embedder_init: str = ""
+  bert_init: str = ""
+
+
+class RealmPretrainModel(tf_keras.Model):
+  """Holds the towers: `embedder` (queries and, when shared, documents), `doc_embedder`, `bert`.
+
+  Args:
+    model_config: `configs.ModelConfig`.
+    vocab_size: Word-embedding rows (both towers).
+  """
+
+  def __init__(self, model_config, vocab_size: int, name: str = "realm", **kwargs):
+    super().__init__(name=name, **kwargs)
+    self.embedder, doc = embedder_lib.build_embedders(model_config, vocab_size)
+    if doc is not self.embedder:
+      self.doc_embedder = doc
+    self.bert = knowledge_encoder.KnowledgeAugmentedEncoder(model_config.bert, vocab_size=vocab_size)
+
+  @property
+  def document_embedder(self):
+    return getattr(self, "doc_embedder", self.embedder)
+
+  def call(self, inputs, training=None):
+    """Returns {"retrieval_scores" [B,K], "mlm_logits" [B,K,M,V]} for a REALM batch."""
+    query = {"input_ids": inputs["query_input_ids"], "input_mask": inputs["query_input_mask"],
+             "segment_ids": inputs["query_segment_ids"]}
+    cand_ids = inputs["candidate_input_ids"]  # [B, K, C]
+    batch, k, c = cand_ids.shape[0] or tf.shape(cand_ids)[0], cand_ids.shape[1], cand_ids.shape[2]
+    flat = lambda x, n: tf.reshape(x, [-1, n])  # noqa: E731
+    candidates = {"input_ids": flat(cand_ids, c),
+                  "input_mask": flat(inputs["candidate_input_mask"], c),
+                  "segment_ids": flat(inputs["candidate_segment_ids"], c)}  # [B*K, C]
+    q_emb = self.embedder(query, training=training)  # [B, D]
+    d_emb = self.document_embedder(candidates, training=training)  # [B*K, D]
+    d_emb = tf.reshape(d_emb, [-1, k, d_emb.shape[-1]])  # [B, K, D]
+    scores = tf.einsum("bd,bkd->bk", q_emb, d_emb)  # [B, K]
+    j = inputs["joint_input_ids"].shape[2]
+    m = inputs["mlm_positions"].shape[1]
+    positions = tf.reshape(tf.tile(inputs["mlm_positions"][:, None, :], [1, k, 1]), [-1, m])  # [B*K, M]
+    joint = {"input_ids": flat(inputs["joint_input_ids"], j),
+             "input_mask": flat(inputs["joint_input_mask"], j),
+             "segment_ids": flat(inputs["joint_segment_ids"], j),
+             "mlm_positions": positions}  # [B*K, J]
+    logits = self.bert(joint, training=training)["mlm_logits"]  # [B*K, M, V]
+    logits = tf.reshape(logits, [-1, k, m, logits.shape[-1]])  # [B, K, M, V]
+    del batch
+    return {"retrieval_scores": scores, "mlm_logits": logits}
+
+
+@task_factory.register_task_cls(RealmPretrainTaskConfig)
+class RealmTask(base.RealmBaseTask):
+  """REALM marginal-MLM pre-training over K retrieved documents (candidate 0 = null document).
+
+  The retrieval side is attached with `set_retrieval(holder, block_store)` before inputs are built
+  (run_pretrain.py does it): the pipeline reads `holder.get()` for every retrieval batch.
+  Metrics: loss, mlm_accuracy, retrieval_utility, null_doc_prob, index_version (mean over batch).
+  """
+
+  metric_names = ("mlm_accuracy", "retrieval_utility", "null_doc_prob", "index_version",
+                  "index_step")
+
+  def __init__(self, params, logging_dir=None, name=None):
+    super().__init__(params, logging_dir=logging_dir, name=name)
+    self.stats = pipeline_stats.PipelineStats("realm_train")
+    self.eval_stats = pipeline_stats.PipelineStats("realm_eval")
+    self._holder = None
+    self._store = None
+    self._tokenizer = None
+
+  def set_retrieval(self, holder, block_store):
+    """Attaches the `IndexHolder` and `BlockStore` the input pipeline retrieves from."""
+    if holder is None or block_store is None:
+      raise ValueError("set_retrieval needs an IndexHolder and a BlockStore")
+    self._holder, self._store = holder, block_store
+
+  @property
+  def holder(self):
+    return self._holder
+
+  def build_model(self) -> tf_keras.Model:
+    return RealmPretrainModel(self.task_config.model, vocab_size_of(self.task_config))
+
+  def initialize(self, model: tf_keras.Model):
+    cfg_ = self.task_config
+    if cfg_.embedder_init:
+      init_utils.init_embedder(model.embedder, cfg_.embedder_init)
+      if model.document_embedder is not model.embedder:
+        init_utils.init_embedder(model.document_embedder, cfg_.embedder_init)
+    else:
+      logging.info("REALM: no embedder_init; the embedder starts from random weights")
+    if cfg_.bert_init:
+      init_utils.init_knowledge_encoder(model.bert, cfg_.bert_init)
+    else:
+      logging.info("REALM: no bert_init; the knowledge-augmented encoder starts from random weights")
+
+  def build_inputs(self, params: RealmDataConfig, input_context=None):
+    if self._holder is None:
+      raise ValueError("RealmTask.build_inputs: call set_retrieval(holder, block_store) first")
+    if self._tokenizer is None:
+      self._tokenizer = tokenization.RealmTokenizer(self.task_config.vocab_file,
+                                                    self.task_config.do_lower_case)
+    input_cfg = pretrain_pipeline.make_input_config(
+        self.task_config.model, retrieval_batch_size=params.retrieval_batch_size,
+        seed=params.seed or 0, deterministic=params.deterministic,
+        shuffle_buffer=params.shuffle_buffer_size, repeat=params.is_training)
+    files = pretrain_pipeline.split_shards(io_utils.list_shards(params.input_path),
+                                           params.num_eval_shards, params.is_training)
+    batch = (input_context.get_per_replica_batch_size(params.global_batch_size)
+             if input_context else params.global_batch_size)
+    stats = self.stats if params.is_training else self.eval_stats
+    return pretrain_pipeline.build_pretrain_dataset(
+        params.input_path, self._tokenizer, self._holder, self._store, batch, input_cfg, stats,
+        input_context, files=files)
+
+  def compute_loss(self, model, inputs, training) -> Tuple[tf.Tensor, Dict[str, tf.Tensor]]:
+    out = model(inputs, training=training)
+    result = losses.realm_marginal_loss(out["retrieval_scores"], out["mlm_logits"],
+                                        inputs["mlm_targets"], inputs["mlm_mask"])
+    logs = {
+        "mlm_accuracy": result["mlm_accuracy"],
+        "retrieval_utility": result["retrieval_utility"],
+        "null_doc_prob": tf.reduce_mean(tf.exp(result["candidate_log_probs"][:, 0])),
+        "index_version": tf.reduce_mean(tf.cast(inputs["index_version"], tf.float32)),
+        "index_step": tf.reduce_mean(tf.cast(inputs["index_step"], tf.float32)),
+    }
+    return result["loss"], logs
