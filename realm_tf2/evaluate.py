@@ -64,15 +64,6 @@ def evaluate_files(references_path: str, predictions_path: str, is_regex: bool =
   return result
 
 
-def _atomic_write_text(path: str, text: str) -> None:
-  import uuid
-  import tensorflow as tf
-  tmp = f"{path}.tmp-{uuid.uuid4().hex}"
-  with tf.io.gfile.GFile(tmp, "w") as f:
-    f.write(text)
-  tf.io.gfile.rename(tmp, path, overwrite=True)
-
-
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
@@ -85,7 +76,8 @@ def main(argv):
     sys.exit(2)
   line = json.dumps(result, sort_keys=True)
   if FLAGS.output_file:
-    _atomic_write_text(FLAGS.output_file, line + "\n")
+    from realm_tf2 import io_utils  # Lazy: imports TensorFlow.
+    io_utils.atomic_write_text(FLAGS.output_file, line + "\n")
   print(line)
 
 

@@ -72,9 +72,19 @@ def test_cli_subprocess(tmp_path, files):
   assert result["accuracy"] == pytest.approx(1 / 3)
   with open(out) as f:
     assert json.loads(f.read()) == result
+
+
+def test_cli_main_in_process_error_exit(tmp_path, files, capsys):
+  _, pred = files
   bad = _write(tmp_path / "bad.jsonl", ["[1, 2"])
-  proc = subprocess.run([sys.executable, "-m", "realm_tf2.evaluate", f"--references={bad}",
-                         f"--predictions={pred}"], capture_output=True, text=True, cwd=REPO_ROOT,
-                        env=env, timeout=120)
-  assert proc.returncode == 2
-  assert "bad.jsonl:1: invalid JSON" in proc.stderr
+  evaluate.FLAGS(["evaluate", f"--references={bad}", f"--predictions={pred}"])
+  with pytest.raises(SystemExit) as exit_info:
+    evaluate.main(["evaluate"])
+  assert exit_info.value.code == 2
+  assert "bad.jsonl:1: invalid JSON" in capsys.readouterr().err
+  ref, _ = files
+  evaluate.FLAGS(["evaluate", f"--references={ref}", f"--predictions={pred}", "--is_regex"])
+  evaluate.main(["evaluate"])
+  result = json.loads(capsys.readouterr().out.strip())
+  # Regex mode: "Varenko Dralis" matches "varenko dralis" (IGNORECASE); "12 June 1875" does not match "1875".
+  assert result["is_regex"] and result["num_correct"] == 1 and result["num_references"] == 3
