@@ -87,7 +87,7 @@ def plan_counts(num_entities: int) -> Dict[str, int]:
   if num_entities < MIN_ENTITIES:
     raise ValueError(f"num_entities must be >= {MIN_ENTITIES}, got {num_entities}")
   countries = max(2, round(math.sqrt(num_entities) / 2))
-  rivers = 2 * countries
+  rivers = countries * (2 if num_entities >= 50 else 1)
   cities = max(countries, round(0.22 * num_entities))
   orgs = max(1, round(0.13 * num_entities))
   works = max(1, round(0.12 * num_entities))

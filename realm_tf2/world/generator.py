@@ -12,8 +12,10 @@ Writes (all through tf.io.gfile, each file atomically, streamed entity by entity
   DIR/facts.jsonl          {"question", "answer", "entity", "kind", "relation", "split"}: which entity
                            (= knowledge document title) each question is about, for analysis and tests.
   DIR/world.json           manifest: seed, sizes, paths, counts.
-The entity graph (`entities.py`) is held in memory (~1 KB/entity, ~100 MB at 100k entities); text is
-rendered and written one entity at a time.
+The entity graph (`entities.py`) is held in memory; text is rendered and written one entity at a time.
+Measured at 100k entities (seed 0): 25 s CPU, peak RSS 0.78 GB (TensorFlow import included), 21 MB of
+knowledge text, 354k questions; the 158 country documents have 300-530 words (several 288-wordpiece
+blocks each).
 """
 import hashlib
 import json
@@ -31,6 +33,7 @@ from realm_tf2.world import entities as ent_lib
 from realm_tf2.world import render
 
 DATASET_NAME = "World"
+GENERATOR_VERSION = 1  # bump when the output for a given (num_entities, seed) changes
 DEFAULT_NUM_ENTITIES = 300
 DEFAULT_SEED = 0
 SPLITS = ("train", "dev", "test")
@@ -114,6 +117,7 @@ def generate_world(output_dir: str, num_entities: int = DEFAULT_NUM_ENTITIES,
       "data_root": paths["qa_dir"],
       "dataset_name": DATASET_NAME,
       "seed": seed,
+      "generator_version": GENERATOR_VERSION,
       "num_entities": len(world.entities),
       "entity_counts": world.counts(),
       "num_knowledge_docs": len(world.entities),
@@ -126,6 +130,26 @@ def generate_world(output_dir: str, num_entities: int = DEFAULT_NUM_ENTITIES,
   }
   io_utils.atomic_write_text(paths["manifest"], json.dumps(result, indent=2, sort_keys=True) + "\n")
   return result
+
+
+def ensure_world(output_dir: str, num_entities: int = DEFAULT_NUM_ENTITIES,
+                 seed: int = DEFAULT_SEED) -> Dict[str, Any]:
+  """Returns the manifest of the world in `output_dir`, generating it unless one with the same
+  (num_entities, seed, generator_version) and all its files is already there (for "create or reuse")."""
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  manifest_path = f"{output_dir.rstrip('/')}/world.json"
+  if tf.io.gfile.exists(manifest_path):
+    with tf.io.gfile.GFile(manifest_path) as f:
+      try:
+        manifest = json.load(f)
+      except json.JSONDecodeError:
+        manifest = {}
+    files = [manifest.get(k) for k in ("knowledge", "pretrain", "facts")] + list(manifest.get("qa", {}).values())
+    if (manifest.get("num_entities") == num_entities and manifest.get("seed") == seed
+        and manifest.get("generator_version") == GENERATOR_VERSION and len(files) == 6
+        and all(p and tf.io.gfile.exists(p) for p in files)):
+      return manifest
+  return generate_world(output_dir, num_entities, seed)
 
 
 FLAGS = flags.FLAGS

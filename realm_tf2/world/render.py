@@ -57,7 +57,9 @@ P_PERSON = {
     "birth": ("In {y}, {N} was born in {B}, a town of {C}.",
               "Parish records from {B} list the birth of {N} on {Mdy}.",
               "{N} came into the world in {B} on {Mdy}."),
-    "occupation": ("{N} earned a living as {a_occ}.", "Colleagues remember {N} as a gifted {occ}."),
+    # The birthplace keeps a masked name recoverable: "[MASK] of Quilvinon earned a living as a poet."
+    "occupation": ("{N} of {B} earned a living as {a_occ}.",
+                   "Colleagues in {B} remember {N} as a gifted {occ}."),
     "employer": ("When {N} joined the {O}, it was still led by its founder {F}.",
                  "{N} spent many years with the {O} in {City}."),
     "spouse": ("{N} and {S} were wed in {Y}.", "The marriage of {N} to {S} took place in {Y}."),

@@ -122,6 +122,9 @@ def test_sizes_scale(world20, world300):
   assert sum(plan.values()) == 100_000 and plan["country"] == 158
   # Country documents list all their cities: ~140 cities x ~5 words >> one 288-wordpiece block.
   assert plan["city"] / plan["country"] > 100
+  for n in range(ent_lib.MIN_ENTITIES, 120):
+    small = ent_lib.plan_counts(n)
+    assert sum(small.values()) == n and min(small.values()) >= 1 and small["person"] >= 2, (n, small)
   with pytest.raises(ValueError, match=">= 10"):
     ent_lib.plan_counts(5)
 
@@ -198,3 +201,17 @@ def test_cli_matches_library_across_hash_seeds(world20, tmp_path):
   first_dir = os.path.dirname(world20["knowledge"])
   for name in DATA_FILES:
     assert _read_bytes(os.path.join(out, name)) == _read_bytes(os.path.join(first_dir, name)), name
+
+
+def test_ensure_world_reuses_or_regenerates(tmp_path):
+  out = str(tmp_path / "w")
+  first = generator.ensure_world(out, num_entities=12, seed=1)
+  mtime = os.stat(first["knowledge"]).st_mtime_ns
+  content = _read_bytes(first["knowledge"])
+  again = generator.ensure_world(out, num_entities=12, seed=1)
+  assert again == json.loads(json.dumps(first))        # read back from world.json
+  assert os.stat(first["knowledge"]).st_mtime_ns == mtime  # not rewritten
+  changed = generator.ensure_world(out, num_entities=12, seed=2)
+  assert changed["seed"] == 2 and _read_bytes(changed["knowledge"]) != content
+  os.remove(changed["facts"])                           # a missing file forces regeneration
+  assert os.path.exists(generator.ensure_world(out, num_entities=12, seed=2)["facts"])
