@@ -20,12 +20,22 @@ import realm_tf2  # noqa: F401
 from realm_tf2.evaluation import metrics
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("references", None, "ORQA-format reference JSONL (question + answer list).")
-flags.DEFINE_string("predictions", None, "Prediction JSONL with 'question' and 'prediction'.")
-flags.DEFINE_bool("is_regex", False, "References are regular expressions (CuratedTrec): "
-                  "re.match on the raw prediction, case-insensitive; an invalid regex never matches.")
-flags.DEFINE_enum("answer_field", "answer", list(metrics.ANSWER_FIELDS), "Reference field with the answers.")
-flags.DEFINE_string("output_file", None, "Optional: also write the JSON result here (atomically).")
+
+
+def define_flags(flag_values=FLAGS):
+  """Defines the CLI flags on `flag_values`. Called only when run as a script (or by tests on a private
+  FlagValues), so importing this module never adds global flags (run_finetune defines --is_regex)."""
+  flags.DEFINE_string("references", None, "ORQA-format reference JSONL (question + answer list).",
+                      flag_values=flag_values)
+  flags.DEFINE_string("predictions", None, "Prediction JSONL with 'question' and 'prediction'.",
+                      flag_values=flag_values)
+  flags.DEFINE_bool("is_regex", False, "References are regular expressions (CuratedTrec): re.match on "
+                    "the raw prediction, case-insensitive; an invalid regex never matches.",
+                    flag_values=flag_values)
+  flags.DEFINE_enum("answer_field", "answer", list(metrics.ANSWER_FIELDS),
+                    "Reference field with the answers.", flag_values=flag_values)
+  flags.DEFINE_string("output_file", None, "Optional: also write the JSON result here (atomically).",
+                      flag_values=flag_values)
 
 
 def iter_jsonl_records(path: str, blank_counter: list) -> Iterator[Tuple[str, object]]:
@@ -64,22 +74,24 @@ def evaluate_files(references_path: str, predictions_path: str, is_regex: bool =
   return result
 
 
-def main(argv):
+def main(argv, flag_values=FLAGS):
+  fv = flag_values
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-  if not FLAGS.references or not FLAGS.predictions:
+  if not fv.references or not fv.predictions:
     raise app.UsageError("--references and --predictions are required.")
   try:
-    result = evaluate_files(FLAGS.references, FLAGS.predictions, FLAGS.is_regex, FLAGS.answer_field)
+    result = evaluate_files(fv.references, fv.predictions, fv.is_regex, fv.answer_field)
   except metrics.EvaluationInputError as e:
     print(f"error: {e}", file=sys.stderr)
     sys.exit(2)
   line = json.dumps(result, sort_keys=True)
-  if FLAGS.output_file:
+  if fv.output_file:
     from realm_tf2 import io_utils  # Lazy: imports TensorFlow.
-    io_utils.atomic_write_text(FLAGS.output_file, line + "\n")
+    io_utils.atomic_write_text(fv.output_file, line + "\n")
   print(line)
 
 
 if __name__ == "__main__":
+  define_flags()
   app.run(main)

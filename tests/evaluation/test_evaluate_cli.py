@@ -4,6 +4,7 @@ import os
 import subprocess
 import sys
 
+from absl import flags
 import pytest
 
 from realm_tf2 import evaluate
@@ -77,14 +78,22 @@ def test_cli_subprocess(tmp_path, files):
 def test_cli_main_in_process_error_exit(tmp_path, files, capsys):
   _, pred = files
   bad = _write(tmp_path / "bad.jsonl", ["[1, 2"])
-  evaluate.FLAGS(["evaluate", f"--references={bad}", f"--predictions={pred}"])
+  fv = flags.FlagValues()   # private: no global flags from importing/using the CLI module
+  evaluate.define_flags(fv)
+  fv(["evaluate", f"--references={bad}", f"--predictions={pred}"])
   with pytest.raises(SystemExit) as exit_info:
-    evaluate.main(["evaluate"])
+    evaluate.main(["evaluate"], fv)
   assert exit_info.value.code == 2
   assert "bad.jsonl:1: invalid JSON" in capsys.readouterr().err
   ref, _ = files
-  evaluate.FLAGS(["evaluate", f"--references={ref}", f"--predictions={pred}", "--is_regex"])
-  evaluate.main(["evaluate"])
+  fv = flags.FlagValues()
+  evaluate.define_flags(fv)
+  fv(["evaluate", f"--references={ref}", f"--predictions={pred}", "--is_regex"])
+  evaluate.main(["evaluate"], fv)
   result = json.loads(capsys.readouterr().out.strip())
   # Regex mode: "Varenko Dralis" matches "varenko dralis" (IGNORECASE); "12 June 1875" does not match "1875".
   assert result["is_regex"] and result["num_correct"] == 1 and result["num_references"] == 3
+
+
+def test_importing_cli_defines_no_global_flags():
+  assert "references" not in flags.FLAGS and "answer_field" not in flags.FLAGS
