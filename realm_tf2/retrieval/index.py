@@ -521,16 +521,26 @@ class ScannIndex(MipsIndex):
       self._searcher = self._configure(b, n).build()
     return self
 
+  def set_search_params(self, num_leaves_to_search=None, reorder=None):
+    """Search-time overrides (no rebuild): leaves searched per query, candidates exactly re-scored."""
+    if num_leaves_to_search is not None:
+      self.settings["num_leaves_to_search"] = int(num_leaves_to_search)
+    if reorder is not None:
+      self.settings["reorder"] = int(reorder)
+    return self
+
+  def _search_args(self, k):
+    s = self.settings
+    return dict(final_num_neighbors=k,
+                pre_reorder_num_neighbors=max(s["reorder"], k) if s["reorder"] else None,
+                leaves_to_search=s["num_leaves_to_search"] if s["num_leaves"] else None)
+
   def search(self, query_emb, k):
     q = _check_query(query_emb, self._dim, k, self._num_rows)
-    pre = max(self.settings["reorder"], k) if self.settings["reorder"] else None
     if self.backend == "pybind":
-      if self.parallel:
-        ids, scores = self._searcher.search_batched_parallel(q, final_num_neighbors=k,
-                                                             pre_reorder_num_neighbors=pre)
-      else:
-        ids, scores = self._searcher.search_batched(q, final_num_neighbors=k,
-                                                    pre_reorder_num_neighbors=pre)
+      search = (self._searcher.search_batched_parallel if self.parallel
+                else self._searcher.search_batched)
+      ids, scores = search(q, **self._search_args(k))
       ids, scores = np.asarray(ids), np.asarray(scores)
     else:
       ids, scores = self.search_tensors(tf.constant(q), k)
@@ -541,10 +551,9 @@ class ScannIndex(MipsIndex):
     """TF-op search (backend "tf" only; CPU graph). query float32 [B, D] -> ([B, k] int32, float32)."""
     if self.backend != "tf":
       raise ValueError("search_tensors needs backend='tf' (ScaNN TF ops)")
-    pre = max(self.settings["reorder"], k) if self.settings["reorder"] else None
     search = (self._searcher.search_batched_parallel if self.parallel
               else self._searcher.search_batched)
-    res = search(query, final_num_neighbors=k, pre_reorder_num_neighbors=pre)
+    res = search(query, **self._search_args(k))
     return tf.cast(res.indices, tf.int32), tf.cast(res.distances, tf.float32)
 
   def save(self, directory):

@@ -262,3 +262,17 @@ def test_external_mode_partial_and_vanishing_snapshots(tmp_path):
   assert not refresher.poll_once() and "corpus has 12" in refresher.last_error
   _write_external_snapshot(model_dir, 11)
   assert refresher.poll_once() and holder.get().step == 11 and holder.get().version == 2
+
+
+def test_internal_mode_from_embedder_exports_with_default_embedding(tmp_path):
+  model_dir = str(tmp_path)
+  holder = refresher_lib.IndexHolder()
+  refresher = refresher_lib.IndexRefresher(holder, model_dir, _store(), source="export",
+                                           cls_id=2, sep_id=3, embed_kwargs={"batch_size": 5})
+  for step in (4, 6):
+    module = _ExportEmbedder(step)
+    tf.saved_model.save(module, os.path.join(model_dir, "export", str(step), "embedder"),
+                        signatures={"projected": module.projected})
+  assert refresher.poll_once() and holder.get().step == 6  # newest export only
+  np.testing.assert_allclose(holder.get().index.embeddings, np.full([N, D], 6.0))
+  assert not refresher.poll_once()
