@@ -60,7 +60,7 @@ def main(argv):
                               intermediate_size=s["intermediate_size"])
     embedder = embedder_lib.RealmEmbedder(bert, projection_size=s["projection"])
     for buckets in (embed_corpus.DEFAULT_BUCKETS, (288,)):
-      # Warm-up on a slice so tracing is not counted.
+      # Warm-up on a slice so tracing of the (cached) step is not counted.
       warm = block_store_lib.BlockStore.from_arrays([store.title(i) for i in range(256)],
                                                     [store.body(i) for i in range(256)])
       embed_corpus.embed_blocks(warm, embedder, 2, 3, batch_size=FLAGS.batch_size, buckets=buckets)
@@ -70,6 +70,8 @@ def main(argv):
       print(json.dumps({"stage": "embed", "size": size, "buckets": list(buckets),
                         "blocks": stats["blocks"], "seconds": round(stats["seconds"], 2),
                         "blocks_per_sec": round(stats["blocks_per_sec"], 1),
+                        "steady_blocks_per_sec": round(stats["steady_blocks_per_sec"] or 0, 1),
+                        "first_batch_seconds": round(stats["first_batch_seconds"], 2),
                         "batch_size": FLAGS.batch_size}), flush=True)
   rows = np.tile(emb, (int(np.ceil(FLAGS.index_rows / len(emb))), 1))[:FLAGS.index_rows]
   rows = rows + 0.01 * np.random.default_rng(1).normal(size=rows.shape).astype(np.float32)
