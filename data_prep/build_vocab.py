@@ -38,22 +38,25 @@ from realm_tf2 import io_utils
 RESERVED_TOKENS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("input", None, "Input file glob(s), comma-separated (gfile; gs:// works).")
-flags.DEFINE_string("output", None, "Output vocab.txt path (written atomically).")
-flags.DEFINE_enum("input_format", "auto", ["auto", "jsonl", "text"],
-                  "auto: *.jsonl / *.json -> jsonl, anything else -> text (one document a line).")
-flags.DEFINE_integer("vocab_size", 30522, "Maximum vocabulary size (incl. reserved tokens).")
-flags.DEFINE_bool("lower_case", True, "Uncased BERT normalisation (case fold, NFD, strip accents).")
-flags.DEFINE_integer("max_unique_words", 2_000_000,
-                     "Bound on distinct words held in memory while counting.")
-flags.DEFINE_integer("max_docs", 0, "Stop after this many documents (0 = all).")
-flags.DEFINE_integer("batch_size", 512, "Documents tokenized per TF call.")
-flags.DEFINE_integer("lower_thresh", 10, "Learner: lowest count threshold searched.")
-flags.DEFINE_integer("num_iterations", 4, "Learner: iterations per threshold.")
-flags.DEFINE_integer("max_token_length", 50, "Learner: words longer than this are ignored.")
-flags.DEFINE_integer("max_unique_chars", 1000, "Learner: alphabet size bound.")
-flags.DEFINE_bool("skip_bad_lines", False,
-                  "Count and skip invalid JSON / non-UTF-8 lines instead of failing.")
+def define_flags(fv=flags.FLAGS):
+  """Defines the CLI flags (only when run as a script, so importing this module adds no
+  global flags that could clash with another CLI's in the same process)."""
+  flags.DEFINE_string("input", None, "Input file glob(s), comma-separated (gfile; gs:// works).", flag_values=fv)
+  flags.DEFINE_string("output", None, "Output vocab.txt path (written atomically).", flag_values=fv)
+  flags.DEFINE_enum("input_format", "auto", ["auto", "jsonl", "text"],
+                    "auto: *.jsonl / *.json -> jsonl, anything else -> text (one document a line).", flag_values=fv)
+  flags.DEFINE_integer("vocab_size", 30522, "Maximum vocabulary size (incl. reserved tokens).", flag_values=fv)
+  flags.DEFINE_bool("lower_case", True, "Uncased BERT normalisation (case fold, NFD, strip accents).", flag_values=fv)
+  flags.DEFINE_integer("max_unique_words", 2_000_000,
+                       "Bound on distinct words held in memory while counting.", flag_values=fv)
+  flags.DEFINE_integer("max_docs", 0, "Stop after this many documents (0 = all).", flag_values=fv)
+  flags.DEFINE_integer("batch_size", 512, "Documents tokenized per TF call.", flag_values=fv)
+  flags.DEFINE_integer("lower_thresh", 10, "Learner: lowest count threshold searched.", flag_values=fv)
+  flags.DEFINE_integer("num_iterations", 4, "Learner: iterations per threshold.", flag_values=fv)
+  flags.DEFINE_integer("max_token_length", 50, "Learner: words longer than this are ignored.", flag_values=fv)
+  flags.DEFINE_integer("max_unique_chars", 1000, "Learner: alphabet size bound.", flag_values=fv)
+  flags.DEFINE_bool("skip_bad_lines", False,
+                    "Count and skip invalid JSON / non-UTF-8 lines instead of failing.", flag_values=fv)
 
 
 class BoundedWordCounter:
@@ -193,25 +196,31 @@ def build_vocab(input_pattern, output, vocab_size, lower_case=True, input_format
   return vocab, counters
 
 
-def main(argv):
-  del argv
-  if not FLAGS.input or not FLAGS.output:
+def run_from_flags(fv=FLAGS):
+  """Runs the CLI with the parsed flags in `fv` (the absl FLAGS when run as a script)."""
+  if not fv.input or not fv.output:
     raise app.UsageError("--input and --output are required")
   try:
     _, counters = build_vocab(
-        FLAGS.input, FLAGS.output, FLAGS.vocab_size, lower_case=FLAGS.lower_case,
-        input_format=FLAGS.input_format, max_unique_words=FLAGS.max_unique_words,
-        max_docs=FLAGS.max_docs, batch_size=FLAGS.batch_size,
-        skip_bad_lines=FLAGS.skip_bad_lines, lower_thresh=FLAGS.lower_thresh,
-        num_iterations=FLAGS.num_iterations, max_token_length=FLAGS.max_token_length,
-        max_unique_chars=FLAGS.max_unique_chars)
+        fv.input, fv.output, fv.vocab_size, lower_case=fv.lower_case,
+        input_format=fv.input_format, max_unique_words=fv.max_unique_words,
+        max_docs=fv.max_docs, batch_size=fv.batch_size,
+        skip_bad_lines=fv.skip_bad_lines, lower_thresh=fv.lower_thresh,
+        num_iterations=fv.num_iterations, max_token_length=fv.max_token_length,
+        max_unique_chars=fv.max_unique_chars)
   except (io_utils.BadLineError, FileNotFoundError) as e:
     print(f"build_vocab: error: {e}", file=sys.stderr)
     sys.exit(1)
-  print(f"wrote {FLAGS.output} ({counters.written} tokens)")
+  print(f"wrote {fv.output} ({counters.written} tokens)")
   print(counters.report())
   sys.stdout.flush()
 
 
+def main(argv):
+  del argv
+  run_from_flags(FLAGS)
+
+
 if __name__ == "__main__":
+  define_flags()
   app.run(main)

@@ -70,18 +70,17 @@ def test_bounded_word_counter_prunes_rare_words():
 
 def test_cli_flags_documented_and_main_in_process(tmp_path, capsys):
   from absl import flags
-  helptext = flags.FLAGS.module_help(build_vocab)
+  fv = flags.FlagValues()  # private: importing the module must not touch the global FLAGS
+  build_vocab.define_flags(fv)
+  helptext = fv.module_help(build_vocab)
   for name in ("--input", "--output", "--vocab_size", "--[no]lower_case", "--max_unique_words"):
     assert name in helptext, name
+  assert "vocab_size" not in flags.FLAGS or flags.FLAGS["vocab_size"].help != fv["vocab_size"].help
   corpus = _corpus(tmp_path, n=20)
   out = str(tmp_path / "main_vocab.txt")
-  argv = ["build_vocab", f"--input={corpus}", f"--output={out}", "--vocab_size=100",
-          "--lower_thresh=2"]
-  flags.FLAGS(argv)
-  try:
-    build_vocab.main([])
-  finally:
-    flags.FLAGS.unparse_flags()
+  fv(["build_vocab", f"--input={corpus}", f"--output={out}", "--vocab_size=100",
+      "--lower_thresh=2"])
+  build_vocab.run_from_flags(fv)
   printed = capsys.readouterr().out
   assert "build_vocab: read 21, written" in printed and "skipped 0" in printed
   assert tf.io.gfile.GFile(out).read().splitlines()[0] == "[PAD]"
