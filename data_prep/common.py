@@ -9,6 +9,7 @@ import os
 import re
 import sys
 import time
+import traceback
 from typing import Callable, Iterable, Iterator, List, NamedTuple, Optional, Sequence, Tuple
 
 import numpy as np
@@ -266,10 +267,17 @@ _WORKER_STATE = {}
 
 
 def _worker_init(init_fn, init_args):
-  _WORKER_STATE["state"] = init_fn(*init_args)
+  # An exception escaping a Pool initializer kills the worker and the Pool respawns it forever
+  # (a silent hang); keep the error and raise it from the first task instead.
+  try:
+    _WORKER_STATE["state"] = init_fn(*init_args)
+  except Exception:  # pylint: disable=broad-except
+    _WORKER_STATE["init_error"] = traceback.format_exc()
 
 
 def _worker_call(fn, chunk):
+  if "init_error" in _WORKER_STATE:
+    raise RuntimeError("worker initialisation failed:\n" + _WORKER_STATE["init_error"])
   return fn(_WORKER_STATE["state"], chunk)
 
 
