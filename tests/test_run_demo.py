@@ -1,0 +1,72 @@
+"""run_demo.py end to end at a reduced size: all stages run, >= 2 index refreshes, summary.json, the
+serving model answers; a second invocation reuses every finished stage."""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+REDUCED = ["--num_entities=12", "--size=tiny", "--ict_steps=20", "--ict_batch_size=8",
+           "--realm_steps=40", "--realm_batch_size=4", "--refresh_every_steps=10",
+           "--orqa_steps=20", "--orqa_batch_size=4", "--num_samples=2", "--vocab_size=400",
+           "--max_block_length=64",
+           "--ict_overrides=trainer.steps_per_loop=10,trainer.summary_interval=10",
+           "--realm_overrides=trainer.steps_per_loop=10,trainer.summary_interval=10",
+           "--orqa_overrides=trainer.steps_per_loop=10,trainer.summary_interval=10"]
+
+
+def _run(args, timeout=900):
+  env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", CUDA_VISIBLE_DEVICES="")
+  return subprocess.run([sys.executable, os.path.join(REPO, "run_demo.py")] + args, cwd=REPO, env=env,
+                        capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.mark.slow
+def test_run_demo_reduced(tmp_path):
+  out_dir = str(tmp_path / "demo")
+  proc = _run([f"--output_dir={out_dir}"] + REDUCED)
+  assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+  stages = ("world", "vocab", "knowledge_corpus", "pretrain_corpus", "ict", "realm", "encode", "orqa",
+            "evaluate", "answer")
+  for i, stage in enumerate(stages, start=1):
+    assert f"=== [{i}/10] {stage} ===" in proc.stdout, stage
+    assert os.path.exists(os.path.join(out_dir, "stages", f"{stage}.json")), stage
+
+  with open(os.path.join(out_dir, "summary.json")) as f:
+    summary = json.load(f)
+  for key in ("dev_exact_match", "dev_recall_at_5", "retrieval_utility_before_realm",
+              "retrieval_utility_after_realm", "steps_per_sec", "index_refreshes", "total_seconds",
+              "stage_seconds", "sample_answers"):
+    assert key in summary, key
+  assert 0.0 <= summary["dev_exact_match"] <= 1.0
+  assert 0.0 <= summary["dev_recall_at_5"] <= 1.0
+  assert summary["train_steps"] == {"ict": 20, "realm": 40, "orqa": 20}
+  assert all(v > 0 for v in summary["steps_per_sec"].values())
+
+  # >= 2 refreshes, and the index version seen by training changed (checked from metrics.jsonl).
+  assert summary["index_refreshes"] >= 2
+  with open(os.path.join(out_dir, "realm", "metrics.jsonl")) as f:
+    versions = {json.loads(l)["index_version"] for l in f if '"train"' in l}
+  assert len(versions) >= 2 and 1 in versions, versions
+
+  # Served answers: one per sample with its evidence block, printed with the block text.
+  answers = summary["sample_answers"]
+  assert len(answers) == 2
+  with open(os.path.join(out_dir, "world", "qa", "World.resplit.dev.jsonl")) as f:
+    dev = [json.loads(l) for l in f]
+  for a, d in zip(answers, dev):
+    assert a["question"] == d["question"]
+    assert a["block_text"] and a["block_text"][:40] in proc.stdout
+    assert a["block_index"] >= 0
+  # The EM in the summary is the evaluate CLI's on the predict output (all dev questions).
+  with open(os.path.join(out_dir, "eval.dev.json")) as f:
+    assert json.load(f)["exact_match"] == summary["dev_exact_match"]
+  assert "REALM demo summary" in proc.stdout
+
+  # Idempotent re-run: nothing is re-trained.
+  proc = _run([f"--output_dir={out_dir}", "--quiet"] + REDUCED, timeout=300)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  assert proc.stdout.count(": reused") == 10, proc.stdout
