@@ -4,12 +4,12 @@ Typical order on a new corpus (see README):
   1. python -m data_prep.build_knowledge_corpus --input=docs.jsonl --vocab_file=vocab.txt --output_dir=K
      python -m data_prep.build_pretrain_corpus --input=docs.jsonl --output_dir=P
   2. ICT warm start of the retriever (writes export/<step>/embedder with encoded/encoded.ckpt):
-     python run_pretrain.py --mode=ict --model_dir=ict --examples_path=K/orqa/examples.tfr \
-       --retrieval_corpus_path='K/retrieval/*' --vocab_file=vocab.txt --config_file=configs/runs/ict.yaml
+     python run_pretrain.py --mode=ict --model_dir=ict --examples_path=K/examples.tfr \
+       --retrieval_corpus_path='K/realm/blocks-*' --vocab_file=vocab.txt --config_file=configs/runs/ict.yaml
   3. REALM (initial index = the ICT export's encoded.ckpt; refreshed in the background from this run's
      checkpoints every --refresh_every_steps):
      python run_pretrain.py --mode=realm --model_dir=realm --pretrain_corpus_path='P/*' \
-       --retrieval_corpus_path='K/retrieval/*' --embedder_hub_module_handle=ict/export/<step>/embedder \
+       --retrieval_corpus_path='K/realm/blocks-*' --embedder_hub_module_handle=ict/export/<step>/embedder \
        --bert_hub_module_handle=<bert export or converted BERT> --vocab_file=vocab.txt
 
 Outputs in --model_dir: checkpoints, TensorBoard, metrics.jsonl (loss, mlm_accuracy, retrieval_utility,
