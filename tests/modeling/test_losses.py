@@ -6,6 +6,7 @@ import realm_tf2  # noqa: F401
 import tensorflow as tf
 
 from realm_tf2.modeling import losses
+from tests.modeling import strategy_util
 
 
 def _log_softmax(x, axis=-1):
@@ -82,9 +83,7 @@ def test_ict_loss_single_replica():
 
 
 def test_ict_loss_gathers_negatives_across_replicas():
-  if len(tf.config.list_logical_devices("CPU")) < 2:
-    pytest.skip("needs 2 virtual CPUs")
-  strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+  strategy = strategy_util.two_device_strategy()
   q = strategy.experimental_distribute_values_from_function(
       lambda ctx: tf.constant(Q[2 * ctx.replica_id_in_sync_group:][:2]))
   b = strategy.experimental_distribute_values_from_function(

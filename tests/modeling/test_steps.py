@@ -11,6 +11,7 @@ from realm_tf2.modeling import embedder
 from realm_tf2.modeling import knowledge_encoder
 from realm_tf2.modeling import reader
 from realm_tf2.modeling import steps
+from tests.modeling import strategy_util
 
 BERT = configs.BertConfig(vocab_size=100, hidden_size=32, num_layers=2, num_attention_heads=2,
                           intermediate_size=37, dropout_rate=0.0, attention_dropout_rate=0.0)
@@ -79,16 +80,8 @@ def _run(strategy, build_models, forward, features, initial_weights=None, num_st
   return losses, [m.get_weights() for m in models]
 
 
-_STRATEGY = []
-
-
 def _two_device_strategy():
-  """One MirroredStrategy per process, shared by the tests here."""
-  if len(tf.config.list_logical_devices("CPU")) < 2:
-    pytest.skip("needs 2 virtual CPUs")
-  if not _STRATEGY:
-    _STRATEGY.append(tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"]))
-  return _STRATEGY[0]
+  return strategy_util.two_device_strategy()
 
 
 def _realm_models():
