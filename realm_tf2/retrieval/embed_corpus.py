@@ -218,7 +218,10 @@ def _get_step(embedder, embed_fn, global_batch, strategy):
     @tf.function
     def step(dist_feats, dist_rows):
       out = strategy.run(embed_fn, args=(dist_feats,))  # per replica [B/R, D]
-      return strategy.gather(out, axis=0), strategy.gather(dist_rows, axis=0)
+      # Concatenate the local replicas' results on the host (no cross-device collective needed,
+      # which also keeps this safe when the caller's strategy runs other collectives).
+      return (tf.concat(strategy.experimental_local_results(out), axis=0),  # [B, D]
+              tf.concat(strategy.experimental_local_results(dist_rows), axis=0))  # [B]
   cache[key] = step
   return step
 

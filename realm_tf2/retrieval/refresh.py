@@ -85,14 +85,14 @@ def refresh_once(model_dir, store, step, embedder_dir, batch_size=128, buckets=(
   try:
     staged_embedder = os.path.join(staging, "embedder")
     copy_tree(embedder_dir, staged_embedder)
-    loaded = tf.saved_model.load(staged_embedder)
-    cls_id, sep_id = embed_corpus.special_ids_from_embedder(loaded)
+    # Under a strategy the SavedModel's variables are created in its scope (mirrored / on TPU).
     if strategy is not None:
       with strategy.scope():
         loaded = tf.saved_model.load(staged_embedder)
-    emb = embed_corpus.embed_blocks(store, loaded, cls_id, sep_id, batch_size=batch_size,
-                                    buckets=buckets, seq_len=seq_len, strategy=strategy, stats=stats)
-    embed_corpus.write_encoded(staged_embedder, emb, expected_rows=store.num_blocks)
+    else:
+      loaded = tf.saved_model.load(staged_embedder)
+    embed_corpus.embed_corpus(store, loaded, staged_embedder, batch_size=batch_size,
+                              buckets=buckets, seq_len=seq_len, strategy=strategy, stats=stats)
     with tf.io.gfile.GFile(os.path.join(staging, "global_step.txt"), "w") as f:
       f.write(f"{step}\n")
     if tf.io.gfile.exists(final):

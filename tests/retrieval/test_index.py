@@ -61,10 +61,8 @@ def test_brute_force_inside_xla_function():
 
 
 @pytest.mark.parametrize("use_bf16", [False, True])
-def test_sharded_brute_force_mirrored(use_bf16):
-  if len(tf.config.list_logical_devices("CPU")) < 2:
-    pytest.skip("needs 2 virtual CPUs")
-  strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+def test_sharded_brute_force_mirrored(use_bf16, mirrored_strategy):
+  strategy = mirrored_strategy
   emb, q = _data(n=1001)
   index = index_lib.BruteForceIndex(rows_per_chunk=100, strategy=strategy,
                                     use_bfloat16=use_bf16).build(emb)

@@ -5,6 +5,7 @@ import os
 
 from absl import flags
 import numpy as np
+import pytest
 import tensorflow as tf
 
 from realm_tf2 import tokenization
@@ -22,6 +23,7 @@ def _run(argv):
     flags.FLAGS.unparse_flags()
 
 
+@pytest.mark.slow  # two full refresh runs through the SavedModel export (> 20 s on 2 cores)
 def test_refresh_once_then_external_refresher(tmp_path, tiny_vocab_file):
   from realm_tf2.export import embedder_export
   model_dir = str(tmp_path / "run")
@@ -56,6 +58,13 @@ def test_refresh_once_then_external_refresher(tmp_path, tiny_vocab_file):
   queries = np.random.default_rng(0).normal(size=(4, emb.shape[1])).astype(np.float32)
   ids, _ = holder.get().index.search(queries, 3)
   np.testing.assert_array_equal(ids, np.argsort(-(queries @ emb.T), axis=1)[:, :3])
+
+  # A newer export gets its own snapshot; --keep=1 prunes the older one.
+  refresh.copy_tree(os.path.join(model_dir, "export", "3", "embedder"),
+                    os.path.join(model_dir, "export", "5", "embedder"))
+  assert _run(common + ["--once", "--keep=1"]) == 0
+  assert sorted(os.listdir(os.path.join(model_dir, "export", "encoded"))) == ["5"]
+  assert r.poll_once() and holder.get().step == 5 and holder.get().version == 2
 
   # With TRAINING_DONE and nothing new, the watcher exits at once.
   open(os.path.join(model_dir, "TRAINING_DONE"), "w").close()
