@@ -11,6 +11,7 @@ from realm_tf2 import configs
 from realm_tf2 import optimization
 from realm_tf2.modeling import init_utils
 from realm_tf2.tasks import realm_task
+from tests.strategies import fresh_mirrored_strategy
 
 K, Q, C, J, M = 3, 8, 12, 16, 2
 
@@ -85,10 +86,8 @@ def test_loss_matches_numpy(tiny_vocab_file):
 
 @pytest.mark.slow  # XLA compile of 3 BERT towers x 2 replicas: minutes on a loaded 2-core VM.
 def test_xla_train_step_mirrored(tiny_vocab_file):
-  if len(tf.config.list_logical_devices("CPU")) < 2:
-    pytest.skip("needs 2 virtual CPUs")
   task = _task(tiny_vocab_file, jit=True)
-  strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+  strategy = fresh_mirrored_strategy()
   with strategy.scope():
     model = task.build_model()
     opt = optimization.create_optimizer(configs.OptimizerConfig(learning_rate=1e-3,
