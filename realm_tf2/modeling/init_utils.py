@@ -20,6 +20,9 @@ Public API:
   init_embedder(embedder, source) -> str                  # RealmEmbedder from ICT/REALM/ORQA sources
   init_knowledge_encoder(encoder, source) -> str          # KnowledgeAugmentedEncoder from bert sources
   init_bert_encoder(bert_encoder, source) -> str          # a bare BertEncoderV2 from any of them
+
+Each `init_*` also accepts a TF Hub / Kaggle TF2 BERT encoder (path, gs:// or hub URL); its weights are
+transferred by `hub_init.init_from_hub` (encoder, and the MLM head when both sides have one).
 """
 import os
 from typing import Optional, Sequence
@@ -27,6 +30,8 @@ from typing import Optional, Sequence
 import realm_tf2  # noqa: F401
 from absl import logging
 import tensorflow as tf
+
+from realm_tf2.modeling import hub_init
 
 # Candidate roots, most specific first. The first with keys "<root>/encoder/..." is used.
 EMBEDDER_ROOTS = ("model/embedder", "model/query_embedder", "model/retriever", "embedder",
@@ -120,12 +125,16 @@ def restore_tower(model: tf.Module, source: str, roots: Sequence[str] = EMBEDDER
 def init_embedder(embedder, source: str) -> str:
   """Initialises a `RealmEmbedder` from an ICT/REALM embedder export, ORQA retriever export,
   converter output, or an ICT/REALM/ORQA training checkpoint. Returns the matched root."""
+  if hub_init.is_hub_encoder(source):  # TF Hub BERT: encoder only, projection stays fresh
+    return hub_init.init_from_hub(embedder, source)
   return restore_tower(embedder, source, EMBEDDER_ROOTS)
 
 
 def init_knowledge_encoder(encoder, source: str) -> str:
   """Initialises a `KnowledgeAugmentedEncoder` from a `bert` export (REALM or converted BERT) or a
   REALM training checkpoint. Returns the matched root."""
+  if hub_init.is_hub_encoder(source):  # TF Hub BERT: encoder (+ MLM head if the export has `.mlm`)
+    return hub_init.init_from_hub(encoder, source)
   return restore_tower(encoder, source, KNOWLEDGE_ENCODER_ROOTS)
 
 
@@ -139,6 +148,8 @@ def init_bert_encoder(bert_encoder, source: str, donor_fn=None) -> str:
       freshly built model of the export's class (e.g. `lambda: KnowledgeAugmentedEncoder(cfg)`); it is
       restored positionally and its `.encoder` weights are copied.
   """
+  if hub_init.is_hub_encoder(source):
+    return hub_init.init_from_hub(bert_encoder, source)
   try:
     return restore_tower(bert_encoder, source, BERT_ENCODER_ROOTS, marker="")
   except ValueError:

@@ -342,7 +342,10 @@ def write_predictions(records: List[dict], path: str):
 
 def init_reader(reader, source: str, model_config, vocab_size: int) -> str:
   """Initialises the ORQA reader: a full reader (ORQA export/checkpoint) or only its BERT (a `bert`
-  export: the span head stays freshly initialised, as in the original)."""
+  export: the span head stays freshly initialised, as in the original). A TF Hub BERT encoder
+  (path / gs:// / URL) initialises the reader's BERT the same way."""
+  if init_utils.hub_init.is_hub_encoder(source):
+    return init_utils.hub_init.init_from_hub(reader, source)
   try:
     return init_utils.restore_tower(reader, source, ("model/reader", "reader"), marker="encoder/")
   except ValueError:
