@@ -33,7 +33,6 @@ from absl import logging
 import numpy as np
 import realm_tf2  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow is imported)
 import tensorflow as tf
-import tf_keras
 
 from data_prep import checkpoint_names as names_lib
 from data_prep import checkpoint_sources
@@ -48,12 +47,9 @@ from realm_tf2.modeling import reader as reader_lib
 
 FORMATS = ("realm", "orqa", "bert_tf1", "hf_bert")
 DEFAULT_NUM_HEADS = 12
+# HF's "gelu" is the exact erf gelu; BERT/Model Garden's "gelu" is the tanh approximation
+# (`realm_tf2.modeling.bert.get_activation` knows both names).
 EXACT_GELU = "gelu_exact"
-
-# HF's "gelu" is the exact erf gelu; BERT/Model Garden's "gelu" is the tanh approximation. Register an
-# exact variant so HF models convert without a numeric change (tf_keras resolves it by name).
-tf_keras.utils.get_custom_objects().setdefault(
-    EXACT_GELU, lambda x: tf.nn.gelu(x, approximate=False))
 _TANH_GELU_NAMES = ("gelu_new", "gelu_pytorch_tanh", "gelu_fast")
 
 

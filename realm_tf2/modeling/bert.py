@@ -21,6 +21,7 @@ Variable layout of `BertEncoderV2` (what checkpoint converters map TF1 `bert/...
 MaskedLM (`build_masked_lm`): transform/dense, transform/LayerNorm, output_bias/bias
                                           <- cls/predictions/transform/{dense,LayerNorm}, output_bias
 """
+import threading
 from typing import Mapping, Optional
 
 import realm_tf2  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow is imported)
@@ -53,6 +54,20 @@ def resolve_vocab_size(bert_config: configs.BertConfig, vocab_size: Optional[int
   return int(size)
 
 
+def get_activation(name: str):
+  """The activation a BertConfig names.
+
+  "gelu" is google-research/bert's tanh approximation (Model Garden's `activations.gelu`); "gelu_exact"
+  is the erf form that Hugging Face checkpoints use (their config says "gelu"); other names resolve
+  through tf_keras.
+  """
+  if name == "gelu":
+    return activations.gelu
+  if name == "gelu_exact":
+    return lambda x: tf.nn.gelu(x, approximate=False)
+  return tf_keras.activations.get(name)
+
+
 def build_bert_encoder(bert_config: configs.BertConfig,
                        vocab_size: Optional[int] = None,
                        name: Optional[str] = None) -> networks.BertEncoderV2:
@@ -67,11 +82,7 @@ def build_bert_encoder(bert_config: configs.BertConfig,
     An unbuilt `BertEncoderV2`; call it with `to_encoder_inputs(features)`. Outputs a dict with
     `sequence_output` [B,T,H], `pooled_output` [B,H] (tanh pooler over [CLS]), `encoder_outputs`.
   """
-  if bert_config.hidden_activation != "gelu":
-    activation = tf_keras.activations.get(bert_config.hidden_activation)
-  else:
-    # BERT's gelu is the tanh approximation (Model Garden's `activations.gelu`).
-    activation = activations.gelu
+  activation = get_activation(bert_config.hidden_activation)
   kwargs = {} if name is None else {"name": name}
   return networks.BertEncoderV2(
       vocab_size=resolve_vocab_size(bert_config, vocab_size),
@@ -92,16 +103,46 @@ def build_masked_lm(encoder: networks.BertEncoderV2,
                     bert_config: configs.BertConfig,
                     name: str = "cls/predictions") -> nlp_layers.MaskedLM:
   """BERT's MLM head: dense(H, gelu) -> LayerNorm(1e-12) -> x·word_embeddings^T + output_bias."""
-  if bert_config.hidden_activation == "gelu":
-    activation = activations.gelu
-  else:
-    activation = tf_keras.activations.get(bert_config.hidden_activation)
   return nlp_layers.MaskedLM(
       embedding_table=encoder.get_embedding_table(),
-      activation=activation,
+      activation=get_activation(bert_config.hidden_activation),
       initializer=tf_keras.initializers.TruncatedNormal(stddev=bert_config.initializer_range),
       output="logits",
       name=name)
+
+
+_RANGE_LOCKS = {}
+_RANGE_LOCKS_GUARD = threading.Lock()
+
+
+def call_encoder(encoder: networks.BertEncoderV2, encoder_inputs: Mapping[str, tf.Tensor],
+                 training=None, output_range: Optional[int] = None) -> dict:
+  """Calls `encoder`, computing its LAST layer only for rows [0, output_range) when given.
+
+  `BertEncoderV2` supports this only as a constructor argument (`output_range`), but the same encoder
+  must also serve full `sequence_output`s (exports, hub checks), so it is switched for this call only.
+  All other layers still run over every token and the last layer attends over all keys/values, so the
+  first `output_range` rows and `pooled_output` are exactly those of a full call; `sequence_output`
+  is then [B, output_range, H]. Work saved: the last layer's query/output projections, attention and
+  feed-forward for the skipped rows (the [CLS]-only embedders skip ~(T-1)/T of it).
+
+  Args:
+    encoder: A Model Garden `BertEncoderV2`.
+    encoder_inputs: Model Garden input dict (`to_encoder_inputs`).
+    training: Keras training flag.
+    output_range: None = all rows.
+  """
+  if output_range is None:
+    return encoder(encoder_inputs, training=training)
+  with _RANGE_LOCKS_GUARD:
+    lock = _RANGE_LOCKS.setdefault(id(encoder), threading.Lock())
+  with lock:  # the switch is a Python attribute read at trace/eager time: one caller at a time
+    saved = encoder._output_range  # pylint: disable=protected-access
+    encoder._output_range = int(output_range)  # pylint: disable=protected-access
+    try:
+      return encoder(encoder_inputs, training=training)
+    finally:
+      encoder._output_range = saved  # pylint: disable=protected-access
 
 
 def to_encoder_inputs(features: Mapping[str, tf.Tensor]) -> dict:
