@@ -28,6 +28,8 @@ from realm_tf2.export import common as export_common
 from realm_tf2.export import embedder_export
 from realm_tf2.export import reader_export
 from realm_tf2.export import serving_export
+from realm_tf2.export import tfhub_encoder_export
+from realm_tf2.modeling import hub_init
 from realm_tf2.tasks import finetune_experiments
 from realm_tf2.tasks import orqa_task
 from realm_tf2.training import driver
@@ -41,6 +43,13 @@ flags.DEFINE_enum("mode", "train_and_eval", ["train", "eval", "predict", "train_
 flags.DEFINE_string("retriever_module_path", None,
                     "Embedder export (projected + tokenization_info) with encoded/encoded.ckpt.")
 flags.DEFINE_string("reader_module_path", None, "A `bert` export (or ORQA reader export) for the reader.")
+flags.DEFINE_string("bert_hub_module_handle", None,
+                    "Reader BERT from a TF2 TF Hub BERT encoder (dir, gs:// or URL; weights transferred, "
+                    "span head fresh). Same role as --reader_module_path (give one of them).")
+flags.DEFINE_string("embedder_hub_module_handle", None,
+                    "Alias of --retriever_module_path. ORQA needs block_emb (encoded/encoded.ckpt) of a "
+                    "trained embedder, so a TF Hub BERT is not enough here: run ICT from it first "
+                    "(run_pretrain.py --mode=ict --bert_hub_module_handle=...) and pass its export.")
 flags.DEFINE_string("block_records_path", None, "blocks.tfr, or the knowledge-corpus directory.")
 flags.DEFINE_integer("num_block_records", None, "Expected number of blocks (checked).")
 flags.DEFINE_string("data_root", None, "Directory of {dataset_name}.resplit.{train,dev,test}.jsonl.")
@@ -53,6 +62,9 @@ flags.DEFINE_string("predict_output", None, "Predictions JSONL (predict mode; al
 flags.DEFINE_bool("is_regex", None, "Regex answers (default: automatic, True for CuratedTrec).")
 flags.DEFINE_enum("eval_split", None, ["dev", "test"], "Split evaluated / predicted (default dev).")
 flags.DEFINE_bool("export_serving", True, "Write model_dir/export/serving at every best export.")
+flags.DEFINE_bool("export_reader_hub", False,
+                  "Also write export/best/reader_encoder_hub (the reader BERT as a TF Hub-format encoder, "
+                  "for hub.KerasLayer(..., trainable=True)); a Keras SavedModel save, so off by default.")
 
 FLAG_PATHS = dict(
     flags_lib.COMMON_FLAG_PATHS,
@@ -77,6 +89,30 @@ def _extra_overrides():
       out[f"task.validation_data.{field}"] = FLAGS[name].value
   if FLAGS["eval_split"].present:
     out["task.validation_data.split"] = FLAGS.eval_split
+  return out
+
+
+def hub_overrides():
+  """--bert_hub_module_handle / --embedder_hub_module_handle -> reader / retriever paths (URLs resolved)."""
+  out = {}
+  pairs = (("bert_hub_module_handle", "reader_module_path", "task.reader_module_path"),
+           ("embedder_hub_module_handle", "retriever_module_path", "task.retriever_module_path"))
+  for hub_flag, path_flag, path in pairs:
+    handle = FLAGS[hub_flag].value
+    if not handle:
+      continue
+    if FLAGS[path_flag].value and FLAGS[path_flag].value != handle:
+      raise app.UsageError(f"give only one of --{hub_flag} and --{path_flag}")
+    if hub_flag == "embedder_hub_module_handle" and hub_init.is_hub_encoder(handle):
+      raise app.UsageError(
+          f"--embedder_hub_module_handle={handle} is a TF Hub BERT encoder, but the ORQA retriever needs "
+          "a trained embedder with block_emb (encoded/encoded.ckpt). Run ICT from it first: "
+          f"python run_pretrain.py --mode=ict --bert_hub_module_handle={handle} --examples_path=... "
+          "--retrieval_corpus_path=... --model_dir=ict, then pass "
+          "--retriever_module_path=ict/export/<step>/embedder")
+    # The reader shares the retriever's tokenizer, so the hub vocab is not taken over (its size is
+    # checked against ours when the weights are transferred).
+    out.update(hub_init.flag_overrides({path: handle}, vocab_file_given=True, do_lower_case_given=True))
   return out
 
 
@@ -112,12 +148,14 @@ class BestExportAction:
   """After each eval: if exact_match improved, export retriever/reader/checkpoint/serving (atomic)."""
 
   def __init__(self, task: orqa_task.OrqaTask, model, global_step, model_dir: str,
-               export_serving: bool = True, metric_name: str = "exact_match"):
+               export_serving: bool = True, metric_name: str = "exact_match",
+               export_reader_hub: bool = False):
     self._task = task
     self._model = model
     self._global_step = global_step
     self._model_dir = model_dir
     self._export_serving = export_serving
+    self._export_reader_hub = export_reader_hub
     self._metric = metric_name
     self._best_dir = export_common.best_export_dir(model_dir)
     self._best_file = os.path.join(self._best_dir, "best_metric.txt")
@@ -138,6 +176,9 @@ class BestExportAction:
     export_best(self._task, self._model, self._model_dir, step)
     if self._export_serving:
       export_serving_model(self._task, self._model, self._model_dir)
+    if self._export_reader_hub:
+      tfhub_encoder_export.export_tfhub_encoder(os.path.join(self._best_dir, "reader"),
+                                                os.path.join(self._best_dir, "reader_encoder_hub"))
     io_utils.atomic_write_text(self._best_file, f"{step} {value}\n")
     self.best = value
     print(f"[best] step {step} {self._metric}={value:.4g} -> {self._best_dir}", flush=True)
@@ -194,7 +235,7 @@ def _latest_model_checkpoint(model_dir):
 
 def main(_):
   params = flags_lib.build_params(finetune_experiments.orqa_experiment(), FLAG_PATHS,
-                                  _extra_overrides())
+                                  {**_extra_overrides(), **hub_overrides()})
   check_startup(params, FLAGS.mode)
   model_dir = FLAGS.model_dir
   task = orqa_task.OrqaTask(params.task, logging_dir=model_dir)
@@ -206,7 +247,8 @@ def main(_):
                                        num_virtual_cpus=FLAGS.num_virtual_cpus)
   trainer = driver.build_trainer(params, task, strategy, model_dir, train="train" in FLAGS.mode,
                                  evaluate="eval" in FLAGS.mode)
-  best = BestExportAction(task, trainer.model, trainer.global_step, model_dir, FLAGS.export_serving)
+  best = BestExportAction(task, trainer.model, trainer.global_step, model_dir, FLAGS.export_serving,
+                          export_reader_hub=FLAGS.export_reader_hub)
   driver.run_experiment(params, task, model_dir, FLAGS.mode, strategy,
                         params.task.train_data.global_batch_size, eval_actions=[best],
                         trainer=trainer)

@@ -33,6 +33,7 @@ from realm_tf2.export import bert_export
 from realm_tf2.export import common as export_common
 from realm_tf2.export import embedder_export
 from realm_tf2.modeling import embedder as embedder_lib
+from realm_tf2.modeling import hub_init
 from realm_tf2.modeling import init_utils
 from realm_tf2.retrieval import block_store as block_store_lib
 from realm_tf2.retrieval import embed_corpus
@@ -53,10 +54,12 @@ flags.DEFINE_string("retrieval_corpus_path", None,
 flags.DEFINE_string("pretrain_corpus_path", None, "REALM: glob of the GZIP pre-training shards.")
 flags.DEFINE_string("embedder_hub_module_handle", None,
                     "REALM: initial embedder (ICT export dir, converter output or checkpoint). If it has "
-                    "encoded/encoded.ckpt that is the initial index; otherwise the corpus is embedded.")
+                    "encoded/encoded.ckpt that is the initial index; otherwise the corpus is embedded. "
+                    "A TF Hub BERT encoder (dir, gs:// or URL) initialises only its BERT (projection fresh).")
 flags.DEFINE_string("bert_hub_module_handle", None,
                     "Knowledge-augmented encoder init (REALM) / BERT init of the ICT tower: a `bert` "
-                    "export, converter output dir or checkpoint.")
+                    "export, converter output dir, checkpoint, or a TF2 TF Hub BERT encoder (dir, gs:// "
+                    "or URL; weights transferred, its vocab used unless --vocab_file is given).")
 flags.DEFINE_string("examples_path", None, "ICT: ORQA examples.tfr (or --blocks_dir).")
 flags.DEFINE_string("titles_path", None, "ICT: ORQA titles.tfr (accepted; titles come from examples.tfr).")
 flags.DEFINE_string("blocks_dir", None, "ICT: an ORQA blocks directory holding examples.tfr.")
@@ -94,6 +97,12 @@ def _data_overrides(prefixes, mapping):
   return out
 
 
+def _hub_overrides(handles):
+  """Init sources from the *_hub_module_handle flags; TF Hub encoders (dir, gs://, URL) also bring
+  their vocab / do_lower_case unless --vocab_file / --do_lower_case are given (hub_init.flag_overrides)."""
+  return hub_init.flag_overrides(handles, FLAGS["vocab_file"].present, FLAGS["do_lower_case"].present)
+
+
 def build_ict_params():
   examples = FLAGS.examples_path or (os.path.join(FLAGS.blocks_dir, "examples.tfr")
                                      if FLAGS.blocks_dir else None)
@@ -101,8 +110,7 @@ def build_ict_params():
   if examples:
     extra["task.train_data.input_path"] = examples
     extra["task.validation_data.input_path"] = FLAGS.eval_examples_path or examples
-  if FLAGS.bert_hub_module_handle:
-    extra["task.bert_init"] = FLAGS.bert_hub_module_handle
+  extra.update(_hub_overrides({"task.bert_init": FLAGS.bert_hub_module_handle}))
   if FLAGS.refresh_every_steps:
     extra["trainer.checkpoint_interval"] = FLAGS.refresh_every_steps
   if FLAGS.batch_size:
@@ -118,9 +126,9 @@ def build_realm_params():
   if FLAGS.pretrain_corpus_path:
     extra["task.train_data.input_path"] = FLAGS.pretrain_corpus_path
     extra["task.validation_data.input_path"] = FLAGS.pretrain_corpus_path
+  extra.update(_hub_overrides({"task.embedder_init": FLAGS.embedder_hub_module_handle,
+                               "task.bert_init": FLAGS.bert_hub_module_handle}))
   for flag_name, path in (("retrieval_corpus_path", "task.retrieval_corpus_path"),
-                          ("embedder_hub_module_handle", "task.embedder_init"),
-                          ("bert_hub_module_handle", "task.bert_init"),
                           ("num_candidates", "task.model.num_candidates"),
                           ("refresh_every_steps", "trainer.checkpoint_interval")):
     if _flag(flag_name) is not None:

@@ -349,3 +349,38 @@ def init_from_hub(model, handle: str, hub: Optional[HubEncoder] = None) -> str:
                  "initialisation", handle, model.name)
   logging.info("Initialised %s from TF Hub encoder %s (%d variables)", model.name, hub.path, n)
   return f"tfhub:{hub.path} ({n} variables)"
+
+
+def flag_overrides(handles: Mapping[str, Optional[str]], vocab_file_given: bool,
+                   do_lower_case_given: bool) -> Dict[str, object]:
+  """Config overrides for the `--*_hub_module_handle` flags of run_pretrain.py / run_finetune.py.
+
+  Hub URLs are resolved to their (cached) local path once, here; when no `--vocab_file` is given, the
+  vocab (and `do_lower_case`, unless given) of the first TF Hub encoder that has one is used, so
+  `--bert_hub_module_handle=<TF Hub BERT>` alone brings its tokenizer.
+
+  Args:
+    handles: config path (e.g. "task.bert_init") -> handle or None.
+    vocab_file_given / do_lower_case_given: Whether the user set those flags.
+  Returns:
+    dotted config path -> value.
+  """
+  out = {}
+  vocab_taken = vocab_file_given
+  for path, handle in handles.items():
+    if not handle:
+      continue
+    if not is_hub_encoder(handle):
+      out[path] = handle
+      continue
+    local = resolve_handle(handle)
+    out[path] = local
+    if not vocab_taken:
+      vocab, lower = find_hub_vocab(local)
+      if vocab:
+        out["task.vocab_file"] = vocab
+        if lower is not None and not do_lower_case_given:
+          out["task.do_lower_case"] = lower
+        vocab_taken = True
+        logging.info("vocab from TF Hub encoder %s: %s (do_lower_case=%s)", handle, vocab, lower)
+  return out
