@@ -1,4 +1,10 @@
-"""A tiny ORQA world for tests: 4 blocks, 8 questions, a random tiny retriever export with block_emb."""
+"""Tiny ORQA worlds for tests.
+
+* `build_world`: 4 hand-written blocks, 8 questions, train = dev = test (plumbing tests only, NOT a
+  measure of generalisation), random tiny retriever export with block_emb.
+* `generate_heldout_world` + `build_heldout_setup`: a templated person world whose dev questions are
+  about entities no train question mentions; vocab and corpus built with the data_prep libraries.
+"""
 import json
 import os
 
@@ -75,3 +81,93 @@ def task_config(world, **model_overrides):
   tc.train_data.dataset_name = tc.validation_data.dataset_name = "World"
   tc.train_data.global_batch_size = tc.validation_data.global_batch_size = 4
   return tc
+
+
+# --- Held-out world: dev questions are about entities that no train question mentions. ---------------
+
+_CONSONANTS = "bdfgklmnprstvz"
+_VOWELS = "aeiou"
+PERSON_TEMPLATES = ("{name} was born in {city} in {year} .",
+                    "in {year} , {name} was born in the town of {city} .")
+QUESTION_TEMPLATES = (("when was {name} born ?", "year"), ("where was {name} born ?", "city"))
+
+
+def _words(rng, n, syllables, taken):
+  """n distinct made-up words of `syllables` consonant-vowel pairs, none in `taken`."""
+  out = []
+  while len(out) < n:
+    w = "".join(rng.choice(list(_CONSONANTS)) + rng.choice(list(_VOWELS)) for _ in range(syllables))
+    if w not in taken:
+      taken.add(w)
+      out.append(w)
+  return out
+
+
+def generate_heldout_world(root, num_entities=32, num_dev_entities=8, seed=0,
+                           templates=PERSON_TEMPLATES, questions=QUESTION_TEMPLATES):
+  """Writes a templated person world: `knowledge.jsonl` (one document per person) and
+  `qa/World.resplit.{train,dev,test}.jsonl`.
+
+  Every person has a unique made-up name, a unique birth city and a unique birth year, so an answer
+  string occurs in exactly one document: a correct prediction requires reading the block of the
+  asked person. Persons are split by ENTITY: the dev (= test) questions are about the last
+  `num_dev_entities` persons, which no train question mentions (disjoint entities and facts). Two
+  document templates put the facts at different positions. Returns dict(knowledge, qa, train, dev).
+  """
+  rng = np.random.RandomState(seed)
+  taken = set()
+  names = _words(rng, num_entities, 3, taken)
+  cities = _words(rng, num_entities, 2, taken)
+  years = rng.choice(np.arange(1500, 2000), num_entities, replace=False)
+  os.makedirs(os.path.join(root, "qa"), exist_ok=True)
+  docs, qa = [], {"train": [], "dev": []}
+  for i, (name, city, year) in enumerate(zip(names, cities, years)):
+    facts = {"name": name, "city": city, "year": str(year)}
+    docs.append({"title": name, "body": templates[rng.randint(len(templates))].format(**facts)})
+    split = "dev" if i >= num_entities - num_dev_entities else "train"
+    for template, relation in questions:
+      qa[split].append({"question": template.format(name=name), "answer": [facts[relation]]})
+  knowledge = os.path.join(root, "knowledge.jsonl")
+  with open(knowledge, "w") as f:
+    f.writelines(json.dumps(d) + "\n" for d in docs)
+  qa["test"] = qa["dev"]
+  for split, rows in qa.items():
+    with open(os.path.join(root, "qa", f"World.resplit.{split}.jsonl"), "w") as f:
+      f.writelines(json.dumps(r) + "\n" for r in rows)
+  return {"knowledge": knowledge, "qa": os.path.join(root, "qa"), "train": qa["train"],
+          "dev": qa["dev"]}
+
+
+def build_heldout_setup(root, bert_config, projection_size=16, **world_kwargs):
+  """Held-out world -> vocab (`data_prep.build_vocab`, every word a token) -> knowledge corpus
+  (`data_prep.build_knowledge_corpus`) -> random retriever export with `encoded/encoded.ckpt`
+  (`embed_corpus.embed_corpus`). The export uses `bert_config` (the ORQA retriever restores it).
+
+  Returns dict(world..., vocab, corpus, retriever, texts (block strings), block_emb [N, D]).
+  """
+  import realm_tf2  # noqa: F401
+  from data_prep import build_knowledge_corpus
+  from data_prep import build_vocab
+  from realm_tf2 import tokenization
+  from realm_tf2.export import embedder_export
+  from realm_tf2.modeling import embedder
+  from realm_tf2.retrieval import embed_corpus
+  world = generate_heldout_world(root, **world_kwargs)
+  vocab = os.path.join(root, "vocab.txt")
+  build_vocab.build_vocab(world["knowledge"], vocab, 1000, lower_thresh=1)
+  corpus = os.path.join(root, "corpus")
+  build_knowledge_corpus.build_knowledge_corpus(world["knowledge"], vocab, corpus, num_shards=1,
+                                                num_workers=1, max_block_length=64, verbose=False)
+  tok = tokenization.RealmTokenizer(vocab)
+  tf.keras.utils.set_random_seed(0)
+  emb_model = embedder.RealmEmbedder(bert_config, projection_size=projection_size,
+                                     vocab_size=tok.vocab_size)
+  emb_model({k: tf.zeros([1, 8], tf.int32) for k in ("input_ids", "input_mask", "segment_ids")})
+  retriever = os.path.join(root, "retriever")
+  embedder_export.export_embedder(emb_model, vocab, True, retriever)
+  _, block_emb = embed_corpus.embed_corpus(os.path.join(corpus, "realm", "blocks-*"), emb_model,
+                                           retriever, vocab_file=vocab)
+  texts = [r.numpy().decode("utf-8") for r in
+           tf.data.TFRecordDataset(os.path.join(corpus, "blocks.tfr"))]
+  return {**world, "vocab": vocab, "corpus": corpus, "retriever": retriever, "texts": texts,
+          "block_emb": block_emb}
