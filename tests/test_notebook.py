@@ -23,22 +23,20 @@ def test_notebook_is_valid_and_colab_ready():
 def test_notebook_runs_tiny(tmp_path):
   import nbclient  # pylint: disable=g-import-not-at-top
   import nbformat  # pylint: disable=g-import-not-at-top
-  from jupyter_client.kernelspec import KernelSpecManager  # pylint: disable=g-import-not-at-top
   # A kernelspec that runs THIS interpreter (the one with realm_tf2 installed).
   spec_dir = tmp_path / "kernels" / "realm-test"
   spec_dir.mkdir(parents=True)
   (spec_dir / "kernel.json").write_text(json.dumps({
       "argv": [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
       "display_name": "realm-test", "language": "python"}))
-  ksm = KernelSpecManager(kernel_dirs=[str(tmp_path / "kernels")])
+  os.environ["JUPYTER_PATH"] = str(tmp_path) + os.pathsep + os.environ.get("JUPYTER_PATH", "")
   os.environ["REALM_DEMO_SCALE"] = "test"
   os.environ["REALM_DEMO_OUTPUT_DIR"] = str(tmp_path / "demo")
   os.environ["MPLBACKEND"] = "Agg"
   os.environ["TF_CPP_MIN_LOG_LEVEL"] = "2"
   nb = nbformat.read(NOTEBOOK, as_version=4)
-  client = nbclient.NotebookClient(nb, timeout=900, kernel_name="realm-test", kernel_manager_class=None,
+  client = nbclient.NotebookClient(nb, timeout=900, kernel_name="realm-test",
                                    resources={"metadata": {"path": REPO}})
-  client.kernel_spec_manager = ksm
   try:
     client.execute()
   finally:

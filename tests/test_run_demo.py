@@ -63,7 +63,11 @@ def test_run_demo_reduced(tmp_path):
     assert a["block_index"] >= 0
   # The EM in the summary is the evaluate CLI's on the predict output (all dev questions).
   with open(os.path.join(out_dir, "eval.dev.json")) as f:
-    assert json.load(f)["exact_match"] == summary["dev_exact_match"]
+    evaluated = json.load(f)
+  assert evaluated["accuracy"] == summary["dev_exact_match"]
+  assert evaluated["num_references"] == summary["dev_num_questions"] == len(dev)
+  # The task's own EM on the same predictions agrees with the standalone evaluator.
+  assert abs(summary["dev_exact_match_in_training_eval"] - summary["dev_exact_match"]) < 1e-6
   assert "REALM demo summary" in proc.stdout
 
   # Idempotent re-run: nothing is re-trained.

@@ -66,12 +66,12 @@ class DemoConfig:
   vocab_file: str = ""
   init_from: str = ""
   ict_steps: int = 300
-  realm_steps: int = 300
-  orqa_steps: int = 1500
+  realm_steps: int = 150
+  orqa_steps: int = 600
   ict_batch_size: int = 32
   realm_batch_size: int = 8
   orqa_batch_size: int = 8
-  refresh_every_steps: int = 50
+  refresh_every_steps: int = 30
   vocab_size: int = 4000
   max_block_length: int = 96
   num_samples: int = 5
@@ -443,15 +443,17 @@ class Demo:
     r = {k: v["result"] for k, v in self.results.items()}
     ev = r.get("evaluate", {})
     predict = ev.get("predict") or {}
-    em = (ev.get("evaluate") or {}).get("exact_match", predict.get("exact_match"))
+    evaluated = ev.get("evaluate") or {}
+    # Dev EM = the evaluate CLI's `accuracy` (normalised exact match over all dev references).
+    em = evaluated.get("accuracy", predict.get("exact_match"))
     stage_secs = {k: round(v["elapsed_s"], 1) for k, v in self.results.items()}
     return {
         "output_dir": self.out,
         "config": {k: v for k, v in dataclasses.asdict(self.c).items() if k != "python"},
         "dev_exact_match": em,
         "dev_recall_at_5": predict.get("recall_at_5"),
-        "dev_num_questions": (ev.get("evaluate") or {}).get("num_predictions",
-                                                             (ev.get("evaluate") or {}).get("count")),
+        "dev_exact_match_in_training_eval": predict.get("exact_match"),
+        "dev_num_questions": evaluated.get("num_references"),
         "retrieval_utility_before_realm": r["realm"]["retrieval_utility_first_loop"],
         "retrieval_utility_after_realm": r["realm"]["retrieval_utility_last_loop"],
         "retrieval_utility_eval_after_realm": r["realm"]["retrieval_utility_eval"],
