@@ -80,6 +80,24 @@ def _features(batch=3, seq=9, seed=0):
   return {"input_ids": ids, "input_mask": mask, "segment_ids": seg}
 
 
+def _tiny_ict_examples(path, num_blocks=12):
+  """ORQA examples.tfr (title_ids, token_ids, sentence_starts) of random 3-sentence blocks."""
+  rng = np.random.default_rng(0)
+  vocab = tiny_fixtures.tiny_vocab()
+  word_ids = [vocab.index(w) for w in tiny_fixtures.WORDS]
+  feature = lambda v: tf.train.Feature(int64_list=tf.train.Int64List(value=[int(x) for x in v]))  # noqa: E731
+  with tf.io.TFRecordWriter(path) as writer:
+    for _ in range(num_blocks):
+      lens = rng.integers(3, 7, size=3)
+      starts = np.concatenate([[0], np.cumsum(lens)[:-1]])
+      ex = tf.train.Example(features=tf.train.Features(feature={
+          "title_ids": feature(rng.choice(word_ids, 2)),
+          "token_ids": feature(rng.choice(word_ids, int(lens.sum()))),
+          "sentence_starts": feature(starts)}))
+      writer.write(ex.SerializeToString())
+  return path
+
+
 def _hub_outputs(hub_model, feats):
   out = hub_model(feats["input_ids"], feats["input_mask"], feats["segment_ids"])
   return out["pooled_output"].numpy(), out["sequence_output"].numpy()
@@ -158,15 +176,10 @@ def test_ict_task_initialize_from_hub_flag_path(hub_dir, hub_model, tmp_path):
       _hub_outputs(hub_model, feats)[1], atol=1e-5)
 
 
-def test_our_bert_export_roundtrip_keras_layer_and_hub_format(tmp_path, tiny_vocab_file):
-  """Our `bert` export in hub.KerasLayer (tokens / mlm), and its hub-format encoder export, which
-  hub.KerasLayer and hub_init (back into our model) both reproduce."""
+def test_our_bert_export_in_keras_layer(our_bert_export):
+  """Our `bert` export as hub.KerasLayer(signature="tokens"/"mlm", output_key=...) in a user's model."""
   import tensorflow_hub as hub  # pylint: disable=g-import-not-at-top
-  from realm_tf2.export import bert_export  # pylint: disable=g-import-not-at-top
-  from realm_tf2.export import tfhub_encoder_export  # pylint: disable=g-import-not-at-top
-  tf_keras.utils.set_random_seed(11)
-  ours = knowledge_encoder.KnowledgeAugmentedEncoder(_bert_config())
-  export = bert_export.export_bert(ours, tiny_vocab_file, True, str(tmp_path / "export/5/bert"))
+  ours, export, _ = our_bert_export
   feats = _features(seed=2)
   positions = np.array([[1, 2], [0, 5], [3, 8]], np.int32)
   want = ours({**feats, "mlm_positions": positions}, training=False)
@@ -185,8 +198,30 @@ def test_our_bert_export_roundtrip_keras_layer_and_hub_format(tmp_path, tiny_voc
   np.testing.assert_allclose(got_pooled.numpy(), want["pooled_output"].numpy(), atol=1e-5)
   np.testing.assert_allclose(got_logits.numpy(), want["mlm_logits"].numpy(), atol=1e-4)
 
-  # Hub-format encoder export of the same weights.
-  hub_fmt = tfhub_encoder_export.export_tfhub_encoder(export, str(tmp_path / "encoder_hub"))
+
+@pytest.fixture(scope="module")
+def our_bert_export(tmp_path_factory):
+  from realm_tf2.export import bert_export  # pylint: disable=g-import-not-at-top
+  root = tmp_path_factory.mktemp("ours")
+  vocab = tiny_fixtures.write_tiny_vocab(str(root / "vocab.txt"))
+  tf_keras.utils.set_random_seed(11)
+  ours = knowledge_encoder.KnowledgeAugmentedEncoder(_bert_config())
+  return ours, bert_export.export_bert(ours, vocab, True, str(root / "export/5/bert")), vocab
+
+
+@pytest.mark.slow  # a Keras SavedModel save + load (~30 s on the shared 2-core machine)
+def test_hub_format_encoder_export_roundtrip(our_bert_export, tmp_path):
+  """`tfhub_encoder_export` of our `bert` export: hub.KerasLayer(trainable=True) in a user's model and
+  hub_init (back into a fresh model of ours) both reproduce our outputs."""
+  import tensorflow_hub as hub  # pylint: disable=g-import-not-at-top
+  from realm_tf2.export import tfhub_encoder_export  # pylint: disable=g-import-not-at-top
+  ours, export, tiny_vocab_file = our_bert_export
+  feats = _features(seed=2)
+  want = ours(feats, training=False)
+  out_dir = str(tmp_path / "encoder_hub")
+  subprocess.run([sys.executable, "-m", "realm_tf2.export.tfhub_encoder_export", f"--source={export}",
+                  f"--export_dir={out_dir}"], cwd=REPO, check=True, capture_output=True, timeout=300)
+  hub_fmt = out_dir
   assert hub_init.is_hub_encoder(hub_fmt)
   layer = hub.KerasLayer(hub_fmt, trainable=True)
   word = tf_keras.Input([None], dtype=tf.int32, name="input_word_ids")
@@ -210,3 +245,45 @@ def test_our_bert_export_roundtrip_keras_layer_and_hub_format(tmp_path, tiny_voc
   init_utils.init_knowledge_encoder(back, hub_fmt)
   np.testing.assert_allclose(back(feats, training=False)["sequence_output"].numpy(),
                              want["sequence_output"].numpy(), atol=1e-5)
+
+
+@pytest.mark.slow  # Model Garden's with_mlm export (~55 s here)
+def test_mlm_head_transferred(tmp_path):
+  hub_path, _ = _make_hub_encoder(str(tmp_path), with_mlm=True)
+  hub_model = hub_init.load_hub_encoder(hub_path)
+  assert hub_model.has_mlm_head
+  feats = _features(seed=4)
+  positions = np.array([[1, 2], [0, 5], [3, 8]], np.int32)
+  want = hub_model.loaded.mlm({"input_word_ids": feats["input_ids"], "input_mask": feats["input_mask"],
+                               "input_type_ids": feats["segment_ids"],
+                               "masked_lm_positions": positions}, training=False)
+  kae = knowledge_encoder.KnowledgeAugmentedEncoder(_bert_config())
+  init_utils.init_knowledge_encoder(kae, hub_path)
+  got = kae({**feats, "mlm_positions": positions}, training=False)
+  np.testing.assert_allclose(got["mlm_logits"].numpy(), want["mlm_logits"].numpy(), atol=1e-4)
+  np.testing.assert_allclose(got["pooled_output"].numpy(), want["pooled_output"].numpy(), atol=1e-5)
+
+
+@pytest.mark.slow  # run_pretrain subprocess (TF import + tiny world + 2 ICT steps)
+def test_run_pretrain_ict_from_hub_flag(hub_dir, hub_model, tmp_path):
+  """`run_pretrain --mode=ict --bert_hub_module_handle=<hub dir>` without --vocab_file: the hub vocab
+  is used and, with learning rate 0, the checkpointed encoder equals the hub model."""
+  examples = _tiny_ict_examples(str(tmp_path / "examples.tfr"))
+  model_dir = str(tmp_path / "ict")
+  env = dict(os.environ, CUDA_VISIBLE_DEVICES="", TF_CPP_MIN_LOG_LEVEL="2")
+  proc = subprocess.run(
+      [sys.executable, "run_pretrain.py", "--mode=ict", f"--model_dir={model_dir}",
+       f"--examples_path={examples}", f"--bert_hub_module_handle={hub_dir}",
+       "--config_file=configs/sizes/tiny.yaml", "--num_train_steps=2", "--batch_size=4",
+       "--learning_rate=0.0", "--num_warmup_steps=0", "--run_mode=train",
+       "--params_override=task.model.ict_query_seq_len=16,task.model.ict_block_seq_len=32"],
+      cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  enc = bert_lib.build_bert_encoder(_bert_config())
+  feats = _features(seed=5)
+  enc(bert_lib.to_encoder_inputs(feats))
+  init_utils.init_bert_encoder(enc, model_dir)
+  np.testing.assert_allclose(enc(bert_lib.to_encoder_inputs(feats))["sequence_output"].numpy(),
+                             _hub_outputs(hub_model, feats)[1], atol=1e-5)
+  params = open(os.path.join(model_dir, "params.yaml")).read()
+  assert os.path.join(hub_dir, "assets", "vocab.txt") in params
