@@ -14,6 +14,7 @@ import realm_tf2  # noqa: F401
 from absl import logging
 import orbit
 import tensorflow as tf
+import tf_keras
 
 from official.core import base_trainer
 from official.core import config_definitions
@@ -23,6 +24,7 @@ from official.modeling import performance
 from realm_tf2 import optimization
 from realm_tf2.training import actions as actions_lib
 from realm_tf2.training import metrics_log
+from realm_tf2.training import preemption
 
 
 def latest_step(model_dir: str) -> int:
@@ -33,14 +35,47 @@ def latest_step(model_dir: str) -> int:
   return int(train_utils.read_global_step_from_checkpoint(ckpt))
 
 
+def resumable_train_dataset(task, data_config, strategy: tf.distribute.Strategy, skip_steps: int):
+  """The distributed train dataset with the batches of `skip_steps` finished steps skipped.
+
+  The Trainer's checkpoint holds model, optimizer and global step but not the input position, so a
+  resumed run would otherwise see the first batches again. Skipping whole batches (each global step
+  takes `num_replicas_in_sync / num_input_pipelines` per-replica batches from every pipeline) makes a
+  deterministic-mode run (`deterministic=True`, fixed seed) read exactly the batches an uninterrupted
+  run reads. Cost: the skipped batches still go through the host pipeline once (no device work).
+  """
+  def dataset_fn(input_context=None):
+    ds = task.build_inputs(data_config, input_context)
+    pipelines = input_context.num_input_pipelines if input_context else 1
+    per_step = max(1, strategy.num_replicas_in_sync // pipelines)
+    if skip_steps:
+      logging.info("resume: skipping %d input batches (%d finished steps)", skip_steps * per_step,
+                   skip_steps)
+      ds = ds.skip(skip_steps * per_step)
+    return ds
+  return orbit.utils.make_distributed_dataset(strategy, dataset_fn)
+
+
 def build_trainer(params: config_definitions.ExperimentConfig, task, strategy: tf.distribute.Strategy,
                   model_dir: str, train: bool = True, evaluate: bool = True) -> base_trainer.Trainer:
-  """Builds model, optimizer and Model Garden Trainer inside `strategy.scope()`."""
+  """Builds model, optimizer and Model Garden Trainer inside `strategy.scope()`.
+
+  In deterministic mode (`task.train_data.deterministic`) the global seeds are set from
+  `task.train_data.seed`, so weight initialisation repeats; on resume (a checkpoint in `model_dir`)
+  the train input skips the batches of the finished steps (`resumable_train_dataset`).
+  """
+  train_data = params.task.train_data
+  if getattr(train_data, "deterministic", False):
+    tf_keras.utils.set_random_seed(int(getattr(train_data, "seed", 0) or 0))
   with strategy.scope():
     model = task.build_model()
     optimizer = optimization.create_optimizer(params.task.optimizer, params.trainer.train_steps)
+    train_dataset = None
+    if train:
+      train_dataset = resumable_train_dataset(task, train_data, strategy, latest_step(model_dir))
     return base_trainer.Trainer(
         params, task, model=model, optimizer=optimizer, train=train, evaluate=evaluate,
+        train_dataset=train_dataset,
         checkpoint_exporter=train_lib.maybe_create_best_ckpt_exporter(params, model_dir))
 
 
@@ -73,9 +108,19 @@ def run_experiment(params: config_definitions.ExperimentConfig, task, model_dir:
       writer, trainer.global_step, params.trainer.train_steps, global_batch_size,
       extra_metrics_fn=extra_metrics_fn)
   eval_writer = actions_lib.EvalMetricsAction(writer, trainer.global_step)
+  # SIGTERM -> checkpoint at the end of the current train loop -> exit 143 (see preemption.py).
+  watcher = preemption.PreemptionWatcher().install()
+  on_preemption = preemption.SaveOnPreemptionAction(
+      watcher, trainer.checkpoint, trainer.global_step, model_dir, params.trainer.max_to_keep)
   progress.start()
-  _, eval_logs = train_lib.run_experiment(
-      distribution_strategy=strategy, task=task, mode=mode, params=params, model_dir=model_dir,
-      train_actions=[progress, *train_actions], eval_actions=[eval_writer, *eval_actions],
-      trainer=trainer)
+  try:
+    _, eval_logs = train_lib.run_experiment(
+        distribution_strategy=strategy, task=task, mode=mode, params=params, model_dir=model_dir,
+        train_actions=[progress, *train_actions, on_preemption],
+        eval_actions=[eval_writer, *eval_actions], trainer=trainer)
+  except preemption.Preempted as e:
+    logging.warning("%s", e)
+    raise SystemExit(preemption.PREEMPTED_EXIT_CODE) from e
+  finally:
+    watcher.uninstall()
   return trainer, eval_logs

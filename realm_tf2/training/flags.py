@@ -14,6 +14,8 @@ from official.modeling.hyperparams import params_dict
 
 FLAGS = flags.FLAGS
 
+DEFAULT_RECOVERY_MAX_TRIALS = 3
+
 # Original flag name -> config path, shared by both scripts.
 COMMON_FLAG_PATHS = {
     "num_train_steps": "trainer.train_steps",
@@ -80,6 +82,10 @@ def build_params(default_params, flag_paths: Mapping[str, str] = COMMON_FLAG_PAT
     The validated, locked config.
   """
   params = default_params
+  if params.trainer.recovery_max_trials == 0:
+    # Model Garden's default (0) aborts on the first NaN/blow-up; ours restores the last checkpoint
+    # up to this many times first (loss > trainer.loss_upper_bound or NaN). YAML can still override.
+    params.override({"trainer": {"recovery_max_trials": DEFAULT_RECOVERY_MAX_TRIALS}}, is_strict=True)
   for path in FLAGS.config_file or []:
     if not tf.io.gfile.exists(path):
       raise ValueError(f"--config_file {path}: file not found")

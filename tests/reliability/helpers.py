@@ -1,0 +1,106 @@
+"""Shared helpers of the reliability tests: tiny inputs written directly, subprocess runs, kill."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import tensorflow as tf
+
+from tests import tiny_fixtures
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+PY = sys.executable
+TINY_CONFIG = os.path.join(REPO, "configs/sizes/tiny.yaml")
+# Dropout off so a resumed run is bit-comparable with an uninterrupted one (dropout RNG state is not
+# part of a checkpoint).
+NO_DROPOUT = ("task.model.bert.dropout_rate=0.0,task.model.bert.attention_dropout_rate=0.0,"
+              "task.model.embedder_dropout_rate=0.0")
+
+
+def env():
+  return dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", CUDA_VISIBLE_DEVICES="", PYTHONPATH=REPO)
+
+
+def run(args, timeout=300):
+  """Runs `python args...` in the repo; returns the CompletedProcess (never raises on failure)."""
+  return subprocess.run([PY] + list(args), cwd=REPO, env=env(), capture_output=True, text=True,
+                        timeout=timeout)
+
+
+def write_vocab(path):
+  return tiny_fixtures.write_tiny_vocab(path)
+
+
+def _int64(values):
+  return tf.train.Feature(int64_list=tf.train.Int64List(value=[int(v) for v in values]))
+
+
+def write_ict_examples(path, vocab, num_blocks=24, seed=0):
+  """ORQA `examples.tfr` of `num_blocks` random 3-sentence blocks over the tiny vocab."""
+  rng = np.random.RandomState(seed)
+  words = [vocab.index(w) for w in tiny_fixtures.WORDS]
+  with tf.io.TFRecordWriter(path) as w:
+    for _ in range(num_blocks):
+      lens = rng.randint(3, 7, size=3)
+      tokens = rng.choice(words, size=int(lens.sum()))
+      starts = np.concatenate([[0], np.cumsum(lens)[:-1]])
+      ex = tf.train.Example(features=tf.train.Features(feature={
+          "title_ids": _int64(rng.choice(words, size=2)), "token_ids": _int64(tokens),
+          "sentence_starts": _int64(starts)}))
+      w.write(ex.SerializeToString())
+  return path
+
+
+def metrics(model_dir, split="train"):
+  path = os.path.join(model_dir, "metrics.jsonl")
+  with open(path) as f:
+    return [r for r in map(json.loads, f) if r["split"] == split]
+
+
+def start(args):
+  return subprocess.Popen([PY] + list(args), cwd=REPO, env=env(), stdout=subprocess.PIPE,
+                          stderr=subprocess.STDOUT, text=True)
+
+
+def wait_for_file(proc, path, timeout=240):
+  """Polls until `path` exists; fails if the process ends first."""
+  t0 = time.time()
+  while time.time() - t0 < timeout:
+    if os.path.exists(path):
+      return True
+    if proc.poll() is not None:
+      out = proc.stdout.read()
+      raise AssertionError(f"process ended (rc={proc.returncode}) before {path}:\n{out[-4000:]}")
+    time.sleep(0.05)
+  proc.kill()
+  raise AssertionError(f"timeout waiting for {path}")
+
+
+def kill(proc, sig=signal.SIGKILL, timeout=120):
+  os.kill(proc.pid, sig)
+  out, _ = proc.communicate(timeout=timeout)
+  return proc.returncode, out
+
+
+def checkpoint_steps(model_dir):
+  return sorted(int(f[len("ckpt-"):-len(".index")]) for f in os.listdir(model_dir)
+                if f.startswith("ckpt-") and f.endswith(".index"))
+
+
+def wait_for_new_checkpoint(proc, model_dir, after_step, timeout=240):
+  """Polls until a checkpoint with step > `after_step` exists; returns its step."""
+  t0 = time.time()
+  while time.time() - t0 < timeout:
+    newer = [s for s in checkpoint_steps(model_dir) if s > after_step]
+    if newer:
+      return min(newer)
+    if proc.poll() is not None:
+      out = proc.stdout.read()
+      raise AssertionError(f"process ended (rc={proc.returncode}) before a checkpoint after step "
+                           f"{after_step}:\n{out[-4000:]}")
+    time.sleep(0.05)
+  proc.kill()
+  raise AssertionError(f"timeout waiting for a checkpoint after step {after_step}")
