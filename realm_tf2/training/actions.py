@@ -1,4 +1,5 @@
 """Orbit actions run after every train/eval loop: progress line and metrics.jsonl records."""
+import math
 import sys
 import time
 from typing import Callable, Mapping, Optional
@@ -59,11 +60,14 @@ class TrainProgressAction:
       metrics.update(self._extra())
     record = self._writer.write(step, "train", metrics)
     eta = (self._total_steps - step) / steps_per_sec if steps_per_sec > 0 else float("nan")
-    loss = record.get("training_loss", float("nan"))
+    loss = float(record.get("training_loss", float("nan")))  # non-finite values are stored as strings
     extras = " ".join(f"{k}={record[k]:.4g}" for k in sorted(record)
                       if k not in ("step", "split", "training_loss", "steps_per_sec",
                                    "examples_per_sec", "learning_rate")
                       and isinstance(record[k], (int, float)))
+    if not math.isfinite(loss):
+      logging.error("non-finite training loss (%s) at step %d; Model Garden's blow-up recovery "
+                    "(trainer.recovery_max_trials) restores the last checkpoint", loss, step)
     line = (f"[train] step {step}/{self._total_steps} loss={loss:.4f} "
             f"{metrics['examples_per_sec']:.1f} ex/s ETA {_fmt_seconds(eta) if eta == eta else '?'} "
             f"{extras}")
