@@ -55,7 +55,9 @@ class RealmEmbedder(tf_keras.Model):
     self(bert.dummy_features(), training=False)  # Build all weights now.
 
   def call(self, inputs: Mapping[str, tf.Tensor], training=None) -> tf.Tensor:
-    pooled = self.encoder(bert.to_encoder_inputs(inputs), training=training)["pooled_output"]
+    # Only [CLS] feeds the pooler: the last layer computes that row alone (exact, see call_encoder).
+    pooled = bert.call_encoder(self.encoder, bert.to_encoder_inputs(inputs), training=training,
+                               output_range=1)["pooled_output"]
     x = self.projection(pooled)  # [B, D]
     x = self.layer_norm(x)  # [B, D]
     x = self.dropout(x, training=training)  # [B, D]

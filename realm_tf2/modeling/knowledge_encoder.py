@@ -46,8 +46,13 @@ class KnowledgeAugmentedEncoder(tf_keras.Model):
   def vocab_size(self) -> int:
     return int(self.encoder.get_embedding_table().shape[0])
 
-  def call(self, inputs: Mapping[str, tf.Tensor], training=None) -> dict:
-    outputs = self.encoder(bert.to_encoder_inputs(inputs), training=training)
+  def call(self, inputs: Mapping[str, tf.Tensor], training=None,
+           output_range: Optional[int] = None) -> dict:
+    """See the class docstring; `output_range`: when every `mlm_positions` entry is known to be
+    < output_range (REALM: masks are in the query part, < query_seq_len - 1), the last layer
+    computes only rows [0, output_range) and `sequence_output` is [B, output_range, H]."""
+    outputs = bert.call_encoder(self.encoder, bert.to_encoder_inputs(inputs), training=training,
+                                output_range=output_range)
     result = {"sequence_output": outputs["sequence_output"],  # [B, T, H]
               "pooled_output": outputs["pooled_output"]}  # [B, H]
     if "mlm_positions" in inputs:

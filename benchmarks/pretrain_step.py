@@ -1,0 +1,229 @@
+r"""REALM pre-training step throughput and useful-FLOP efficiency vs the matmul rate of the same run.
+
+  python benchmarks/pretrain_step.py --layers=4 --hidden=256 --heads=4 --batch=4 --k=8 \
+      --query_len=96 --cand_len=288 --joint_len=384 --xla --precision=float32 --steps=5
+
+Runs the real task code (`RealmTask.build_model` + `RealmTask.train_step`, i.e. `compute_loss` ->
+XLA forward/backward -> AdamWeightDecay) on a synthetic batch with the pipeline's static shapes.
+Because the VM is shared, every timed step is bracketed by matmul-rate samples (same matmul both
+times) and the efficiency is reported per step against the neighbouring samples, plus overall.
+
+Output (JSON lines): a `pretrain_step` record with examples_per_s, seconds_per_step (best/median),
+useful_gflop_per_step (by part), achieved_gflops, peak_gflops (same run), efficiency.
+"""
+import argparse
+import os
+import subprocess
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import realm_tf2  # noqa: E402,F401
+import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
+import tf_keras  # noqa: E402
+
+from benchmarks import common  # noqa: E402
+from realm_tf2 import configs  # noqa: E402
+from realm_tf2 import optimization  # noqa: E402
+from realm_tf2.tasks import realm_task  # noqa: E402
+
+
+def add_model_flags(ap: argparse.ArgumentParser):
+  ap.add_argument("--layers", type=int, default=4)
+  ap.add_argument("--hidden", type=int, default=256)
+  ap.add_argument("--heads", type=int, default=4)
+  ap.add_argument("--intermediate", type=int, default=0, help="0 = 4*hidden")
+  ap.add_argument("--vocab_size", type=int, default=30522)
+  ap.add_argument("--projection", type=int, default=128)
+  ap.add_argument("--dropout", type=float, default=0.1, help="hidden/attention/embedder dropout")
+  ap.add_argument("--xla", action=argparse.BooleanOptionalAction, default=True)
+  ap.add_argument("--precision", choices=("float32", "bfloat16"), default="float32")
+  ap.add_argument("--steps", type=int, default=5)
+  ap.add_argument("--warmup", type=int, default=1)
+  ap.add_argument("--intra_op", type=int, default=0, help="TF intra-op threads (0 = all cores)")
+  ap.add_argument("--peak_sizes", default="512,1024,2048")
+
+
+def bert_config(a) -> configs.BertConfig:
+  return configs.BertConfig(vocab_size=a.vocab_size, hidden_size=a.hidden, num_layers=a.layers,
+                            num_attention_heads=a.heads,
+                            intermediate_size=a.intermediate or 4 * a.hidden,
+                            dropout_rate=a.dropout, attention_dropout_rate=a.dropout)
+
+
+def set_precision(precision: str):
+  tf_keras.mixed_precision.set_global_policy(
+      "mixed_bfloat16" if precision == "bfloat16" else "float32")
+
+
+def synthetic_batch(batch, k, q, c, j, m, vocab, seed=0):
+  """A REALM batch with the pipeline's feature names, static shapes and realistic padding."""
+  rng = np.random.default_rng(seed)
+
+  def seq(shape, real, two_segments):
+    ids = rng.integers(5, vocab, size=shape).astype(np.int32)
+    mask = (np.arange(shape[-1]) < real).astype(np.int32) * np.ones(shape, np.int32)
+    seg = ((np.arange(shape[-1]) >= real // 3).astype(np.int32) * mask if two_segments
+           else np.zeros(shape, np.int32))
+    return ids * mask, mask, seg
+
+  out = {}
+  for prefix, shape, real, two in (("query_", [batch, q], min(q, 40), False),
+                                   ("candidate_", [batch, k, c], c, True),
+                                   ("joint_", [batch, k, j], j, True)):
+    ids, mask, seg = seq(shape, real, two)
+    out.update({prefix + "input_ids": ids, prefix + "input_mask": mask, prefix + "segment_ids": seg})
+  out["mlm_positions"] = np.tile(np.arange(1, m + 1, dtype=np.int32), [batch, 1])
+  out["mlm_targets"] = rng.integers(5, vocab, size=[batch, m]).astype(np.int32)
+  out["mlm_mask"] = np.ones([batch, m], np.int32)
+  out["index_version"] = np.ones([batch], np.int32)
+  out["index_step"] = np.zeros([batch], np.int32)
+  return {name: tf.constant(v) for name, v in out.items()}
+
+
+def build(a):
+  """(task, model, optimizer, batch, step_fn) for the flags."""
+  set_precision(a.precision)
+  cfg = realm_task.RealmPretrainTaskConfig(jit_compile=a.xla)
+  cfg.model.bert = bert_config(a)
+  cfg.model.projection_size = a.projection
+  cfg.model.embedder_dropout_rate = a.dropout
+  cfg.model.num_candidates, cfg.model.max_masks = a.k, a.max_masks
+  cfg.model.query_seq_len, cfg.model.candidate_seq_len = a.query_len, a.cand_len
+  cfg.model.joint_seq_len = a.joint_len
+  task = realm_task.RealmTask(cfg)
+  model = task.build_model()
+  opt = optimization.create_optimizer(configs.OptimizerConfig(num_warmup_steps=10), 1000)
+  batch = synthetic_batch(a.batch, a.k, a.query_len, a.cand_len, a.joint_len, a.max_masks,
+                          a.vocab_size)
+  step = tf.function(lambda x: task.train_step(x, model, opt))
+  return task, model, opt, batch, step
+
+
+def run(a):
+  common.set_threads(a.intra_op)
+  tracker = common.PeakTracker(tuple(int(s) for s in a.peak_sizes.split(",")), repeats=3)
+  _, model, _, batch, step = build(a)
+  t = time.perf_counter()
+  for _ in range(a.warmup):
+    float(step(batch)["loss"])
+  compile_s = time.perf_counter() - t
+  flops = common.realm_step_flops(a.batch, a.k, a.query_len, a.cand_len, a.joint_len, a.hidden,
+                                  a.layers, a.intermediate or 4 * a.hidden, a.vocab_size,
+                                  a.max_masks, a.projection)
+  required = common.realm_step_flops(a.batch, a.k, a.query_len, a.cand_len, a.joint_len, a.hidden,
+                                     a.layers, a.intermediate or 4 * a.hidden, a.vocab_size,
+                                     a.max_masks, a.projection, required=True)
+  times, ratios = [], []
+  before = tracker.sample()
+  for _ in range(a.steps):
+    t = time.perf_counter()
+    loss = float(step(batch)["loss"])
+    dt = time.perf_counter() - t
+    after = tracker.sample()
+    times.append(dt)
+    # Efficiency against the matmul rate measured right before and after this step.
+    ratios.append(flops["total"] / dt / 1e9 / (0.5 * (before + after)))
+    before = after
+  s = common.summarize(times)
+  refresh = measure_with_refresh(a, step, batch, s) if a.refresh_threads else {}
+  rec = {
+      "benchmark": "pretrain_step", "layers": a.layers, "hidden": a.hidden, "heads": a.heads,
+      "intermediate": a.intermediate or 4 * a.hidden, "vocab": a.vocab_size, "batch": a.batch,
+      "k": a.k, "query_len": a.query_len, "cand_len": a.cand_len, "joint_len": a.joint_len,
+      "max_masks": a.max_masks, "xla": a.xla, "precision": a.precision, "dropout": a.dropout,
+      "steps": a.steps, "compile_s": compile_s, "loss": loss,
+      "seconds_per_step_best": s["best"], "seconds_per_step_median": s["median"],
+      "examples_per_s": a.batch / s["median"],
+      "useful_gflop_per_step": flops["total"] / 1e9,
+      **{f"gflop_{k}": v / 1e9 for k, v in flops.items() if k != "total"},
+      "achieved_gflops_best": flops["total"] / s["best"] / 1e9,
+      "achieved_gflops_median": flops["total"] / s["median"] / 1e9,
+      **tracker.describe(),
+      "efficiency_paired_median": float(np.median(ratios)),
+      "efficiency_paired_best": float(np.max(ratios)),
+      "efficiency_vs_peak": flops["total"] / s["best"] / 1e9 / tracker.peak,
+      "required_gflop_per_step": required["total"] / 1e9,
+      "required_efficiency_paired_median": float(np.median(ratios)) * required["total"] / flops["total"],
+      "params": int(sum(np.prod(v.shape) for v in model.trainable_variables)),
+      **refresh,
+  }
+  return common.emit(rec)
+
+
+# A corpus re-embedding loop in its own process (the `--refresh=external` layout of run_pretrain.py:
+# `python -m realm_tf2.retrieval.refresh` runs beside the trainer), with its own TF thread pools.
+_REFRESH_LOOP = r"""
+import sys, time, json
+import realm_tf2
+import tensorflow as tf
+tf.config.threading.set_intra_op_parallelism_threads(int(sys.argv[1]))
+tf.config.threading.set_inter_op_parallelism_threads(1)
+sys.path.insert(0, sys.argv[2])
+from benchmarks import refresh as refresh_bench
+from realm_tf2 import configs
+from realm_tf2.modeling import embedder as embedder_lib
+from realm_tf2.retrieval import embed_corpus
+layers, hidden, heads, vocab = (int(x) for x in sys.argv[3:7])
+store = refresh_bench.synthetic_store(256, vocab)
+bert = configs.BertConfig(vocab_size=vocab, hidden_size=hidden, num_layers=layers,
+                          num_attention_heads=heads, intermediate_size=4 * hidden)
+emb = embedder_lib.RealmEmbedder(bert, projection_size=128)
+print("ready", flush=True)
+while True:
+  stats = {}
+  embed_corpus.embed_blocks(store, emb, 2, 3, batch_size=64, stats=stats)
+  print(json.dumps({"blocks_per_sec": stats["blocks_per_sec"]}), flush=True)
+"""
+
+
+def measure_with_refresh(a, step, batch, alone):
+  """Step time while a refresher process re-embeds a corpus with `a.refresh_threads` threads."""
+  repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  proc = subprocess.Popen(
+      [sys.executable, "-c", _REFRESH_LOOP, str(a.refresh_threads), repo, str(a.layers),
+       str(a.hidden), str(a.heads), str(a.vocab_size)],
+      stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+  try:
+    if proc.stdout.readline().strip() != "ready":
+      raise RuntimeError("refresh loop failed to start")
+    proc.stdout.readline()  # first pass done: its tracing is over
+    times = []
+    for _ in range(a.steps):
+      t = time.perf_counter()
+      float(step(batch)["loss"])
+      times.append(time.perf_counter() - t)
+  finally:
+    proc.kill()  # the process started above, by its own handle
+    out, _ = proc.communicate()
+  rates = [float(l.split(":")[1].strip(" }")) for l in out.splitlines() if "blocks_per_sec" in l]
+  s = common.summarize(times)
+  return {"refresh_threads": a.refresh_threads,
+          "with_refresh_seconds_per_step_median": s["median"],
+          "with_refresh_seconds_per_step_best": s["best"],
+          "refresh_slowdown_median": s["median"] / alone["median"],
+          "refresh_blocks_per_sec": float(np.median(rates)) if rates else None}
+
+
+def parser():
+  ap = argparse.ArgumentParser(description=__doc__,
+                               formatter_class=argparse.RawDescriptionHelpFormatter)
+  add_model_flags(ap)
+  ap.add_argument("--batch", type=int, default=4)
+  ap.add_argument("--k", type=int, default=8)
+  ap.add_argument("--query_len", type=int, default=96)
+  ap.add_argument("--cand_len", type=int, default=288)
+  ap.add_argument("--joint_len", type=int, default=384)
+  ap.add_argument("--max_masks", type=int, default=10)
+  ap.add_argument("--refresh_threads", type=int, default=0,
+                  help="also time steps beside a refresher process with this many intra-op threads")
+  return ap
+
+
+def main(argv=None):
+  return run(parser().parse_args(argv))
+
+
+if __name__ == "__main__":
+  main()
