@@ -24,6 +24,7 @@ from absl import logging
 import tensorflow as tf
 
 from realm_tf2 import io_utils
+from realm_tf2 import tokenization
 from realm_tf2.export import common as export_common
 from realm_tf2.export import embedder_export
 from realm_tf2.export import reader_export
@@ -34,6 +35,7 @@ from realm_tf2.tasks import finetune_experiments
 from realm_tf2.tasks import orqa_task
 from realm_tf2.training import driver
 from realm_tf2.training import flags as flags_lib
+from realm_tf2.training import startup_checks
 from realm_tf2.training import strategy as strategy_lib
 
 FLAGS = flags.FLAGS
@@ -140,8 +142,13 @@ def check_startup(params, mode: str):
     path = orqa_task.qa_pipeline.qa_file_path(data.data_root, data.dataset_name, data.split)
     if not tf.io.gfile.exists(path):
       problems.append(f"QA file '{path}' does not exist (--data_root/--dataset_name)")
-  if problems:
-    raise SystemExit("run_finetune: cannot start:\n  " + "\n  ".join(problems))
+  problems += startup_checks.check_seq_lens(tc.model, ["reader_seq_len"])
+  if not problems and tc.vocab_file and tf.io.gfile.exists(tc.vocab_file):
+    vocab_size = len(tokenization.load_vocab(tc.vocab_file))
+    problems += startup_checks.check_vocab_matches(
+        vocab_size, [("--reader_module_path", tc.reader_module_path),
+                     ("--retriever_module_path", tc.retriever_module_path)])
+  startup_checks.fail_if("run_finetune", problems)
 
 
 class BestExportAction:
@@ -234,12 +241,18 @@ def _latest_model_checkpoint(model_dir):
 
 
 def main(_):
-  params = flags_lib.build_params(finetune_experiments.orqa_experiment(), FLAG_PATHS,
-                                  {**_extra_overrides(), **hub_overrides()})
+  try:
+    params = flags_lib.build_params(finetune_experiments.orqa_experiment(), FLAG_PATHS,
+                                    {**_extra_overrides(), **hub_overrides()})
+  except (KeyError, ValueError, TypeError, AttributeError) as e:  # unknown/ill-typed config keys
+    raise SystemExit(f"run_finetune: bad configuration: {e}") from None
   check_startup(params, FLAGS.mode)
   model_dir = FLAGS.model_dir
   task = orqa_task.OrqaTask(params.task, logging_dir=model_dir)
-  task.load_corpus()
+  try:
+    task.load_corpus()  # checks block_emb rows == blocks and beam sizes <= corpus
+  except ValueError as e:
+    startup_checks.fail_if("run_finetune", [str(e)])
   if FLAGS.mode == "predict":
     predict(params, task, model_dir)
     return

@@ -44,6 +44,7 @@ from realm_tf2.tasks import pretrain_experiments
 from realm_tf2.tasks import realm_task
 from realm_tf2.training import driver
 from realm_tf2.training import flags as flags_lib
+from realm_tf2.training import startup_checks
 from realm_tf2.training import strategy as strategy_lib
 
 FLAGS = flags.FLAGS
@@ -270,7 +271,15 @@ def run_realm(params, model_dir):
     return embedder_lib.RealmEmbedder(m.bert, m.projection_size, m.embedder_layer_norm_epsilon,
                                       m.embedder_dropout_rate, vocab_size=vocab_size)
 
-  holder = refresher_lib.IndexHolder(initial_snapshot(params, store, new_embedder, cls_id, sep_id))
+  if m.num_candidates - 1 > store.num_blocks:
+    startup_checks.fail_if("run_pretrain", [
+        f"task.model.num_candidates={m.num_candidates} (k-1={m.num_candidates - 1} retrieved documents) "
+        f"is larger than the retrieval corpus ({store.num_blocks} blocks)"])
+  try:
+    snapshot = initial_snapshot(params, store, new_embedder, cls_id, sep_id)
+  except ValueError as e:  # e.g. block_emb rows != corpus blocks
+    startup_checks.fail_if("run_pretrain", [str(e)])
+  holder = refresher_lib.IndexHolder(snapshot)
   task.set_retrieval(holder, store)
   trainer = driver.build_trainer(params, task, strategy, model_dir, train="train" in FLAGS.run_mode,
                                  evaluate="eval" in FLAGS.run_mode)
@@ -311,24 +320,55 @@ def run_realm(params, model_dir):
   print(f"[realm] pipeline: {task.stats.report()}", flush=True)
 
 
+def _local(path):
+  return None if not path or "://" in path and not path.startswith("gs://") else path
+
+
+def check_startup(params):
+  """Missing inputs, sequence lengths over the position table, vocab != init embedding rows:
+  one message listing every problem, before any model is built (realm_tf2.training.startup_checks)."""
+  t, m = params.task, params.task.model
+  if FLAGS.mode == "ict":
+    files = [("--examples_path", t.train_data.input_path),
+             ("--retrieval_corpus_path", FLAGS.retrieval_corpus_path)]
+    inits = [("--bert_hub_module_handle", _local(t.bert_init)),
+             ("--init_checkpoint", _local(t.init_checkpoint))]
+    lens = ["ict_query_seq_len", "ict_block_seq_len", "candidate_seq_len"]
+  else:
+    files = [("--pretrain_corpus_path", t.train_data.input_path),
+             ("--retrieval_corpus_path", t.retrieval_corpus_path)]
+    inits = [("--embedder_hub_module_handle", _local(t.embedder_init)),
+             ("--bert_hub_module_handle", _local(t.bert_init))]
+    lens = ["query_seq_len", "candidate_seq_len", "joint_seq_len"]
+  problems = startup_checks.check_files([("--vocab_file", t.vocab_file)] + files + inits)
+  problems += startup_checks.check_seq_lens(m, lens)
+  if not problems and t.vocab_file:
+    problems += startup_checks.check_vocab_matches(ict_task.vocab_size_of(t), inits)
+  startup_checks.fail_if("run_pretrain", problems)
+
+
 def main(argv):
   del argv
   if not FLAGS.mode:
     raise app.UsageError("--mode=ict or --mode=realm is required (see --help)")
   if not FLAGS.model_dir:
     raise app.UsageError("--model_dir is required")
+  try:
+    params = build_ict_params() if FLAGS.mode == "ict" else build_realm_params()
+  except (KeyError, ValueError, TypeError, AttributeError) as e:  # unknown/ill-typed config keys
+    raise SystemExit(f"run_pretrain: bad configuration: {e}") from None
   if FLAGS.mode == "ict":
-    params = build_ict_params()
     if not params.task.train_data.input_path:
       raise app.UsageError("ICT needs --examples_path or --blocks_dir")
+    check_startup(params)
     run_ict(params, FLAGS.model_dir)
   else:
-    params = build_realm_params()
     for name, value in (("--pretrain_corpus_path", params.task.train_data.input_path),
                         ("--retrieval_corpus_path", params.task.retrieval_corpus_path),
                         ("--vocab_file", params.task.vocab_file)):
       if not value:
         raise app.UsageError(f"REALM needs {name}")
+    check_startup(params)
     run_realm(params, FLAGS.model_dir)
 
 

@@ -104,3 +104,51 @@ def wait_for_new_checkpoint(proc, model_dir, after_step, timeout=240):
     time.sleep(0.05)
   proc.kill()
   raise AssertionError(f"timeout waiting for a checkpoint after step {after_step}")
+
+
+def _bytes(values):
+  return tf.train.Feature(bytes_list=tf.train.BytesList(value=list(values)))
+
+
+def write_retrieval_corpus(path, num_blocks, vocab):
+  """One GZIP shard of the REALM retrieval corpus (CONTRACTS §2) with `num_blocks` rows."""
+  words = [vocab.index(w) for w in tiny_fixtures.WORDS]
+  with tf.io.TFRecordWriter(path, options="GZIP") as w:
+    for i in range(num_blocks):
+      ex = tf.train.Example(features=tf.train.Features(feature={
+          "title": _bytes([f"title {i}".encode()]), "body": _bytes([f"body {i}".encode()]),
+          "title_token_ids": _int64(words[i:i + 2]), "body_token_ids": _int64(words[i:i + 5])}))
+      w.write(ex.SerializeToString())
+  return path
+
+
+def write_fake_export(export_dir, vocab_rows, block_emb_rows=None, hidden=32, dim=16):
+  """A directory shaped like an embedder/bert export for start-up checks only: `saved_model.pb`
+  placeholder, `variables/variables` with a `word_embeddings` table of `vocab_rows` rows and, with
+  `block_emb_rows`, `encoded/encoded.ckpt`. (The checks must reject it before loading the graph.)"""
+  from realm_tf2.retrieval import embed_corpus
+  os.makedirs(os.path.join(export_dir, "variables"), exist_ok=True)
+  with open(os.path.join(export_dir, "saved_model.pb"), "wb") as f:
+    f.write(b"placeholder")
+  module = tf.Module()
+  module.word_embeddings = tf.Variable(tf.zeros([vocab_rows, hidden]))
+  tf.train.Checkpoint(encoder=module).write(os.path.join(export_dir, "variables", "variables"))
+  if block_emb_rows is not None:
+    embed_corpus.write_encoded(export_dir, np.zeros([block_emb_rows, dim], np.float32))
+  return export_dir
+
+
+def write_blocks_tfr(path, texts):
+  with tf.io.TFRecordWriter(path) as w:
+    for t in texts:
+      w.write(t if isinstance(t, bytes) else t.encode("utf-8"))
+  return path
+
+
+def write_qa(data_root, name="World", splits=("train", "dev", "test"), lines=None):
+  os.makedirs(data_root, exist_ok=True)
+  lines = lines or ['{"question": "who was born in paris", "answer": ["john"]}']
+  for split in splits:
+    with open(os.path.join(data_root, f"{name}.resplit.{split}.jsonl"), "w") as f:
+      f.write("\n".join(lines) + "\n")
+  return data_root
