@@ -249,12 +249,18 @@ def write_encoded(parent_dir, block_emb, expected_rows=None):
     raise ValueError(f"block_emb has {block_emb.shape[0]} rows but the corpus has {expected_rows}")
   target = os.path.join(parent_dir, ENCODED_SUBDIR)
   staging = os.path.join(parent_dir, f".tmp-{ENCODED_SUBDIR}-{uuid.uuid4().hex}")
+  created_parent = not tf.io.gfile.exists(parent_dir)
   tf.io.gfile.makedirs(staging)
   try:
     index_lib.write_block_emb_checkpoint(os.path.join(staging, ENCODED_CKPT_NAME), block_emb)
     if tf.io.gfile.exists(target):
       tf.io.gfile.rmtree(target)
     tf.io.gfile.rename(staging, target, overwrite=True)
+  except Exception:
+    # A failed write (e.g. ENOSPC) must not leave an empty `<step>/` that looks like a snapshot.
+    if created_parent and tf.io.gfile.exists(parent_dir):
+      tf.io.gfile.rmtree(parent_dir)
+    raise
   finally:
     if tf.io.gfile.exists(staging):
       tf.io.gfile.rmtree(staging)

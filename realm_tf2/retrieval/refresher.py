@@ -283,7 +283,7 @@ class IndexRefresher(threading.Thread):
     try:
       embedder, index, wall_time = self._build(step, path)
     except Exception as e:  # pylint: disable=broad-except  (fault isolation; counted + logged)
-      self._record_failure(step, f"{type(e).__name__}: {e}")
+      self._record_failure(step, f"{path}: {type(e).__name__}: {e}")  # name the bad file
       return False
     version = self.holder.version + 1
     snapshot = IndexSnapshot(version=version, step=step, wall_time=wall_time,
