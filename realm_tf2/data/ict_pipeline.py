@@ -14,6 +14,7 @@ import dataclasses
 from typing import Optional
 
 import realm_tf2  # noqa: F401
+from absl import logging
 import numpy as np
 import tensorflow as tf
 
@@ -26,8 +27,8 @@ ICT_FEATURES = {
     "token_ids": tf.io.VarLenFeature(tf.int64),
     "sentence_starts": tf.io.VarLenFeature(tf.int64),
 }
-_OK, _SINGLE_SENTENCE, _EMPTY_BLOCK = 0, 1, 2
-SKIP_REASONS = ("ok", "single_sentence_block", "empty_block")
+_OK, _SINGLE_SENTENCE, _EMPTY_BLOCK, _BAD_STARTS = 0, 1, 2, 3
+SKIP_REASONS = ("ok", "single_sentence_block", "empty_block", "sentence_starts_out_of_range")
 
 
 @dataclasses.dataclass
@@ -71,8 +72,12 @@ def ict_example(record, index, cls_id, sep_id, cfg: IctInputConfig):
   block = tf.cond(mask_query, lambda: tf.concat([tokens[:s], tokens[e:]], 0), lambda: tokens)
   q = tokenization.bert_pack([query], cfg.query_seq_len, cls_id, sep_id)
   b = tokenization.bert_pack([title, block], cfg.block_seq_len, cls_id, sep_id)
+  # Sentence starts must be increasing offsets inside the block (a corrupt record is counted).
+  bad_starts = (tf.reduce_any(starts < 0) | tf.reduce_any(starts >= tf.maximum(num_tokens, 1)) |
+                tf.reduce_any(starts[1:] <= starts[:-1]))
   code = tf.where((num_tokens == 0) | (num_sentences == 0), _EMPTY_BLOCK,
-                  tf.where(mask_query & (num_sentences <= 1), _SINGLE_SENTENCE, _OK))
+                  tf.where(bad_starts, _BAD_STARTS,
+                           tf.where(mask_query & (num_sentences <= 1), _SINGLE_SENTENCE, _OK)))
   return {
       "query_input_ids": q["input_ids"], "query_input_mask": q["input_mask"],
       # ORQA feeds zeros as query segment ids.
@@ -112,14 +117,23 @@ def build_ict_dataset(examples_path: str, cls_id: int, sep_id: int, batch_size: 
   def parse(index, serialized):
     record = tf.io.parse_single_example(serialized, ICT_FEATURES)
     record = {k: tf.sparse.to_dense(v) for k, v in record.items()}
-    return ict_example(record, index, cls_id, sep_id, cfg)
+    out = ict_example(record, index, cls_id, sep_id, cfg)
+    out["record_index"] = tf.cast(index, tf.int64)
+    return out
 
   ds = ds.map(parse, num_parallel_calls=tf.data.AUTOTUNE, deterministic=cfg.deterministic)
+  # A malformed record (e.g. float `token_ids`) fails inside parse; tf.data cannot branch on that, so
+  # it is dropped here (the parse error is logged) and counted from its index gap in `count`.
+  ds = ds.ignore_errors(log_warning=True)
   ds = ds.batch(cfg.filter_batch)
 
-  def count(codes):
+  def count(codes, indices):
     codes = codes.numpy()
-    stats.add("records", len(codes))
+    bad = stats.observe_record_indices(indices.numpy())
+    if bad:
+      logging.warning("ICT input %s: %d malformed record(s) skipped (counted as "
+                      "skipped/malformed_record)", examples_path, bad)
+    stats.add("records", len(codes) + bad)
     for code, reason in enumerate(SKIP_REASONS):
       if code:
         stats.skip(reason, int(np.sum(codes == code)))
@@ -127,9 +141,10 @@ def build_ict_dataset(examples_path: str, cls_id: int, sep_id: int, batch_size: 
     return codes == _OK
 
   def drop_counted(batch):
-    keep = tf.py_function(count, [batch["skip_code"]], tf.bool)
+    keep = tf.py_function(count, [batch["skip_code"], batch["record_index"]], tf.bool)
     keep = tf.ensure_shape(keep, [None])
-    return {k: tf.boolean_mask(v, keep) for k, v in batch.items() if k != "skip_code"}
+    return {k: tf.boolean_mask(v, keep) for k, v in batch.items()
+            if k not in ("skip_code", "record_index")}
 
   ds = ds.map(drop_counted, num_parallel_calls=1)
   ds = ds.unbatch().batch(batch_size, drop_remainder=True)

@@ -24,6 +24,10 @@ class PipelineStats:
     self._total_wait = 0.0
     self._last = {}
     self.start_time = time.time()
+    # Record-index bookkeeping of `observe_record_indices` (malformed records dropped by tf.data).
+    self._next_index = 0
+    self._ahead = set()
+    self._missing = set()
 
   def add(self, key: str, n: int = 1):
     with self._lock:
@@ -33,6 +37,39 @@ class PipelineStats:
     if n:
       with self._lock:
         self._skips[reason] += int(n)
+
+  def observe_record_indices(self, indices) -> int:
+    """Counts records that vanished between `enumerate()` and here as `skipped/malformed_record`.
+
+    The parse stage of a TFRecord pipeline cannot catch a malformed `tf.train.Example` (wrong
+    feature type, missing required feature, offsets outside the text) inside the graph; it is dropped
+    by `Dataset.ignore_errors(log_warning=True)` (which logs the parse error) and its index shows up
+    here as a gap. Every index below the largest one seen that never arrived is counted (a late
+    arrival, possible with non-deterministic parallel maps, is un-counted again). Returns the number
+    newly counted.
+    """
+    indices = sorted(int(i) for i in indices)
+    if not indices:
+      return 0
+    with self._lock:
+      for i in indices:
+        if i < self._next_index:
+          if i in self._missing:  # reordered, not malformed
+            self._missing.discard(i)
+            self._skips["malformed_record"] -= 1
+          continue
+        self._ahead.add(i)
+      new = 0
+      while self._next_index <= indices[-1]:
+        if self._next_index in self._ahead:
+          self._ahead.discard(self._next_index)
+        else:
+          self._missing.add(self._next_index)
+          new += 1
+        self._next_index += 1
+      if new:
+        self._skips["malformed_record"] += new
+      return new
 
   def observe_wait(self, seconds: float):
     """Records time a pipeline thread spent blocked obtaining the index snapshot."""

@@ -1,0 +1,101 @@
+"""Malformed records in every input format of CONTRACTS §2: counted and reported by reason, or an
+error naming the file and record; never a crash deep in a stack trace, never a silent drop.
+
+Covered elsewhere (kept, not duplicated): knowledge JSONL incl. broken JSON / non-UTF-8 / missing and
+wrong-typed fields / empty body (tests/data_prep/test_build_knowledge_corpus.py::test_bad_input),
+QA JSONL (tests/data_prep/test_prepare_qa.py::test_bad_lines_error_and_counted_skips,
+tests/data/test_qa_pipeline.py::test_read_qa_file_errors_name_line), predictions JSONL
+(tests/evaluation/test_evaluate_cli.py::test_bad_line_names_file_and_line), JSONL reader
+(tests/test_io_utils.py).
+"""
+import json
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from realm_tf2 import io_utils
+from realm_tf2.data import ict_pipeline
+from realm_tf2.data import pipeline_stats
+from realm_tf2.data import qa_pipeline
+from realm_tf2.retrieval import block_store as block_store_lib
+from tests import tiny_fixtures
+from tests.reliability import helpers as h
+
+
+def _int64(v):
+  return tf.train.Feature(int64_list=tf.train.Int64List(value=v))
+
+
+def _float(v):
+  return tf.train.Feature(float_list=tf.train.FloatList(value=v))
+
+
+def _bytes(v):
+  return tf.train.Feature(bytes_list=tf.train.BytesList(value=v))
+
+
+def _example(**features):
+  return tf.train.Example(features=tf.train.Features(feature=features)).SerializeToString()
+
+
+def test_record_index_gaps_are_counted_once_and_reordering_is_not():
+  stats = pipeline_stats.PipelineStats()
+  assert stats.observe_record_indices([0, 1, 2]) == 0
+  assert stats.observe_record_indices([5, 6]) == 2  # 3 and 4 never arrived
+  assert stats.observe_record_indices([8, 7]) == 0  # out of order within a batch
+  assert stats.observe_record_indices([10]) == 1  # 9 missing ...
+  assert stats.observe_record_indices([9, 11]) == 0  # ... until it arrives late: un-counted
+  assert stats.skipped == {"malformed_record": 2}
+
+
+def test_ict_examples_malformed_records_are_counted(tmp_path):
+  vocab = tiny_fixtures.tiny_vocab()
+  path = str(tmp_path / "examples.tfr")
+  good = dict(title_ids=_int64([20, 21]), token_ids=_int64(list(range(20, 29))),
+              sentence_starts=_int64([0, 3, 6]))
+  records = [
+      _example(**good),
+      _example(title_ids=_int64([20]), token_ids=_float([1.5, 2.5]), sentence_starts=_int64([0])),
+      _example(title_ids=_int64([20])),  # no token_ids / sentence_starts
+      _example(**dict(good, sentence_starts=_int64([0, 50]))),  # start outside the block
+      b"\x00not a proto",
+      _example(**good),
+  ]
+  with tf.io.TFRecordWriter(path) as w:
+    for r in records:
+      w.write(r)
+  h.write_vocab(str(tmp_path / "vocab.txt"))
+  stats = pipeline_stats.PipelineStats("ict")
+  cfg = ict_pipeline.IctInputConfig(query_seq_len=16, block_seq_len=32, mask_rate=0.0, seed=0,
+                                    deterministic=True, shuffle_buffer=0, repeat=False)
+  cls_id, sep_id = vocab.index("[CLS]"), vocab.index("[SEP]")
+  ds = ict_pipeline.build_ict_dataset(path, cls_id, sep_id, 1, cfg, stats)
+  batches = list(ds.as_numpy_iterator())
+  assert len(batches) == 2  # the two good records
+  assert stats.skipped == {"malformed_record": 2, "empty_block": 1,
+                           "sentence_starts_out_of_range": 1}
+  assert stats.counts["records"] == 6 and stats.counts["examples"] == 2
+  assert "malformed_record" in stats.report()
+
+
+def test_retrieval_corpus_bad_records_name_the_shard(tmp_path):
+  shard = str(tmp_path / "blocks-00000-of-00001")
+  with tf.io.TFRecordWriter(shard, options="GZIP") as w:
+    w.write(_example(title=_bytes([b"t"]), body=_bytes([b"b"]), title_token_ids=_int64([1]),
+                     body_token_ids=_int64([2])))
+    w.write(_example(title=_bytes([b"t"]), body=_bytes([b"b"]), title_token_ids=_float([1.0]),
+                     body_token_ids=_int64([2])))
+  with pytest.raises(ValueError, match="blocks-00000-of-00001"):
+    block_store_lib.BlockStore.from_retrieval_corpus(shard)
+  missing = str(tmp_path / "m-00000-of-00001")
+  with tf.io.TFRecordWriter(missing, options="GZIP") as w:
+    w.write(_example(title=_bytes([b"t"]), title_token_ids=_int64([1]), body_token_ids=_int64([2])))
+  with pytest.raises(ValueError, match="m-00000-of-00001"):
+    block_store_lib.BlockStore.from_retrieval_corpus(missing)
+
+
+def test_orqa_blocks_non_utf8_names_record(tmp_path):
+  path = h.write_blocks_tfr(str(tmp_path / "blocks.tfr"), ["ok", b"caf\xe9"])
+  with pytest.raises(ValueError, match=r"blocks.tfr: record 1 is not valid UTF-8"):
+    qa_pipeline.read_block_texts(path)
