@@ -33,6 +33,7 @@ import time
 from typing import Callable, Dict, List, Optional
 
 import realm_tf2  # noqa: F401
+from absl import logging
 import numpy as np
 import tensorflow as tf
 
@@ -223,7 +224,11 @@ class RetrievalFeaturizer:
     """numpy batch (with `skip_code`, `title`, `text`) -> dict of int32 [n_ok, ...] arrays."""
     cfg, k = self.cfg, self.cfg.num_candidates
     codes = batch["skip_code"]
-    self.stats.add("records", len(codes))
+    bad = self.stats.observe_record_indices(batch["record_index"]) if "record_index" in batch else 0
+    if bad:
+      logging.warning("pre-training input: %d malformed record(s) skipped (counted as "
+                      "skipped/malformed_record)", bad)
+    self.stats.add("records", len(codes) + max(bad, 0))
     for code, reason in enumerate(SKIP_REASONS):
       if code:
         self.stats.skip(reason, int(np.sum(codes == code)))
@@ -327,14 +332,21 @@ def build_pretrain_dataset(file_pattern: str,
     record = tf.io.parse_single_example(serialized, PRETRAIN_FEATURES)
     record = {k: (tf.sparse.to_dense(v) if isinstance(v, tf.sparse.SparseTensor) else v)
               for k, v in record.items()}
-    return _query_features(record, index, tokenizer, cfg)
+    out = _query_features(record, index, tokenizer, cfg)
+    out["record_index"] = tf.cast(index, tf.int64)
+    return out
 
   ds = ds.map(graph_stage, num_parallel_calls=tf.data.AUTOTUNE, deterministic=cfg.deterministic)
+  # A malformed record (wrong feature type, missing `text`, sentence offsets past the end of the
+  # text, invalid UTF-8 for the tokenizer) fails inside graph_stage; tf.data cannot branch on that,
+  # so it is dropped here (the error is logged) and counted as `skipped/malformed_record` from its
+  # index gap by the host stage (`PipelineStats.observe_record_indices`).
+  ds = ds.ignore_errors(log_warning=True)
   ds = ds.batch(cfg.retrieval_batch_size)
   featurizer = RetrievalFeaturizer(holder, block_store, (tokenizer.cls_id, tokenizer.sep_id), cfg,
                                    stats)
   names = list(featurizer.output_spec)
-  in_names = ["skip_code", "title", "text", "query_input_ids", "query_input_mask",
+  in_names = ["skip_code", "record_index", "title", "text", "query_input_ids", "query_input_mask",
               "query_segment_ids", "mlm_positions", "mlm_targets", "mlm_mask"]
 
   def host_fn(*tensors):

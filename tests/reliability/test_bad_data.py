@@ -99,3 +99,51 @@ def test_orqa_blocks_non_utf8_names_record(tmp_path):
   path = h.write_blocks_tfr(str(tmp_path / "blocks.tfr"), ["ok", b"caf\xe9"])
   with pytest.raises(ValueError, match=r"blocks.tfr: record 1 is not valid UTF-8"):
     qa_pipeline.read_block_texts(path)
+
+
+def test_pretrain_records_malformed_are_counted(tiny_vocab_file, tmp_path):
+  from tests.data import test_pretrain_pipeline as tpp  # reuse its hand-made corpus and holder
+  from realm_tf2 import tokenization
+  from realm_tf2.data import pretrain_pipeline as pp
+  tok = tokenization.RealmTokenizer(tiny_vocab_file)
+  doc, sents = tpp.DOC, tpp.SENTS
+  good = tpp._example("john", doc, sents, [tpp._span(doc, "paris")])
+  text = _bytes([doc.encode()])
+  records = [
+      good,
+      _example(title=_bytes([b"x"]), text=text, sentence_byte_start=_float([0.0]),  # wrong type
+               sentence_byte_limit=_int64([5]), span_byte_start=_int64([0]),
+               span_byte_limit=_int64([4])),
+      _example(title=_bytes([b"x"]), sentence_byte_start=_int64([0]),  # no `text`
+               sentence_byte_limit=_int64([5]), span_byte_start=_int64([0]),
+               span_byte_limit=_int64([4])),
+      tpp._example("x", doc, [(0, 10)], [(500, 504)]),  # span outside the text
+      tpp._example("x", doc, [(900, 950)], [(900, 904)]),  # sentence past the end of the text
+      tpp._example("x", "", [], []),  # empty text
+      good,
+  ]
+  path = str(tmp_path / "pretrain-00000-of-00001")
+  with tf.io.TFRecordWriter(path, options="GZIP") as w:
+    for r in records:
+      w.write(r)
+  titles = ["paris", "mary", "book", "other"]
+  store = block_store_lib.BlockStore.from_arrays(tok.tokenize_np(titles), tok.tokenize_np(titles),
+                                                 titles=titles, bodies=titles)
+  from realm_tf2.retrieval import index as index_lib
+  index = index_lib.BruteForceIndex()
+  index.build(np.array([[4., 0.], [3., 0.], [2., 0.], [1., 0.]], np.float32))
+  holder = tpp.FixedHolder(tpp.Snapshot(1, 0, 0.0, lambda f: np.tile([[1., 0.]], [len(f["input_ids"]), 1]),
+                                        index))
+  cfg = pp.PretrainInputConfig(num_candidates=3, max_masks=4, query_seq_len=16, candidate_seq_len=20,
+                               joint_seq_len=32, retrieval_batch_size=8, deterministic=True,
+                               repeat=False, shuffle_buffer=0)
+  stats = pipeline_stats.PipelineStats()
+  out = list(pp.build_pretrain_dataset(path, tok, holder, store, batch_size=1, cfg=cfg,
+                                       stats=stats).as_numpy_iterator())
+  assert len(out) == 2
+  skipped = stats.skipped
+  # wrong type, missing `text`, span / sentence offsets past the end of the text -> malformed_record;
+  # empty text -> no_valid_spans.
+  assert skipped == {"malformed_record": 4, "no_valid_spans": 1}, skipped
+  assert stats.counts["records"] == len(records)  # every record accounted for
+  assert stats.counts["examples"] == 2
