@@ -60,13 +60,14 @@ def build_trainer(params: config_definitions.ExperimentConfig, task, strategy: t
                   model_dir: str, train: bool = True, evaluate: bool = True) -> base_trainer.Trainer:
   """Builds model, optimizer and Model Garden Trainer inside `strategy.scope()`.
 
-  In deterministic mode (`task.train_data.deterministic`) the global seeds are set from
-  `task.train_data.seed`, so weight initialisation repeats; on resume (a checkpoint in `model_dir`)
+  With `task.train_data.seed` set (or `deterministic`) the global seeds are set from it, so weight
+  initialisation repeats; on resume (a checkpoint in `model_dir`)
   the train input skips the batches of the finished steps (`resumable_train_dataset`).
   """
   train_data = params.task.train_data
-  if getattr(train_data, "deterministic", False):
-    tf_keras.utils.set_random_seed(int(getattr(train_data, "seed", 0) or 0))
+  seed = getattr(train_data, "seed", None)
+  if getattr(train_data, "deterministic", False) or seed is not None:
+    tf_keras.utils.set_random_seed(int(seed or 0))
   with strategy.scope():
     model = task.build_model()
     optimizer = optimization.create_optimizer(params.task.optimizer, params.trainer.train_steps)

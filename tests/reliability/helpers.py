@@ -86,6 +86,8 @@ def kill(proc, sig=signal.SIGKILL, timeout=120):
 
 
 def checkpoint_steps(model_dir):
+  if not os.path.isdir(model_dir):
+    return []
   return sorted(int(f[len("ckpt-"):-len(".index")]) for f in os.listdir(model_dir)
                 if f.startswith("ckpt-") and f.endswith(".index"))
 
