@@ -128,6 +128,9 @@ def run(a):
     before = after
   s = common.summarize(times)
   refresh = measure_with_refresh(a, step, batch, s) if a.refresh_threads else {}
+  if a.profile_dir:
+    top_ops = profile_step(step, batch, a.profile_dir)
+    common.emit({"benchmark": "pretrain_step_profile", "xla": a.xla, "top_ops": top_ops})
   rec = {
       "benchmark": "pretrain_step", "layers": a.layers, "hidden": a.hidden, "heads": a.heads,
       "intermediate": a.intermediate or 4 * a.hidden, "vocab": a.vocab_size, "batch": a.batch,
@@ -150,6 +153,39 @@ def run(a):
       **refresh,
   }
   return common.emit(rec)
+
+
+def profile_step(step, batch, logdir, top=12):
+  """Traces one step with `tf.profiler` and returns the top op kinds by self time.
+
+  Events of the host plane (TF ops, or XLA HLO thunks such as `dot`/`fusion` under XLA) are grouped
+  by name with numeric suffixes stripped; returns [(kind, seconds, share)].
+  """
+  import collections  # pylint: disable=g-import-not-at-top
+  import glob  # pylint: disable=g-import-not-at-top
+  import re  # pylint: disable=g-import-not-at-top
+  from tensorflow.tsl.profiler.protobuf import xplane_pb2  # pylint: disable=g-import-not-at-top
+  tf.profiler.experimental.start(logdir)
+  float(step(batch)["loss"])
+  tf.profiler.experimental.stop()
+  path = sorted(glob.glob(os.path.join(logdir, "plugins/profile/*/*.xplane.pb")))[-1]
+  space = xplane_pb2.XSpace()
+  with open(path, "rb") as f:
+    space.ParseFromString(f.read())
+  totals = collections.Counter()
+  for plane in space.planes:
+    names = {k: v.name for k, v in plane.event_metadata.items()}
+    for line in plane.lines:
+      if line.name not in ("TensorFlow Ops", "XLA Ops", "XLA Modules") and "Op" not in line.name:
+        continue
+      if line.name == "XLA Modules":
+        continue
+      for ev in line.events:
+        name = names.get(ev.metadata_id, "?")
+        kind = re.sub(r"[._]\d+$", "", name.split(":")[-1].split("/")[-1])
+        totals[kind] += ev.duration_ps * 1e-12
+  total = sum(totals.values()) or 1.0
+  return [(k, round(v, 3), round(v / total, 3)) for k, v in totals.most_common(top)]
 
 
 # A corpus re-embedding loop in its own process (the `--refresh=external` layout of run_pretrain.py:
@@ -216,6 +252,7 @@ def parser():
   ap.add_argument("--cand_len", type=int, default=288)
   ap.add_argument("--joint_len", type=int, default=384)
   ap.add_argument("--max_masks", type=int, default=10)
+  ap.add_argument("--profile_dir", default="", help="trace one step with tf.profiler here")
   ap.add_argument("--refresh_threads", type=int, default=0,
                   help="also time steps beside a refresher process with this many intra-op threads")
   return ap
