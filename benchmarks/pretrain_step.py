@@ -173,17 +173,28 @@ def profile_step(step, batch, logdir, top=12):
   with open(path, "rb") as f:
     space.ParseFromString(f.read())
   totals = collections.Counter()
+  wrappers = ("call", "Execute", "Process", "Start", "Run", "python")
   for plane in space.planes:
+    if plane.name != "/host:CPU":
+      continue
     names = {k: v.name for k, v in plane.event_metadata.items()}
     for line in plane.lines:
-      if line.name not in ("TensorFlow Ops", "XLA Ops", "XLA Modules") and "Op" not in line.name:
-        continue
-      if line.name == "XLA Modules":
-        continue
-      for ev in line.events:
-        name = names.get(ev.metadata_id, "?")
-        kind = re.sub(r"[._]\d+$", "", name.split(":")[-1].split("/")[-1])
-        totals[kind] += ev.duration_ps * 1e-12
+      # Self time: an event's duration minus its direct children's (events nest per thread line).
+      events = sorted((e.offset_ps, e.offset_ps + e.duration_ps, names.get(e.metadata_id, "?"))
+                      for e in line.events)
+      stack, records = [], []
+      for begin, end, name in events:
+        while stack and stack[-1][0] <= begin:
+          stack.pop()
+        rec = [end, name, end - begin]
+        if stack:
+          stack[-1][2] -= end - begin
+        stack.append(rec)
+        records.append(rec)
+      for _, name, self_ps in records:
+        kind = re.sub(r"[._\-]\d.*$", "", name.split(":")[-1].split("/")[-1])
+        if kind and kind not in wrappers and not kind.startswith("__inference"):
+          totals[kind] += self_ps * 1e-12
   total = sum(totals.values()) or 1.0
   return [(k, round(v, 3), round(v / total, 3)) for k, v in totals.most_common(top)]
 
