@@ -261,6 +261,7 @@ def initial_snapshot(params, store, new_embedder, cls_id, sep_id):
 
 def run_realm(params, model_dir):
   strategy = _strategy(params)
+  driver.set_seeds(params)  # the initial index embedder is random without an init: seed it too
   task = realm_task.RealmTask(params.task)
   store = block_store_lib.BlockStore.from_retrieval_corpus(params.task.retrieval_corpus_path)
   cls_id, sep_id = _special_ids(params.task.vocab_file)
@@ -289,7 +290,8 @@ def run_realm(params, model_dir):
       embedder_factory=new_embedder, cls_id=cls_id, sep_id=sep_id,
       embed_kwargs={"seq_len": m.candidate_seq_len},
       current_step_fn=lambda: int(trainer.global_step.numpy()),
-      poll_interval_secs=FLAGS.refresh_poll_secs, min_step=start_step)
+      poll_interval_secs=FLAGS.refresh_poll_secs,
+      min_step=start_step - 1 if start_step else 0)  # resume: re-index from the restored checkpoint
   every = FLAGS.export_every_steps or params.trainer.checkpoint_interval
   exporter = ExportAction(model_dir, trainer.global_step, every, lambda: trainer.model.embedder,
                           lambda: trainer.model.bert, params.task.vocab_file, params.task.do_lower_case,

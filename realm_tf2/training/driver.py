@@ -56,6 +56,20 @@ def resumable_train_dataset(task, data_config, strategy: tf.distribute.Strategy,
   return orbit.utils.make_distributed_dataset(strategy, dataset_fn)
 
 
+def set_seeds(params: config_definitions.ExperimentConfig) -> bool:
+  """Seeds Python/NumPy/TF from `task.train_data.seed` when it is set (or `deterministic`).
+
+  Call it before building anything random (models, an initial index embedder); returns whether
+  seeds were set.
+  """
+  train_data = params.task.train_data
+  seed = getattr(train_data, "seed", None)
+  if getattr(train_data, "deterministic", False) or seed is not None:
+    tf_keras.utils.set_random_seed(int(seed or 0))
+    return True
+  return False
+
+
 def build_trainer(params: config_definitions.ExperimentConfig, task, strategy: tf.distribute.Strategy,
                   model_dir: str, train: bool = True, evaluate: bool = True) -> base_trainer.Trainer:
   """Builds model, optimizer and Model Garden Trainer inside `strategy.scope()`.
@@ -65,9 +79,7 @@ def build_trainer(params: config_definitions.ExperimentConfig, task, strategy: t
   the train input skips the batches of the finished steps (`resumable_train_dataset`).
   """
   train_data = params.task.train_data
-  seed = getattr(train_data, "seed", None)
-  if getattr(train_data, "deterministic", False) or seed is not None:
-    tf_keras.utils.set_random_seed(int(seed or 0))
+  set_seeds(params)
   with strategy.scope():
     model = task.build_model()
     optimizer = optimization.create_optimizer(params.task.optimizer, params.trainer.train_steps)

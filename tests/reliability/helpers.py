@@ -154,3 +154,44 @@ def write_qa(data_root, name="World", splits=("train", "dev", "test"), lines=Non
     with open(os.path.join(data_root, f"{name}.resplit.{split}.jsonl"), "w") as f:
       f.write("\n".join(lines) + "\n")
   return data_root
+
+
+PRETRAIN_DOCS = [
+    ("john", "john was born in paris . he wrote a book in 1875 ."),
+    ("mary", "mary was born in london . she founded the city in 1900 ."),
+    ("king", "the king wrote a book . the queen was born in may ."),
+    ("river", "the river is in paris . the city was built in march ."),
+]
+SALIENT = ("paris", "london", "1875", "1900", "book", "city", "may", "march")
+
+
+def write_pretrain_corpus(directory, num_shards=2, copies=4):
+  """GZIP pre-training shards (CONTRACTS §2) with sentence and salient-span byte offsets."""
+  os.makedirs(directory, exist_ok=True)
+  paths = []
+  for s in range(num_shards):
+    path = os.path.join(directory, f"pretrain-{s:05d}-of-{num_shards:05d}")
+    with tf.io.TFRecordWriter(path, options="GZIP") as w:
+      for c in range(copies):
+        for title, text in PRETRAIN_DOCS:
+          raw = text.encode()
+          sents, start = [], 0
+          for part in text.split(" . "):
+            part = part.rstrip(" .") + " ."
+            b = text.encode().index(part.encode(), start)
+            sents.append((b, b + len(part.encode())))
+            start = b + len(part.encode())
+          spans = []
+          for word in SALIENT:
+            i = raw.find(f" {word} ".encode())
+            if i >= 0:
+              spans.append((i + 1, i + 1 + len(word)))
+          ex = tf.train.Example(features=tf.train.Features(feature={
+              "title": _bytes([f"{title}{s}{c}".encode()]), "text": _bytes([raw]),
+              "sentence_byte_start": _int64([a for a, _ in sents]),
+              "sentence_byte_limit": _int64([b for _, b in sents]),
+              "span_byte_start": _int64([a for a, _ in spans]),
+              "span_byte_limit": _int64([b for _, b in spans])}))
+          w.write(ex.SerializeToString())
+    paths.append(path)
+  return paths
