@@ -277,6 +277,7 @@ def _ict_batch(vocab_size, seed=0):
   return out
 
 
+@pytest.mark.slow  # ~1 min on the loaded 2-core VM (ICT step traced for 1 and 2 replicas).
 def test_ict_step_one_vs_two_replicas(tiny_vocab_file):
   """The 2-replica ICT step scores every query against all 4 blocks (gathered) -> same update."""
   _need_two_cpus()

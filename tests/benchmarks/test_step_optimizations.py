@@ -2,6 +2,7 @@
 embedders ([CLS] only) and in the knowledge-augmented encoder (rows before the query end)."""
 import realm_tf2  # noqa: F401
 import numpy as np
+import pytest
 import tensorflow as tf
 
 from realm_tf2 import configs
@@ -44,6 +45,13 @@ def test_knowledge_encoder_output_range_is_exact():
                              full["sequence_output"].numpy()[:, :4], atol=1e-5)
   np.testing.assert_allclose(part["pooled_output"].numpy(), full["pooled_output"].numpy(),
                              atol=1e-5)
-  # Under XLA too (the switch is read at trace time).
+
+
+@pytest.mark.slow  # XLA compile on the loaded 2-core VM: ~1 min.
+def test_output_range_under_xla():
+  """The switch is read at trace time, so it also holds inside a compiled function."""
+  kae = knowledge_encoder.KnowledgeAugmentedEncoder(_config())
+  feats = dict(_features(), mlm_positions=tf.constant([[1, 2], [3, 1], [2, 2]], tf.int32))
+  full = kae(feats, training=False)["mlm_logits"].numpy()
   fn = tf.function(lambda f: kae(f, training=False, output_range=4)["mlm_logits"], jit_compile=True)
-  np.testing.assert_allclose(fn(feats).numpy(), full["mlm_logits"].numpy(), atol=1e-5)
+  np.testing.assert_allclose(fn(feats).numpy(), full, atol=1e-5)
