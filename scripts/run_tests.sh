@@ -3,4 +3,5 @@
 # (slow end-to-end tests included). Extra arguments go to pytest, e.g. -m "not slow".
 source "$(dirname "${BASH_SOURCE[0]}")/_venv.sh"
 cd "$REPO"
-exec "$VENV/bin/python" -m pytest -q -p no:cacheprovider tests "$@"
+# pytest.ini sets testpaths=tests, used when no path is given.
+exec "$VENV/bin/python" -m pytest -q -p no:cacheprovider "$@"
