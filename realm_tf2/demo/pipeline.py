@@ -65,7 +65,7 @@ class DemoConfig:
   size: str = "tiny"
   vocab_file: str = ""
   init_from: str = ""
-  ict_steps: int = 300
+  ict_steps: int = 1500
   realm_steps: int = 150
   orqa_steps: int = 600
   ict_batch_size: int = 32
