@@ -225,3 +225,22 @@ def set_threads(intra_op: Optional[int] = None, inter_op: Optional[int] = None):
     tf.config.threading.set_intra_op_parallelism_threads(intra_op)
   if inter_op:
     tf.config.threading.set_inter_op_parallelism_threads(inter_op)
+
+
+def time_steps(run_step: Callable[[], float], steps: int, tracker, total_flops: float):
+  """Runs `run_step()` (returns the loss) `steps` times.
+
+  Returns (seconds per step, efficiency per step, last loss); efficiency is the step's useful FLOP/s
+  over the mean of the matmul rate `tracker` measured right before and right after that step.
+  """
+  times, ratios, loss = [], [], float("nan")
+  before = tracker.sample()
+  for _ in range(steps):
+    t = time.perf_counter()
+    loss = run_step()
+    dt = time.perf_counter() - t
+    after = tracker.sample()
+    times.append(dt)
+    ratios.append(total_flops / dt / 1e9 / (0.5 * (before + after)))
+    before = after
+  return times, ratios, loss

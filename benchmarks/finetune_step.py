@@ -80,16 +80,8 @@ def run(a):
   # The exact retrieval matmul over all N blocks (forward only: the index is fixed).
   flops["retrieval_search"] = 2.0 * a.batch * a.num_blocks * a.projection
   flops["total"] += flops["retrieval_search"]
-  times, ratios = [], []
-  before = tracker.sample()
-  for _ in range(a.steps):
-    t = time.perf_counter()
-    loss = float(step(batch)["loss"])
-    dt = time.perf_counter() - t
-    after = tracker.sample()
-    times.append(dt)
-    ratios.append(flops["total"] / dt / 1e9 / (0.5 * (before + after)))
-    before = after
+  times, ratios, loss = common.time_steps(lambda: float(step(batch)["loss"]), a.steps, tracker,
+                                           flops["total"])
   s = common.summarize(times)
   rec = {
       "benchmark": "finetune_step", "layers": a.layers, "hidden": a.hidden, "heads": a.heads,

@@ -115,17 +115,8 @@ def run(a):
   required = common.realm_step_flops(a.batch, a.k, a.query_len, a.cand_len, a.joint_len, a.hidden,
                                      a.layers, a.intermediate or 4 * a.hidden, a.vocab_size,
                                      a.max_masks, a.projection, required=True)
-  times, ratios = [], []
-  before = tracker.sample()
-  for _ in range(a.steps):
-    t = time.perf_counter()
-    loss = float(step(batch)["loss"])
-    dt = time.perf_counter() - t
-    after = tracker.sample()
-    times.append(dt)
-    # Efficiency against the matmul rate measured right before and after this step.
-    ratios.append(flops["total"] / dt / 1e9 / (0.5 * (before + after)))
-    before = after
+  times, ratios, loss = common.time_steps(lambda: float(step(batch)["loss"]), a.steps, tracker,
+                                           flops["total"])
   s = common.summarize(times)
   refresh = measure_with_refresh(a, step, batch, s) if a.refresh_threads else {}
   if a.profile_dir:
