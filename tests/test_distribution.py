@@ -23,9 +23,11 @@ from realm_tf2.retrieval import index as index_lib
 from realm_tf2.retrieval import refresher
 from realm_tf2.tasks import ict_task
 from realm_tf2.tasks import realm_task
+from tests import tiny_fixtures
 from tests.strategies import fresh_mirrored_strategy
 
-K, Q, C, J, M = 3, 8, 12, 16, 2
+K, Q, C, J, M = (tiny_fixtures.REALM_K, tiny_fixtures.REALM_Q, tiny_fixtures.REALM_C,
+                 tiny_fixtures.REALM_J, tiny_fixtures.REALM_M)
 GLOBAL_BATCH = 4
 
 
@@ -210,29 +212,9 @@ def test_ict_per_host_input_sharding(tiny_vocab_file, tmp_path):
 # --- 1- vs 2-replica equivalence -----------------------------------------------------------------
 
 def _realm_batch(vocab_size, seed=0):
-  rng = np.random.RandomState(seed)
-
-  def seq(shape, n_real):
-    ids = rng.randint(5, vocab_size, size=shape).astype(np.int32)
-    mask = (np.arange(shape[-1]) < n_real).astype(np.int32) * np.ones(shape, np.int32)
-    return ids * mask, mask
-
-  b = GLOBAL_BATCH
-  qi, qm = seq([b, Q], 6)
-  ci, cm = seq([b, K, C], 9)
-  ji, jm = seq([b, K, J], 12)
-  return {
-      "query_input_ids": qi, "query_input_mask": qm, "query_segment_ids": np.zeros_like(qi),
-      "candidate_input_ids": ci, "candidate_input_mask": cm,
-      "candidate_segment_ids": (np.arange(C) >= 4).astype(np.int32) * cm,
-      "joint_input_ids": ji, "joint_input_mask": jm,
-      "joint_segment_ids": (np.arange(J) >= 6).astype(np.int32) * jm,
-      "mlm_positions": np.tile([[2, 3]], [b, 1]).astype(np.int32),
-      "mlm_targets": rng.randint(5, vocab_size, size=[b, M]).astype(np.int32),
-      # The same number of real masked tokens in each replica's half (3 each).
-      "mlm_mask": np.array([[1, 1], [1, 0], [1, 0], [1, 1]], np.int32),
-      "index_version": np.ones([b], np.int32), "index_step": np.zeros([b], np.int32),
-  }
+  # The same number of real masked tokens in each replica's half (3 each).
+  return tiny_fixtures.realm_batch(GLOBAL_BATCH, vocab_size, [[1, 1], [1, 0], [1, 0], [1, 1]],
+                                   index_version=1, index_step=0, seed=seed)
 
 
 def _realm_task_fn(vocab_file):

@@ -11,9 +11,11 @@ from realm_tf2 import configs
 from realm_tf2 import optimization
 from realm_tf2.modeling import init_utils
 from realm_tf2.tasks import realm_task
+from tests import tiny_fixtures
 from tests.strategies import fresh_mirrored_strategy
 
-K, Q, C, J, M = 3, 8, 12, 16, 2
+K, Q, C, J, M = (tiny_fixtures.REALM_K, tiny_fixtures.REALM_Q, tiny_fixtures.REALM_C,
+                 tiny_fixtures.REALM_J, tiny_fixtures.REALM_M)
 
 
 def _task(vocab_file, jit=True):
@@ -27,26 +29,8 @@ def _task(vocab_file, jit=True):
 
 
 def _batch(batch_size, vocab_size, seed=0):
-  rng = np.random.RandomState(seed)
-  def seq(shape, n_real):
-    ids = rng.randint(5, vocab_size, size=shape).astype(np.int32)
-    mask = (np.arange(shape[-1]) < n_real).astype(np.int32) * np.ones(shape, np.int32)
-    return ids * mask, mask
-  qi, qm = seq([batch_size, Q], 6)
-  ci, cm = seq([batch_size, K, C], 9)
-  ji, jm = seq([batch_size, K, J], 12)
-  return {
-      "query_input_ids": qi, "query_input_mask": qm, "query_segment_ids": np.zeros_like(qi),
-      "candidate_input_ids": ci, "candidate_input_mask": cm,
-      "candidate_segment_ids": (np.arange(C) >= 4).astype(np.int32) * cm,
-      "joint_input_ids": ji, "joint_input_mask": jm,
-      "joint_segment_ids": (np.arange(J) >= 6).astype(np.int32) * jm,
-      "mlm_positions": np.tile([[2, 3]], [batch_size, 1]).astype(np.int32),
-      "mlm_targets": rng.randint(5, vocab_size, size=[batch_size, M]).astype(np.int32),
-      "mlm_mask": np.tile([[1, 0]], [batch_size, 1]).astype(np.int32),
-      "index_version": np.full([batch_size], 2, np.int32),
-      "index_step": np.full([batch_size], 10, np.int32),
-  }
+  return tiny_fixtures.realm_batch(batch_size, vocab_size, np.tile([[1, 0]], [batch_size, 1]),
+                                   index_version=2, index_step=10, seed=seed)
 
 
 def _log_softmax(x, axis=-1):
