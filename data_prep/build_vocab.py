@@ -25,6 +25,7 @@ rare words, which the learner discards anyway below its `lower_thresh`).
 import realm_tf2  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow is imported)
 
 import collections
+import string
 import sys
 
 from absl import app
@@ -36,6 +37,18 @@ from tensorflow_text.tools.wordpiece_vocab import wordpiece_tokenizer_learner_li
 from realm_tf2 import io_utils
 
 RESERVED_TOKENS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+
+
+def ascii_alphabet(lower_case=True):
+  """Printable ASCII as whole-word tokens plus `##` continuations of letters and digits.
+
+  BERT's released vocabularies contain every one of these, so text never seen while learning (a
+  question word, a "?" the corpus lacks) still tokenizes into pieces instead of `[UNK]`. The TF Text
+  learner only keeps characters it saw, hence this guarantee.
+  """
+  letters = string.ascii_lowercase if lower_case else string.ascii_letters
+  singles = list(letters + string.digits + string.punctuation)
+  return singles + ["##" + c for c in letters + string.digits]
 
 FLAGS = flags.FLAGS
 def define_flags(fv=flags.FLAGS):
@@ -55,6 +68,9 @@ def define_flags(fv=flags.FLAGS):
   flags.DEFINE_integer("num_iterations", 4, "Learner: iterations per threshold.", flag_values=fv)
   flags.DEFINE_integer("max_token_length", 50, "Learner: words longer than this are ignored.", flag_values=fv)
   flags.DEFINE_integer("max_unique_chars", 1000, "Learner: alphabet size bound.", flag_values=fv)
+  flags.DEFINE_bool("ensure_ascii", True,
+                    "Always include printable ASCII (and ## letters/digits), as BERT's vocabs do, so unseen "
+                    "words and punctuation split into pieces instead of [UNK].", flag_values=fv)
   flags.DEFINE_bool("skip_bad_lines", False,
                     "Count and skip invalid JSON / non-UTF-8 lines instead of failing.", flag_values=fv)
 
@@ -162,8 +178,11 @@ def count_words(paths, input_format="auto", lower_case=True, max_unique_words=2_
 
 
 def learn_vocab(word_counts, vocab_size, lower_thresh=10, num_iterations=4, max_token_length=50,
-                max_unique_chars=1000):
-  """Runs TF Text's WordPiece learner; returns the token list with RESERVED_TOKENS first."""
+                max_unique_chars=1000, ensure_ascii=True, lower_case=True):
+  """Runs TF Text's WordPiece learner; returns the token list with RESERVED_TOKENS first.
+
+  With `ensure_ascii`, missing `ascii_alphabet` tokens are appended (replacing the learner's last
+  tokens when the vocab would exceed `vocab_size`)."""
   vocab = learner.learn(
       dict(word_counts), vocab_size, RESERVED_TOKENS, lower_thresh=lower_thresh,
       num_iterations=num_iterations, max_token_length=max_token_length,
@@ -171,12 +190,19 @@ def learn_vocab(word_counts, vocab_size, lower_thresh=10, num_iterations=4, max_
   vocab = list(vocab)
   if vocab[:len(RESERVED_TOKENS)] != RESERVED_TOKENS:  # the learner puts reserved first; enforce.
     vocab = RESERVED_TOKENS + [t for t in vocab if t not in RESERVED_TOKENS]
+  if ensure_ascii:
+    have = set(vocab)
+    missing = [t for t in ascii_alphabet(lower_case) if t not in have]
+    if missing:
+      keep = max(len(RESERVED_TOKENS), min(len(vocab), vocab_size - len(missing)))
+      vocab = (vocab[:keep] + missing)[:max(vocab_size, len(RESERVED_TOKENS))]
   return vocab
 
 
 def build_vocab(input_pattern, output, vocab_size, lower_case=True, input_format="auto",
                 max_unique_words=2_000_000, max_docs=0, batch_size=512, skip_bad_lines=False,
-                lower_thresh=10, num_iterations=4, max_token_length=50, max_unique_chars=1000):
+                lower_thresh=10, num_iterations=4, max_token_length=50, max_unique_chars=1000,
+                ensure_ascii=True):
   """Library entry point of the CLI. Returns (vocab list, io_utils.Counters)."""
   if vocab_size <= len(RESERVED_TOKENS):
     raise ValueError(f"vocab_size must exceed {len(RESERVED_TOKENS)}")
@@ -189,7 +215,8 @@ def build_vocab(input_pattern, output, vocab_size, lower_case=True, input_format
     raise ValueError(f"no words found in {input_pattern!r}: {counters.report()}")
   vocab = learn_vocab(counter.counts, vocab_size, lower_thresh=lower_thresh,
                       num_iterations=num_iterations, max_token_length=max_token_length,
-                      max_unique_chars=max_unique_chars)
+                      max_unique_chars=max_unique_chars, ensure_ascii=ensure_ascii,
+                      lower_case=lower_case)
   io_utils.atomic_write_text(output, "\n".join(vocab) + "\n")
   counters.written = len(vocab)
   counters.add("distinct_words", len(counter.counts))
@@ -207,7 +234,7 @@ def run_from_flags(fv=FLAGS):
         max_docs=fv.max_docs, batch_size=fv.batch_size,
         skip_bad_lines=fv.skip_bad_lines, lower_thresh=fv.lower_thresh,
         num_iterations=fv.num_iterations, max_token_length=fv.max_token_length,
-        max_unique_chars=fv.max_unique_chars)
+        max_unique_chars=fv.max_unique_chars, ensure_ascii=fv.ensure_ascii)
   except (io_utils.BadLineError, FileNotFoundError) as e:
     print(f"build_vocab: error: {e}", file=sys.stderr)
     sys.exit(1)

@@ -23,7 +23,7 @@ from typing import Callable, Dict, List, Optional, Sequence
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 STAGES = ("world", "vocab", "knowledge_corpus", "pretrain_corpus", "ict", "realm", "encode", "orqa",
           "evaluate", "answer")
-SIZES = ("tiny", "small", "base")
+SIZES = ("tiny", "mini", "small", "base")
 
 # Progress lines worth streaming from the stage subprocesses; everything else goes only to the log.
 _NOISE = re.compile(r"(cuInit|cuda_|TF-TRT|oneDNN|rebuild TensorFlow|absl::InitializeLog|"
@@ -221,8 +221,16 @@ class Demo:
       os.replace(self.vocab_path + ".tmp", self.vocab_path)
       self.printer(f"  copied {source}")
     else:
+      # The TRAIN questions join the vocab's text (never dev/test): question words ("which", "how")
+      # do not occur in the corpora, and a vocab that splits them into letters hurts a tiny model.
+      questions = self.path("vocab_questions.txt")
+      rows = _read_jsonl(os.path.join(self.data_root, "World.resplit.train.jsonl"))
+      with open(questions + ".tmp", "w", encoding="utf-8") as f:
+        f.writelines(r["question"] + "\n" for r in rows)
+      os.replace(questions + ".tmp", questions)
       self.run_cli("vocab", ["-m", "data_prep.build_vocab",
-                             f"--input={self.world_dir}/knowledge.jsonl,{self.world_dir}/pretrain.jsonl",
+                             f"--input={self.world_dir}/knowledge.jsonl,{self.world_dir}/pretrain.jsonl,"
+                             f"{questions}",
                              f"--output={self.vocab_path}", f"--vocab_size={self.c.vocab_size}",
                              "--lower_thresh=2"])
     if self.c.init_from:

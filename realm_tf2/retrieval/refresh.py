@@ -35,19 +35,33 @@ from realm_tf2.retrieval import embed_corpus
 from realm_tf2.retrieval import refresher as refresher_lib
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("model_dir", None, "Training run directory (watches model_dir/export/<step>/embedder).")
-flags.DEFINE_string("retrieval_corpus", None, "Glob of the GZIP TFRecord retrieval-corpus shards.")
-flags.DEFINE_integer("batch_size", 128, "Global embedding batch size (original predict_batch_size 256).")
-flags.DEFINE_list("buckets", ["64", "128", "192", "288"], "Padded lengths of the length buckets.")
-flags.DEFINE_integer("candidate_seq_len", 288, "Document input length [CLS] title [SEP] body [SEP].")
-flags.DEFINE_integer("keep", 3, "Keep the newest N snapshots in model_dir/export/encoded.")
-flags.DEFINE_float("poll_interval_secs", 30.0, "Sleep between polls when there is no new export.")
-flags.DEFINE_integer("start_at_step", 0, "Ignore exports of earlier steps.")
-flags.DEFINE_bool("once", False, "Refresh from the newest export once (waiting for one) and exit.")
-flags.DEFINE_float("max_wait_secs", 0.0, "With --once: give up after this long without an export "
-                   "(0 = wait forever).")
-flags.DEFINE_string("distribution_strategy", "off", "off | one_device | mirrored | tpu.")
-flags.DEFINE_string("tpu", "", "TPU name/address for --distribution_strategy=tpu.")
+
+
+def define_flags(fv=FLAGS):
+  """Defines this CLI's flags on `fv` (the absl FLAGS when run as a script); importing the module
+  defines none, so it can be imported beside other CLIs."""
+  d = dict(flag_values=fv)
+  flags.DEFINE_string("model_dir", None,
+                      "Training run directory (watches model_dir/export/<step>/embedder).", **d)
+  flags.DEFINE_string("retrieval_corpus", None, "Glob of the GZIP TFRecord retrieval-corpus shards.",
+                      **d)
+  flags.DEFINE_integer("batch_size", 128,
+                       "Global embedding batch size (original predict_batch_size 256).", **d)
+  flags.DEFINE_list("buckets", ["64", "128", "192", "288"], "Padded lengths of the length buckets.",
+                    **d)
+  flags.DEFINE_integer("candidate_seq_len", 288,
+                       "Document input length [CLS] title [SEP] body [SEP].", **d)
+  flags.DEFINE_integer("keep", 3, "Keep the newest N snapshots in model_dir/export/encoded.", **d)
+  flags.DEFINE_float("poll_interval_secs", 30.0, "Sleep between polls when there is no new export.",
+                     **d)
+  flags.DEFINE_integer("start_at_step", 0, "Ignore exports of earlier steps.", **d)
+  flags.DEFINE_bool("once", False, "Refresh from the newest export once (waiting for one) and exit.",
+                    **d)
+  flags.DEFINE_float("max_wait_secs", 0.0, "With --once: give up after this long without an export "
+                     "(0 = wait forever).", **d)
+  flags.DEFINE_string("distribution_strategy", "off", "off | one_device | mirrored | tpu.", **d)
+  flags.DEFINE_string("tpu", "", "TPU name/address for --distribution_strategy=tpu.", **d)
+
 
 ENCODED_SUBDIR = "encoded"
 DONE_FILE = "TRAINING_DONE"
@@ -105,8 +119,10 @@ def refresh_once(model_dir, store, step, embedder_dir, batch_size=128, buckets=(
   return final, stats
 
 
-def main(argv):
+def main(argv, fv=FLAGS):
+  """Runs the refresher with the parsed flags in `fv`; returns the exit code."""
   del argv
+  FLAGS = fv  # noqa: N806  (the body reads the flags through this name)
   if not FLAGS.model_dir or not FLAGS.retrieval_corpus:
     raise app.UsageError("--model_dir and --retrieval_corpus are required")
   strategy = None
@@ -153,6 +169,7 @@ def main(argv):
 
 
 def run():
+  define_flags()
   flags.mark_flags_as_required(["model_dir", "retrieval_corpus"])
   app.run(lambda argv: sys.exit(main(argv)))
 

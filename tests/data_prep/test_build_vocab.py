@@ -32,7 +32,8 @@ def _corpus(tmp_path, n=60):
 def test_build_vocab_tiny_corpus(tmp_path):
   corpus = _corpus(tmp_path)
   out = str(tmp_path / "out" / "vocab.txt")
-  vocab, counters = build_vocab.build_vocab(corpus, out, vocab_size=120, lower_thresh=2)
+  vocab, counters = build_vocab.build_vocab(corpus, out, vocab_size=120, lower_thresh=2,
+                                            ensure_ascii=False)
   lines = tf.io.gfile.GFile(out).read().splitlines()
   assert lines == vocab
   assert lines[:5] == ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
@@ -46,6 +47,21 @@ def test_build_vocab_tiny_corpus(tmp_path):
   ids = tok.tokenize(tf.constant(["The King of Paris. caf\u00e9 QUEEN!"])).to_list()[0]
   assert tok.pad_id == 0 and tok.unk_id not in ids
   assert tok.convert_ids_to_tokens(ids)[:4] == ["the", "king", "of", "paris"]
+
+
+def test_ascii_alphabet_guaranteed_so_unseen_text_is_not_unk(tmp_path):
+  corpus = _corpus(tmp_path)
+  out = str(tmp_path / "vocab.txt")
+  vocab, _ = build_vocab.build_vocab(corpus, out, vocab_size=400, lower_thresh=2)
+  assert len(vocab) <= 400 and len(set(vocab)) == len(vocab)
+  for t in ("?", "#", "w", "##h", "##7", "paris", "the"):
+    assert t in vocab, t
+  tok = tokenization.RealmTokenizer(out)
+  ids = tok.tokenize(tf.constant(["Which river? #42"])).to_list()[0]
+  assert tok.unk_id not in ids  # "which", "river", "?" never occur in the corpus
+  # A budget too small for the alphabet keeps the vocab within vocab_size.
+  small, _ = build_vocab.build_vocab(corpus, out, vocab_size=20, lower_thresh=2)
+  assert len(small) == 20 and small[:5] == build_vocab.RESERVED_TOKENS
 
 
 def test_build_vocab_bad_line_errors_or_counts(tmp_path):

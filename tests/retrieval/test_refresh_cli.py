@@ -15,12 +15,10 @@ from tests.retrieval import helpers
 
 
 def _run(argv):
-  flags.FLAGS.unparse_flags()
-  flags.FLAGS(["refresh"] + argv)
-  try:
-    return refresh.main([])
-  finally:
-    flags.FLAGS.unparse_flags()
+  fv = flags.FlagValues()  # a private flag set: the module defines no global flags at import
+  refresh.define_flags(fv)
+  fv(["refresh"] + argv)
+  return refresh.main([], fv)
 
 
 @pytest.mark.slow  # two full refresh runs through the SavedModel export (> 20 s on 2 cores)
