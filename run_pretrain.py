@@ -19,6 +19,7 @@ export/best (best eval retrieval_utility), TRAINING_DONE at the end.
 import json
 import os
 import time
+import uuid
 
 import realm_tf2  # noqa: F401
 from absl import app
@@ -153,14 +154,25 @@ class ExportAction:
     self.vocab_file, self.do_lower_case, self.total = vocab_file, do_lower_case, total_steps
     self.last = -1
     self.exported = []
+    self.failures = 0
 
   def export(self, step, encoded_checkpoint=None):
+    """Writes `export/<step>/{embedder[,bert]}` atomically as a whole: both sub-exports go to a
+    staging directory that is renamed into place, so a failure leaves no `<step>/` at all."""
     out = export_common.step_export_dir(self.model_dir, step)
-    embedder_export.export_embedder(self.embedder_fn(), self.vocab_file, self.do_lower_case,
-                                    os.path.join(out, "embedder"), encoded_checkpoint)
-    if self.bert_fn is not None:
-      bert_export.export_bert(self.bert_fn(), self.vocab_file, self.do_lower_case,
-                              os.path.join(out, "bert"))
+    staging = f"{out}.tmp-{uuid.uuid4().hex[:8]}"  # not a step number: refreshers ignore it
+    try:
+      embedder_export.export_embedder(self.embedder_fn(), self.vocab_file, self.do_lower_case,
+                                      os.path.join(staging, "embedder"), encoded_checkpoint)
+      if self.bert_fn is not None:
+        bert_export.export_bert(self.bert_fn(), self.vocab_file, self.do_lower_case,
+                                os.path.join(staging, "bert"))
+      if tf.io.gfile.exists(out):  # a re-export of the same step (after a resume)
+        tf.io.gfile.rmtree(out)
+      tf.io.gfile.rename(staging, out)
+    finally:
+      if tf.io.gfile.exists(staging):
+        tf.io.gfile.rmtree(staging)
     self.last = step
     self.exported.append(step)
     return out
@@ -169,7 +181,14 @@ class ExportAction:
     del output
     step = int(self.global_step.numpy())
     if step != self.last and (step // self.every > self.last // self.every or step >= self.total):
-      self.export(step)
+      try:
+        self.export(step)
+      except (OSError, tf.errors.OpError) as e:
+        # A periodic export is not worth the run: log, count, keep training (the next export
+        # retries; the refresher keeps serving the last good index). The final export still raises.
+        self.failures += 1  # `last` unchanged: the next loop (or the final export) retries
+        logging.error("export of step %d failed (%d failures so far), training continues: %s", step,
+                      self.failures, e)
 
 
 class BestExportAction:
@@ -184,20 +203,26 @@ class BestExportAction:
       return
     value = float(np.asarray(value))
     if value > self.best:
-      self.best = value
+      previous, self.best = self.best, value
       step = int(self.export_action.global_step.numpy())
       best = export_common.best_export_dir(self.export_action.model_dir)
       tmp = best + ".tmp"
       if tf.io.gfile.exists(tmp):
         tf.io.gfile.rmtree(tmp)
       # Export the current weights straight into the best directory (atomic per sub-export).
-      embedder_export.export_embedder(self.export_action.embedder_fn(), self.export_action.vocab_file,
-                                      self.export_action.do_lower_case, os.path.join(best, "embedder"))
-      if self.export_action.bert_fn is not None:
-        bert_export.export_bert(self.export_action.bert_fn(), self.export_action.vocab_file,
-                                self.export_action.do_lower_case, os.path.join(best, "bert"))
-      io_utils.atomic_write_text(os.path.join(best, "best_metric.json"),
-                                 json.dumps({"step": step, self.metric: value}))
+      try:
+        embedder_export.export_embedder(self.export_action.embedder_fn(),
+                                        self.export_action.vocab_file,
+                                        self.export_action.do_lower_case, os.path.join(best, "embedder"))
+        if self.export_action.bert_fn is not None:
+          bert_export.export_bert(self.export_action.bert_fn(), self.export_action.vocab_file,
+                                  self.export_action.do_lower_case, os.path.join(best, "bert"))
+        io_utils.atomic_write_text(os.path.join(best, "best_metric.json"),
+                                   json.dumps({"step": step, self.metric: value}))
+      except (OSError, tf.errors.OpError) as e:
+        self.best = previous  # not exported: a later evaluation with the same value retries
+        self.export_action.failures += 1
+        logging.error("export/best at step %d failed, training continues: %s", step, e)
 
 
 def _strategy(params):
@@ -303,7 +328,8 @@ def run_realm(params, model_dir):
     step = int(trainer.global_step.numpy())
     out = {"index_version": snap.version, "index_snapshot_step": snap.step,
            "staleness_steps": step - snap.step, "staleness_minutes": (time.time() - snap.wall_time) / 60,
-           "refreshes": refresher.refreshes, "refresh_failures": refresher.failures}
+           "refreshes": refresher.refreshes, "refresh_failures": refresher.failures,
+           "export_failures": exporter.failures}
     out.update(task.stats.as_metrics("pipeline/"))
     return out
 

@@ -101,3 +101,50 @@ def test_refresher_enospc_and_truncated_checkpoint_keep_last_good_index(tmp_path
   assert refresher.poll_once() and holder.get().step == 4 and holder.get().version == 2
   _assert_consistent(holder.get())
   assert sorted(os.listdir(snaps)) == ["1", "4"]
+
+
+def test_periodic_export_enospc_is_logged_and_training_continues(tmp_path, monkeypatch, caplog,
+                                                                 tiny_vocab_file):
+  """A full disk during a periodic `export/<step>` does not end the run: the failure is logged and
+  counted (`export_failures` in metrics.jsonl), no partial `<step>/` is visible, and the next train
+  loop retries; a failing FINAL export still raises."""
+  import run_pretrain  # pylint: disable=g-import-not-at-top
+  bert = configs.BertConfig(vocab_size=0, hidden_size=32, num_layers=2, num_attention_heads=2,
+                            intermediate_size=37)
+  model = embedder_lib.RealmEmbedder(bert, 16, vocab_size=100)
+  model({k: tf.ones([1, 4], tf.int32) for k in ("input_ids", "input_mask", "segment_ids")})
+  step = tf.Variable(0, dtype=tf.int64)
+  model_dir = str(tmp_path / "run")
+  action = run_pretrain.ExportAction(model_dir, step, every=10, embedder_fn=lambda: model,
+                                     bert_fn=None, vocab_file=tiny_vocab_file, do_lower_case=True,
+                                     total_steps=30)
+  real_save = tf.saved_model.save
+
+  def full_disk_save(obj, export_dir, *args, **kwargs):
+    tf.io.gfile.makedirs(export_dir)
+    with tf.io.gfile.GFile(os.path.join(export_dir, "saved_model.pb"), "wb") as f:
+      f.write(b"partial")
+    raise OSError(errno.ENOSPC, "No space left on device", export_dir)
+
+  step.assign(10)
+  action(None)
+  assert action.exported == [10] and action.failures == 0
+  monkeypatch.setattr(tf.saved_model, "save", full_disk_save)
+  step.assign(20)
+  with caplog.at_level(logging.ERROR):
+    action(None)  # no exception: training goes on
+  assert action.failures == 1 and action.exported == [10]
+  assert "export of step 20 failed" in caplog.text and "No space left on device" in caplog.text
+  assert sorted(os.listdir(os.path.join(model_dir, "export"))) == ["10"]  # nothing partial
+  step.assign(25)
+  action(None)  # the next loop retries (still failing here)
+  assert action.failures == 2
+  monkeypatch.setattr(tf.saved_model, "save", real_save)
+  action(None)  # disk freed: the retry succeeds
+  assert action.exported == [10, 25]
+  assert "projected" in tf.saved_model.load(os.path.join(model_dir, "export", "25", "embedder")).signatures
+  monkeypatch.setattr(tf.saved_model, "save", full_disk_save)
+  step.assign(30)
+  with pytest.raises(OSError, match="No space left"):
+    action.export(30)  # the final export (run_ict / run_realm call export() directly) raises
+  assert sorted(os.listdir(os.path.join(model_dir, "export"))) == ["10", "25"]
