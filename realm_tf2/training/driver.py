@@ -23,6 +23,7 @@ from official.core import train_utils
 from official.modeling import performance
 from realm_tf2 import optimization
 from realm_tf2.training import actions as actions_lib
+from realm_tf2.training import checkpoint_guard
 from realm_tf2.training import metrics_log
 from realm_tf2.training import preemption
 
@@ -80,6 +81,8 @@ def build_trainer(params: config_definitions.ExperimentConfig, task, strategy: t
   """
   train_data = params.task.train_data
   set_seeds(params)
+  # Before anything reads latest_step(): a corrupt newest checkpoint is set aside, not restored.
+  checkpoint_guard.quarantine_unreadable_checkpoints(model_dir)
   with strategy.scope():
     model = task.build_model()
     optimizer = optimization.create_optimizer(params.task.optimizer, params.trainer.train_steps)
