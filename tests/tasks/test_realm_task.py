@@ -129,3 +129,25 @@ def test_init_utils_roundtrip(tiny_vocab_file, tmp_path):
     init_utils.init_embedder(task.build_model().embedder, bert_dir)
   with pytest.raises(FileNotFoundError):
     init_utils.resolve_checkpoint(str(tmp_path / "nothing"))
+
+
+def test_retriever_warmup_freezes_retriever_then_releases_it(tiny_vocab_file):
+  """task.retriever_warmup_steps: no gradient reaches the retriever for the first N optimizer steps
+  (the encoder still trains, under XLA); from step N on both train. Weight decay is off here: it is
+  not a gradient and still applies to the retriever during the warm-up (documented)."""
+  task = _task(tiny_vocab_file, jit=True)
+  task.task_config.retriever_warmup_steps = 2
+  model = task.build_model()
+  opt = optimization.create_optimizer(configs.OptimizerConfig(learning_rate=1e-2, num_warmup_steps=0,
+                                                              weight_decay_rate=0.0), 10)
+  batch = _batch(2, model.bert.vocab_size)
+  step = tf.function(lambda: task.train_step(batch, model, opt))
+  snap = lambda layer: [w.numpy().copy() for w in layer.weights]  # noqa: E731
+  emb0, bert0 = snap(model.embedder), snap(model.bert)
+  step()
+  step()  # optimizer steps 0 and 1: frozen
+  emb1, bert1 = snap(model.embedder), snap(model.bert)
+  assert all(np.array_equal(a, b) for a, b in zip(emb0, emb1))
+  assert not all(np.array_equal(a, b) for a, b in zip(bert0, bert1))
+  step()  # step 2: released
+  assert not all(np.array_equal(a, b) for a, b in zip(emb1, snap(model.embedder)))
