@@ -226,8 +226,9 @@ class RetrievalFeaturizer:
     codes = batch["skip_code"]
     bad = self.stats.observe_record_indices(batch["record_index"]) if "record_index" in batch else 0
     if bad:
-      logging.warning("pre-training input: %d malformed record(s) skipped (counted as "
-                      "skipped/malformed_record)", bad)
+      logging.warning("pre-training input: %d record(s) missing so far, counted as "
+                      "skipped/malformed_record (a parse error is logged by tf.data; a record the "
+                      "parallel map merely reordered is un-counted when it arrives)", bad)
     self.stats.add("records", len(codes) + max(bad, 0))
     for code, reason in enumerate(SKIP_REASONS):
       if code:
