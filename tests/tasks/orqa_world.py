@@ -90,13 +90,6 @@ _VOWELS = "aeiou"
 PERSON_TEMPLATES = ("{name} was born in {city} in {year} .",
                     "in {year} , {name} was born in the town of {city} .")
 QUESTION_TEMPLATES = (("when was {name} born ?", "year"), ("where was {name} born ?", "city"))
-# Three facts per person, for the split by relation (each person's dev question asks the fact that
-# none of its train questions asks).
-PERSON3_TEMPLATES = ("{name} was born in {city} in {year} and worked as a {job} .",
-                     "in {year} , {name} was born in the town of {city} ; {name} was a {job} .",
-                     "{name} , a {job} , was born in {year} in {city} .")
-QUESTION3_TEMPLATES = (("when was {name} born ?", "year"), ("where was {name} born ?", "city"),
-                       ("what was the job of {name} ?", "job"))
 
 
 def _words(rng, n, syllables, taken):
@@ -111,36 +104,28 @@ def _words(rng, n, syllables, taken):
 
 
 def generate_heldout_world(root, num_entities=32, num_dev_entities=8, seed=0,
-                           templates=PERSON_TEMPLATES, questions=QUESTION_TEMPLATES,
-                           split_by="entity"):
+                           templates=PERSON_TEMPLATES, questions=QUESTION_TEMPLATES):
   """Writes a templated person world: `knowledge.jsonl` (one document per person) and
   `qa/World.resplit.{train,dev,test}.jsonl`.
 
   Every person has a unique made-up name, a unique birth city and a unique birth year, so an answer
   string occurs in exactly one document: a correct prediction requires reading the block of the
-  asked person. `split_by="entity"`: the dev (= test) questions are about the last
-  `num_dev_entities` persons, which no train question mentions (disjoint entities and facts).
-  `split_by="relation"` (use the 3-fact templates): every person has one dev question, about the
-  relation its train questions do not ask (rotating over persons), so dev questions are new
-  questions about known entities, as in ORQA's resplits. The document templates put the facts at
-  different positions. Returns dict(knowledge, qa, train, dev).
+  asked person. Persons are split by ENTITY: the dev (= test) questions are about the last
+  `num_dev_entities` persons, which no train question mentions (disjoint entities and facts). Two
+  document templates put the facts at different positions. Returns dict(knowledge, qa, train, dev).
   """
   rng = np.random.RandomState(seed)
   taken = set()
   names = _words(rng, num_entities, 3, taken)
   cities = _words(rng, num_entities, 2, taken)
   years = rng.choice(np.arange(1500, 2000), num_entities, replace=False)
-  jobs = _words(rng, num_entities, 2, taken)
   os.makedirs(os.path.join(root, "qa"), exist_ok=True)
   docs, qa = [], {"train": [], "dev": []}
   for i, (name, city, year) in enumerate(zip(names, cities, years)):
-    facts = {"name": name, "city": city, "year": str(year), "job": jobs[i]}
+    facts = {"name": name, "city": city, "year": str(year)}
     docs.append({"title": name, "body": templates[rng.randint(len(templates))].format(**facts)})
-    for j, (template, relation) in enumerate(questions):
-      if split_by == "entity":
-        split = "dev" if i >= num_entities - num_dev_entities else "train"
-      else:
-        split = "dev" if j == i % len(questions) else "train"
+    split = "dev" if i >= num_entities - num_dev_entities else "train"
+    for template, relation in questions:
       qa[split].append({"question": template.format(name=name), "answer": [facts[relation]]})
   knowledge = os.path.join(root, "knowledge.jsonl")
   with open(knowledge, "w") as f:
