@@ -45,6 +45,15 @@ def test_enospc_writing_encoded_ckpt_leaves_no_partial_and_keeps_old(tmp_path, m
   np.testing.assert_allclose(index_lib.read_block_emb_checkpoint(good), BASE)
 
 
+def _full_disk_save(obj, export_dir, *args, **kwargs):
+  """`tf.saved_model.save` on a full disk: a partial saved_model.pb, then ENOSPC."""
+  del obj, args, kwargs
+  tf.io.gfile.makedirs(export_dir)
+  with tf.io.gfile.GFile(os.path.join(export_dir, "saved_model.pb"), "wb") as f:
+    f.write(b"partial")
+  raise OSError(errno.ENOSPC, "No space left on device", export_dir)
+
+
 def test_enospc_writing_export_leaves_no_partial_and_keeps_old(tmp_path, monkeypatch, tiny_vocab_file):
   bert = configs.BertConfig(vocab_size=0, hidden_size=32, num_layers=2, num_attention_heads=2,
                             intermediate_size=37)
@@ -55,13 +64,7 @@ def test_enospc_writing_export_leaves_no_partial_and_keeps_old(tmp_path, monkeyp
   before = _listing(str(tmp_path / "export"))
   real_save = tf.saved_model.save
 
-  def full_disk_save(obj, export_dir, *args, **kwargs):
-    tf.io.gfile.makedirs(export_dir)
-    with tf.io.gfile.GFile(os.path.join(export_dir, "saved_model.pb"), "wb") as f:
-      f.write(b"partial")
-    raise OSError(errno.ENOSPC, "No space left on device", export_dir)
-
-  monkeypatch.setattr(tf.saved_model, "save", full_disk_save)
+  monkeypatch.setattr(tf.saved_model, "save", _full_disk_save)
   with pytest.raises(OSError, match="No space left on device"):
     embedder_export.export_embedder(model, tiny_vocab_file, True, out)
   monkeypatch.setattr(tf.saved_model, "save", real_save)
@@ -120,16 +123,10 @@ def test_periodic_export_enospc_is_logged_and_training_continues(tmp_path, monke
                                      total_steps=30)
   real_save = tf.saved_model.save
 
-  def full_disk_save(obj, export_dir, *args, **kwargs):
-    tf.io.gfile.makedirs(export_dir)
-    with tf.io.gfile.GFile(os.path.join(export_dir, "saved_model.pb"), "wb") as f:
-      f.write(b"partial")
-    raise OSError(errno.ENOSPC, "No space left on device", export_dir)
-
   step.assign(10)
   action(None)
   assert action.exported == [10] and action.failures == 0
-  monkeypatch.setattr(tf.saved_model, "save", full_disk_save)
+  monkeypatch.setattr(tf.saved_model, "save", _full_disk_save)
   step.assign(20)
   with caplog.at_level(logging.ERROR):
     action(None)  # no exception: training goes on
@@ -143,7 +140,7 @@ def test_periodic_export_enospc_is_logged_and_training_continues(tmp_path, monke
   action(None)  # disk freed: the retry succeeds
   assert action.exported == [10, 25]
   assert "projected" in tf.saved_model.load(os.path.join(model_dir, "export", "25", "embedder")).signatures
-  monkeypatch.setattr(tf.saved_model, "save", full_disk_save)
+  monkeypatch.setattr(tf.saved_model, "save", _full_disk_save)
   step.assign(30)
   with pytest.raises(OSError, match="No space left"):
     action.export(30)  # the final export (run_ict / run_realm call export() directly) raises
