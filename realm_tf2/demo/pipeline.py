@@ -308,7 +308,7 @@ class Demo:
       args.append(f"--bert_hub_module_handle={os.path.join(self.c.init_from, 'bert')}")
     # A randomly initialised encoder first learns to read with the retriever frozen at the ICT warm
     # start (see configs/runs/demo_realm.yaml); a converted BERT can read already.
-    warmup = 0 if self.c.init_from else (2 * self.c.realm_steps) // 3
+    warmup = 0 if self.c.init_from else (5 * self.c.realm_steps) // 6
     args += self._overrides("realm", [f"task.model.candidate_seq_len={self.c.max_block_length}",
                                       f"trainer.validation_interval={self.c.realm_steps}",
                                       f"task.retriever_warmup_steps={warmup}"])
