@@ -23,6 +23,9 @@ setuptools.setup(
     py_modules=["run_pretrain", "run_finetune", "run_demo"],
     python_requires=">=3.10,<3.13",
     install_requires=RUNTIME,
-    extras_require={"test": TEST, "notebook": ["matplotlib", "ipykernel"]},
+    extras_require={"test": TEST, "notebook": ["matplotlib", "ipykernel"],
+                    # data_prep --beam. Beam pins protobuf < 7 (TF 2.20 works with it); CI installs
+                    # it in its own venv (scripts/run_beam_tests.sh).
+                    "beam": ["apache-beam~=2.77"]},
     license="Apache-2.0",
 )

@@ -32,6 +32,7 @@ from absl import app
 from absl import flags
 import tensorflow as tf
 
+from data_prep import beam_runner
 from data_prep import common
 from realm_tf2 import io_utils
 from realm_tf2.data import corpus_format as cf
@@ -53,6 +54,9 @@ def define_flags():
   flags.DEFINE_bool("title_filter", True, "Drop List of / Index of / Outline of / disambiguation.")
   flags.DEFINE_integer("num_workers", common.default_num_workers(), "Worker processes (<=1: in-process).")
   flags.DEFINE_integer("chunk_size", 64, "Documents per work chunk.")
+  beam_runner.define_flags()
+  for name in beam_runner.FLAG_NAMES:
+    flags.declare_key_flag(name)  # listed by --help of this CLI
 
 
 def _init_worker(vocab_file, do_lower_case, max_block_length):
@@ -88,8 +92,12 @@ def _realm_records(tmp_paths):
 
 def build_knowledge_corpus(input_pattern, vocab_file, output_dir, num_shards=8, do_lower_case=True,
                            max_block_length=288, skip_bad_lines=False, title_filter=True,
-                           num_workers=1, chunk_size=64, input_format="auto", verbose=True):
-  """Runs the whole build (see module docstring). Returns the io_utils.Counters."""
+                           num_workers=1, chunk_size=64, input_format="auto", verbose=True,
+                           beam=False, runner="DirectRunner", beam_options=()):
+  """Runs the whole build (see module docstring). Returns the io_utils.Counters.
+
+  With `beam`, the per-document work runs as an Apache Beam pipeline on `runner` (one input file per
+  work item, see `data_prep.beam_runner`); the outputs are identical to a local build."""
   counters = io_utils.Counters("build_knowledge_corpus")
   tf.io.gfile.makedirs(output_dir)
   join = os.path.join
@@ -97,12 +105,20 @@ def build_knowledge_corpus(input_pattern, vocab_file, output_dir, num_shards=8, 
              for name in (cf.BLOCKS_FILE, cf.TITLES_FILE, cf.EXAMPLES_FILE)}
   progress = common.Progress("build_knowledge_corpus", counters) if verbose else None
   try:
-    docs = common.iter_documents(input_pattern, counters, input_format, skip_bad_lines,
-                                 apply_title_filter=title_filter)
-    chunks = common.chunked(((d.title, d.body) for d in docs), chunk_size)
-    for records, worker_counters in common.ordered_parallel_map(
-        _process_chunk, _init_worker, (vocab_file, do_lower_case, max_block_length), chunks,
-        num_workers):
+    init_args = (vocab_file, do_lower_case, max_block_length)
+    if beam:
+      results = beam_runner.map_files(
+          input_pattern, _init_worker, init_args, _process_chunk,
+          tmp_dir=join(output_dir, ".beam_tmp"), chunk_size=chunk_size, input_format=input_format,
+          skip_bad_lines=skip_bad_lines, title_filter=title_filter, runner=runner,
+          beam_options=beam_options)
+    else:
+      docs = common.iter_documents(input_pattern, counters, input_format, skip_bad_lines,
+                                   apply_title_filter=title_filter)
+      chunks = common.chunked(((d.title, d.body) for d in docs), chunk_size)
+      results = common.ordered_parallel_map(_process_chunk, _init_worker, init_args, chunks,
+                                            num_workers)
+    for records, worker_counters in results:
       common.merge_counters(counters, worker_counters)
       for text, title, ex in records:
         writers[cf.BLOCKS_FILE].write(text)
@@ -139,7 +155,8 @@ def main(argv):
   counters = build_knowledge_corpus(
       FLAGS.input, FLAGS.vocab_file, FLAGS.output_dir, FLAGS.num_shards, FLAGS.do_lower_case,
       FLAGS.max_block_length, FLAGS.skip_bad_lines, FLAGS.title_filter, FLAGS.num_workers,
-      FLAGS.chunk_size, FLAGS.input_format)
+      FLAGS.chunk_size, FLAGS.input_format, beam=FLAGS.beam, runner=FLAGS.runner,
+      beam_options=FLAGS.beam_options)
   counters.print_report()
 
 

@@ -33,6 +33,7 @@ from absl import app
 from absl import flags
 import tensorflow as tf
 
+from data_prep import beam_runner
 from data_prep import common
 from data_prep import sentence_splitter
 from data_prep import span_tagger
@@ -59,6 +60,9 @@ def define_flags():
   flags.DEFINE_integer("seed", 0, "Seed of --masking=random.")
   flags.DEFINE_integer("num_workers", common.default_num_workers(), "Worker processes (<=1: in-process).")
   flags.DEFINE_integer("chunk_size", 64, "Documents per work chunk.")
+  beam_runner.define_flags()
+  for name in beam_runner.FLAG_NAMES:
+    flags.declare_key_flag(name)  # listed by --help of this CLI
 
 _WORD_RE = re.compile(r"\w+", re.UNICODE)
 
@@ -144,8 +148,12 @@ def _knowledge_uids(corpus_dir):
 def build_pretrain_corpus(input_pattern, output_dir, num_shards=8, tagger="builtin",
                           masking="salient", knowledge_corpus_dir=None, title_filter=False,
                           skip_bad_lines=False, seed=0, num_workers=1, chunk_size=64,
-                          input_format="auto", verbose=True):
-  """Runs the build (see module docstring). Returns the io_utils.Counters."""
+                          input_format="auto", verbose=True, beam=False, runner="DirectRunner",
+                          beam_options=()):
+  """Runs the build (see module docstring). Returns the io_utils.Counters.
+
+  With `beam`, the per-document work runs as an Apache Beam pipeline on `runner` (one input file per
+  work item, see `data_prep.beam_runner`); the outputs are identical to a local build."""
   if masking == "salient":
     span_tagger.get_tagger(tagger)  # fail early (e.g. spaCy missing), before spawning workers
   counters = io_utils.Counters("build_pretrain_corpus")
@@ -160,11 +168,20 @@ def build_pretrain_corpus(input_pattern, output_dir, num_shards=8, tagger="built
   tmp = cf.AtomicRecordWriter(os.path.join(output_dir, "pass1.tfrecord.gz"), "GZIP")
   progress = common.Progress("build_pretrain_corpus", counters) if verbose else None
   try:
-    docs = common.iter_documents(input_pattern, counters, input_format, skip_bad_lines,
-                                 apply_title_filter=title_filter)
-    chunks = common.chunked(((d.title, d.body) for d in docs), chunk_size)
-    for records, worker_counters in common.ordered_parallel_map(
-        _process_chunk, _init_worker, (tagger, masking, seed, blocking), chunks, num_workers):
+    init_args = (tagger, masking, seed, blocking)
+    if beam:
+      results = beam_runner.map_files(
+          input_pattern, _init_worker, init_args, _process_chunk,
+          tmp_dir=os.path.join(output_dir, ".beam_tmp"), chunk_size=chunk_size,
+          input_format=input_format, skip_bad_lines=skip_bad_lines, title_filter=title_filter,
+          runner=runner, beam_options=beam_options)
+    else:
+      docs = common.iter_documents(input_pattern, counters, input_format, skip_bad_lines,
+                                   apply_title_filter=title_filter)
+      chunks = common.chunked(((d.title, d.body) for d in docs), chunk_size)
+      results = common.ordered_parallel_map(_process_chunk, _init_worker, init_args, chunks,
+                                            num_workers)
+    for records, worker_counters in results:
       common.merge_counters(counters, worker_counters)
       for uid, ser in records:
         if known_uids is not None:
@@ -192,7 +209,8 @@ def main(argv):
   counters = build_pretrain_corpus(
       FLAGS.input, FLAGS.output_dir, FLAGS.num_shards, FLAGS.tagger, FLAGS.masking,
       FLAGS.knowledge_corpus_dir, FLAGS.title_filter, FLAGS.skip_bad_lines, FLAGS.seed,
-      FLAGS.num_workers, FLAGS.chunk_size, FLAGS.input_format)
+      FLAGS.num_workers, FLAGS.chunk_size, FLAGS.input_format, beam=FLAGS.beam,
+      runner=FLAGS.runner, beam_options=FLAGS.beam_options)
   counters.print_report()
   if counters.extra.get("uid_mismatch"):
     raise SystemExit("block uids disagree with --knowledge_corpus_dir: was it built from the same "
