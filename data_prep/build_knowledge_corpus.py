@@ -106,18 +106,11 @@ def build_knowledge_corpus(input_pattern, vocab_file, output_dir, num_shards=8, 
   progress = common.Progress("build_knowledge_corpus", counters) if verbose else None
   try:
     init_args = (vocab_file, do_lower_case, max_block_length)
-    if beam:
-      results = beam_runner.map_files(
-          input_pattern, _init_worker, init_args, _process_chunk,
-          tmp_dir=join(output_dir, ".beam_tmp"), chunk_size=chunk_size, input_format=input_format,
-          skip_bad_lines=skip_bad_lines, title_filter=title_filter, runner=runner,
-          beam_options=beam_options)
-    else:
-      docs = common.iter_documents(input_pattern, counters, input_format, skip_bad_lines,
-                                   apply_title_filter=title_filter)
-      chunks = common.chunked(((d.title, d.body) for d in docs), chunk_size)
-      results = common.ordered_parallel_map(_process_chunk, _init_worker, init_args, chunks,
-                                            num_workers)
+    results = common.process_documents(
+        input_pattern, counters, _init_worker, init_args, _process_chunk, chunk_size=chunk_size,
+        input_format=input_format, skip_bad_lines=skip_bad_lines, title_filter=title_filter,
+        num_workers=num_workers, beam=beam, runner=runner, beam_options=beam_options,
+        beam_tmp_dir=join(output_dir, ".beam_tmp"))
     for records, worker_counters in results:
       common.merge_counters(counters, worker_counters)
       for text, title, ex in records:

@@ -169,18 +169,11 @@ def build_pretrain_corpus(input_pattern, output_dir, num_shards=8, tagger="built
   progress = common.Progress("build_pretrain_corpus", counters) if verbose else None
   try:
     init_args = (tagger, masking, seed, blocking)
-    if beam:
-      results = beam_runner.map_files(
-          input_pattern, _init_worker, init_args, _process_chunk,
-          tmp_dir=os.path.join(output_dir, ".beam_tmp"), chunk_size=chunk_size,
-          input_format=input_format, skip_bad_lines=skip_bad_lines, title_filter=title_filter,
-          runner=runner, beam_options=beam_options)
-    else:
-      docs = common.iter_documents(input_pattern, counters, input_format, skip_bad_lines,
-                                   apply_title_filter=title_filter)
-      chunks = common.chunked(((d.title, d.body) for d in docs), chunk_size)
-      results = common.ordered_parallel_map(_process_chunk, _init_worker, init_args, chunks,
-                                            num_workers)
+    results = common.process_documents(
+        input_pattern, counters, _init_worker, init_args, _process_chunk, chunk_size=chunk_size,
+        input_format=input_format, skip_bad_lines=skip_bad_lines, title_filter=title_filter,
+        num_workers=num_workers, beam=beam, runner=runner, beam_options=beam_options,
+        beam_tmp_dir=os.path.join(output_dir, ".beam_tmp"))
     for records, worker_counters in results:
       common.merge_counters(counters, worker_counters)
       for uid, ser in records:

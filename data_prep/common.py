@@ -307,6 +307,29 @@ def ordered_parallel_map(fn: Callable, init_fn: Callable, init_args: tuple, chun
       yield pending.popleft().get()
 
 
+def process_documents(input_pattern: str, counters: io_utils.Counters, init_fn: Callable,
+                      init_args: tuple, chunk_fn: Callable, *, chunk_size: int, input_format: str,
+                      skip_bad_lines: bool, title_filter: bool, num_workers: int, beam: bool = False,
+                      runner: str = "DirectRunner", beam_options=(), beam_tmp_dir: str = ""
+                      ) -> Iterator:
+  """Yields `(records, Counters)` of `chunk_fn(state, chunk)` over the documents, in input order.
+
+  Locally: documents are read here (reading counts go to `counters`) and chunks are processed by
+  `ordered_parallel_map`. With `beam`: `data_prep.beam_runner.map_files` (reading counts arrive in
+  the yielded Counters instead). Either way the caller merges every yielded Counters.
+  """
+  if beam:
+    from data_prep import beam_runner  # pylint: disable=g-import-not-at-top  (imports this module)
+    return beam_runner.map_files(
+        input_pattern, init_fn, init_args, chunk_fn, tmp_dir=beam_tmp_dir, chunk_size=chunk_size,
+        input_format=input_format, skip_bad_lines=skip_bad_lines, title_filter=title_filter,
+        runner=runner, beam_options=beam_options)
+  docs = iter_documents(input_pattern, counters, input_format, skip_bad_lines,
+                        apply_title_filter=title_filter)
+  chunks = chunked(((d.title, d.body) for d in docs), chunk_size)
+  return ordered_parallel_map(chunk_fn, init_fn, init_args, chunks, num_workers)
+
+
 def default_num_workers() -> int:
   return max(1, (os.cpu_count() or 1))
 
