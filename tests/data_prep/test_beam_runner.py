@@ -86,3 +86,21 @@ def test_bad_line_under_beam_names_file_and_line(tmp_path, tiny_vocab_file):
   counters = bkc.build_knowledge_corpus(inputs, tiny_vocab_file, str(tmp_path / "k2"), beam=True,
                                         skip_bad_lines=True, verbose=False)
   assert counters.skipped["bad_json"] == 1
+
+
+def test_cli_beam_flag(tmp_path, tiny_vocab_file):
+  """The README's `--beam` flag on the CLI (DirectRunner): same blocks as the library's local build."""
+  import subprocess  # pylint: disable=g-import-not-at-top
+  import sys  # pylint: disable=g-import-not-at-top
+  inputs = _inputs(tmp_path)
+  bkc.build_knowledge_corpus(inputs, tiny_vocab_file, str(tmp_path / "local"), max_block_length=20,
+                             verbose=False)
+  repo = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+  proc = subprocess.run(
+      [sys.executable, "-m", "data_prep.build_knowledge_corpus", f"--input={inputs}",
+       f"--vocab_file={tiny_vocab_file}", f"--output_dir={tmp_path / 'cli'}", "--max_block_length=20",
+       "--beam", "--runner=DirectRunner"], cwd=repo, capture_output=True, text=True, timeout=600)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  assert "written" in proc.stdout
+  for name in ("blocks.tfr", "titles.tfr", "examples.tfr"):
+    assert (tmp_path / "cli" / name).read_bytes() == (tmp_path / "local" / name).read_bytes(), name
