@@ -12,7 +12,8 @@ records; the CPU-heavy tokenizing, blocking and tagging is what runs distributed
 
 Beam is optional: `pip install 'realm-tf2[beam]'` (Beam 2.77 installs beside TF 2.20 but pins
 protobuf < 7, so it lives in its own extra). DirectRunner is the default runner; pass e.g.
-`--runner=DataflowRunner --beam_options="--project=P --region=R --temp_location=gs://b/tmp"`.
+`--runner=DataflowRunner --beam_options="--project=P --region=R --temp_location=gs://b/tmp
+--setup_file=./setup.py"` (remote workers need this package: `--setup_file` stages it).
 Input and `tmp_dir` paths go through tf.io.gfile, so gs:// works on remote workers.
 """
 import os
