@@ -2,7 +2,7 @@
 for both corpus builders, and a bad input line gives the local build's clear error.
 
 Marked `beam`: it needs the `beam` extra, which pins protobuf < 7, so CI runs it in its own venv
-(scripts/run_beam_tests.sh); the main suite deselects it (pytest.ini).
+(scripts/run_beam_tests.sh); in a venv without Beam it is deselected (tests/conftest.py).
 """
 import json
 import os
