@@ -26,6 +26,7 @@ flags.DEFINE_list("sizes", ["tiny", "small"], "Model sizes (configs/sizes/<name>
 flags.DEFINE_integer("num_blocks", 2000, "Blocks to embed.")
 flags.DEFINE_integer("batch_size", 64, "Embedding batch size.")
 flags.DEFINE_integer("vocab_size", 30522, "Vocabulary size.")
+flags.DEFINE_bool("xla", True, "One XLA program per bucket (embed_blocks xla=).")
 flags.DEFINE_integer("index_rows", 100000, "Rows for the index-build timing (block_emb tiled).")
 FLAGS = flags.FLAGS
 
@@ -63,10 +64,11 @@ def main(argv):
       # Warm-up on a slice so tracing of the (cached) step is not counted.
       warm = block_store_lib.BlockStore.from_arrays([store.title(i) for i in range(256)],
                                                     [store.body(i) for i in range(256)])
-      embed_corpus.embed_blocks(warm, embedder, 2, 3, batch_size=FLAGS.batch_size, buckets=buckets)
+      embed_corpus.embed_blocks(warm, embedder, 2, 3, batch_size=FLAGS.batch_size, buckets=buckets,
+                                xla=FLAGS.xla)
       stats = {}
       emb = embed_corpus.embed_blocks(store, embedder, 2, 3, batch_size=FLAGS.batch_size,
-                                      buckets=buckets, stats=stats)
+                                      buckets=buckets, stats=stats, xla=FLAGS.xla)
       print(json.dumps({"stage": "embed", "size": size, "buckets": list(buckets),
                         "blocks": stats["blocks"], "seconds": round(stats["seconds"], 2),
                         "blocks_per_sec": round(stats["blocks_per_sec"], 1),

@@ -163,7 +163,8 @@ def measure_refresh(num_blocks=512, layers=4, hidden=256, heads=4, vocab=30522, 
                             num_attention_heads=heads, intermediate_size=4 * hidden)
   emb = embedder_lib.RealmEmbedder(bert, projection_size=128)
   buckets = tuple(buckets or embed_corpus.DEFAULT_BUCKETS)
-  embed_corpus.embed_blocks(store, emb, 2, 3, batch_size=batch_size, buckets=buckets)  # trace
+  embed_corpus.embed_blocks(store, emb, 2, 3, batch_size=batch_size, buckets=buckets,
+                            xla=True)  # trace + compile
   lengths = embed_corpus.packed_lengths(store)
   issue = sum(common.embedder_forward_flops(1, int(l), hidden, layers, 4 * hidden, 128)
               for l in lengths)
@@ -172,7 +173,8 @@ def measure_refresh(num_blocks=512, layers=4, hidden=256, heads=4, vocab=30522, 
   tracker = tracker or common.PeakTracker((512, 1024), repeats=3)
   before = tracker.sample()
   stats = {}
-  embed_corpus.embed_blocks(store, emb, 2, 3, batch_size=batch_size, buckets=buckets, stats=stats)
+  embed_corpus.embed_blocks(store, emb, 2, 3, batch_size=batch_size, buckets=buckets, xla=True,
+                            stats=stats)
   after = tracker.sample()
   peak = 0.5 * (before + after)
   rate = issue / stats["seconds"] / 1e9

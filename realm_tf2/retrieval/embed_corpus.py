@@ -32,6 +32,8 @@ ENCODED_CKPT_NAME = "encoded.ckpt"
 # embedder -> {(global_batch, strategy id): compiled step}; reused across refreshes/warm-ups of the
 # same embedder object so its tf.function is traced once.
 _STEP_CACHE = weakref.WeakKeyDictionary()
+# `embed_blocks(xla=None)` compiles with XLA from this corpus size on (see its docstring).
+XLA_MIN_BLOCKS = 2048
 
 
 def _is_keras_embedder(embedder) -> bool:
@@ -138,7 +140,7 @@ def _dataset(store, plan, global_batch, cls_id, sep_id, seq_len):
 
 def embed_blocks(store, embedder, cls_id, sep_id, batch_size=128,
                  seq_len=tokenization.CANDIDATE_SEQ_LEN, buckets=DEFAULT_BUCKETS, strategy=None,
-                 stats=None):
+                 stats=None, xla=None):
   """Embeds all blocks of `store`.
 
   Args:
@@ -152,6 +154,10 @@ def embed_blocks(store, embedder, cls_id, sep_id, batch_size=128,
     strategy: Optional tf.distribute strategy; the embed step runs in `strategy.run`.
     stats: Optional dict, filled with blocks, seconds, blocks_per_sec, per-bucket counts,
       first_batch_seconds and steady_blocks_per_sec (after the first batch).
+    xla: Compile one XLA program per bucket (Keras embedders, no strategy). None = only for corpora
+      of at least `XLA_MIN_BLOCKS` blocks: the refresher embeds with a NEW embedder per snapshot, so
+      each refresh pays the compiles, which a small corpus does not win back (measured: a 13-block
+      demo corpus refreshed every 10 steps fell behind; 4L/256 at 1024 blocks: 3.4x faster).
 
   Returns:
     float32 [N, D] in corpus order.
@@ -167,7 +173,8 @@ def embed_blocks(store, embedder, cls_id, sep_id, batch_size=128,
   lengths = packed_lengths(store, seq_len)
   which = assign_buckets(lengths, buckets)
 
-  step = _get_step(embedder, embed_fn, global_batch, strategy)
+  use_xla = n >= XLA_MIN_BLOCKS if xla is None else bool(xla)
+  step = _get_step(embedder, embed_fn, global_batch, strategy, use_xla)
   out = None
   filled = np.zeros(n, np.int64)
   per_bucket = {int(b): int(np.sum(which == i)) for i, b in enumerate(buckets)}
@@ -204,9 +211,9 @@ def embed_blocks(store, embedder, cls_id, sep_id, batch_size=128,
   return out
 
 
-def _get_step(embedder, embed_fn, global_batch, strategy):
+def _get_step(embedder, embed_fn, global_batch, strategy, xla=True):
   """The (cached) compiled embedding step for this embedder / batch / strategy."""
-  key = (global_batch, id(strategy))
+  key = (global_batch, id(strategy), bool(xla))
   try:
     cache = _STEP_CACHE.setdefault(embedder, {})
   except TypeError:  # not weak-referenceable: no caching
@@ -214,7 +221,7 @@ def _get_step(embedder, embed_fn, global_batch, strategy):
   if key in cache:
     return cache[key]
   if strategy is None:
-    if _is_keras_embedder(embedder):
+    if xla and _is_keras_embedder(embedder):
       # XLA, one program per bucket length (static [B, T]; at most len(buckets) compiles, cached
       # with the embedder across refreshes). Measured (scaling_budget.measure_refresh, 4L/256, 1024
       # blocks, batch 64, idle 2-core VM): 82 blocks/s = 62 % of the paired matmul rate on real

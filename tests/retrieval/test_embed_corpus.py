@@ -38,11 +38,12 @@ def test_buckets_and_lengths():
 
 
 @pytest.mark.slow  # traces a BERT once; 25-60 s wall on the shared 2-core box
-def test_embed_blocks_matches_unbucketed_reference_in_corpus_order(setup):
+@pytest.mark.parametrize("xla", [False, True])  # auto (None) picks False for 19 blocks
+def test_embed_blocks_matches_unbucketed_reference_in_corpus_order(setup, xla):
   store, embedder, want = setup
   stats = {}
   got = embed_corpus.embed_blocks(store, embedder, helpers.CLS_ID, helpers.SEP_ID, batch_size=4,
-                                  stats=stats)
+                                  stats=stats, xla=xla)
   assert got.shape == (19, 8) and got.dtype == np.float32
   np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
   assert sum(stats["buckets"].values()) == 19 and len([v for v in stats["buckets"].values() if v]) >= 3
