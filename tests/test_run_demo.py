@@ -95,9 +95,11 @@ def test_demo_realm_learns_to_use_retrieval(tmp_path):
   assert summary["index_refreshes"] >= 2
   with open(os.path.join(out_dir, "realm", "metrics.jsonl")) as f:
     train = [r["retrieval_utility"] for r in map(json.loads, f) if r["split"] == "train"]
-  first, last = sum(train[:8]) / 8, sum(train[-8:]) / 8  # 8 loops of 25 steps, to average noise
+  # Baseline: the first 4 loops (100 steps), before the encoder reads; end: the last 8 loops.
+  first, last = sum(train[:4]) / 4, sum(train[-8:]) / 8
   print("retrieval_utility per loop", [round(u, 3) for u in train])
-  # Measured here: first 8 loops -0.001, last 8 loops 0.065, held-out 0.049 (one run, 1200 steps).
-  assert abs(first) < 0.01  # an encoder that cannot read yet
+  # Measured in two runs: first 4 loops -0.002 / -0.001, last 8 loops 0.065 / 0.16, held-out 0.049 /
+  # 0.39 (utility starts rising after 150-250 steps).
+  assert abs(first) < 0.02  # an encoder that cannot read yet
   assert last > first + 0.03
   assert summary["retrieval_utility_eval_after_realm"] > 0.0  # held-out shards (40 examples: noisy)
