@@ -228,8 +228,8 @@ def _get_step(embedder, embed_fn, global_batch, strategy, xla=True):
       # tokens, against 24 % (12.1 blocks/s, loaded VM) for the dynamic-T tf.function below.
       step = tf.function(lambda f: embed_fn(f), jit_compile=True)
     else:
-      # A SavedModel signature: one trace for every bucket (dynamic T), no XLA (its graph is not
-      # ours to compile).
+      # No XLA (a small corpus, `xla=False`, or a SavedModel signature, whose graph is not ours to
+      # compile): one trace for every bucket (dynamic T).
       spec = {k: tf.TensorSpec([global_batch, None], tf.int32)
               for k in ("input_ids", "input_mask", "segment_ids")}
       step = tf.function(lambda f: embed_fn(f), input_signature=[spec])
