@@ -156,17 +156,21 @@ class ExportAction:
     self.exported = []
     self.failures = 0
 
+  def write_towers(self, directory, encoded_checkpoint=None):
+    """`directory/embedder` (+ `directory/bert`), each an atomic SavedModel export."""
+    embedder_export.export_embedder(self.embedder_fn(), self.vocab_file, self.do_lower_case,
+                                    os.path.join(directory, "embedder"), encoded_checkpoint)
+    if self.bert_fn is not None:
+      bert_export.export_bert(self.bert_fn(), self.vocab_file, self.do_lower_case,
+                              os.path.join(directory, "bert"))
+
   def export(self, step, encoded_checkpoint=None):
     """Writes `export/<step>/{embedder[,bert]}` atomically as a whole: both sub-exports go to a
     staging directory that is renamed into place, so a failure leaves no `<step>/` at all."""
     out = export_common.step_export_dir(self.model_dir, step)
     staging = f"{out}.tmp-{uuid.uuid4().hex[:8]}"  # not a step number: refreshers ignore it
     try:
-      embedder_export.export_embedder(self.embedder_fn(), self.vocab_file, self.do_lower_case,
-                                      os.path.join(staging, "embedder"), encoded_checkpoint)
-      if self.bert_fn is not None:
-        bert_export.export_bert(self.bert_fn(), self.vocab_file, self.do_lower_case,
-                                os.path.join(staging, "bert"))
+      self.write_towers(staging, encoded_checkpoint)
       if tf.io.gfile.exists(out):  # a re-export of the same step (after a resume)
         tf.io.gfile.rmtree(out)
       tf.io.gfile.rename(staging, out)
@@ -211,12 +215,7 @@ class BestExportAction:
         tf.io.gfile.rmtree(tmp)
       # Export the current weights straight into the best directory (atomic per sub-export).
       try:
-        embedder_export.export_embedder(self.export_action.embedder_fn(),
-                                        self.export_action.vocab_file,
-                                        self.export_action.do_lower_case, os.path.join(best, "embedder"))
-        if self.export_action.bert_fn is not None:
-          bert_export.export_bert(self.export_action.bert_fn(), self.export_action.vocab_file,
-                                  self.export_action.do_lower_case, os.path.join(best, "bert"))
+        self.export_action.write_towers(best)
         io_utils.atomic_write_text(os.path.join(best, "best_metric.json"),
                                    json.dumps({"step": step, self.metric: value}))
       except (OSError, tf.errors.OpError) as e:
