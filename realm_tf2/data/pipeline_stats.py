@@ -28,6 +28,7 @@ class PipelineStats:
     self._next_index = 0
     self._ahead = set()
     self._missing = set()
+    self._malformed_reported = 0
 
   def add(self, key: str, n: int = 1):
     with self._lock:
@@ -70,6 +71,19 @@ class PipelineStats:
       if new:
         self._skips["malformed_record"] += new
       return new
+
+  def new_malformed_high(self) -> int:
+    """The net `malformed_record` count if it exceeds every value returned before, else 0.
+
+    Pipelines log their missing-record warning only then: a record that a non-deterministic parallel
+    map merely delivers late is counted and un-counted again, and would otherwise log a line per batch.
+    """
+    with self._lock:
+      net = self._skips["malformed_record"]
+      if net > self._malformed_reported:
+        self._malformed_reported = net
+        return net
+      return 0
 
   def observe_wait(self, seconds: float):
     """Records time a pipeline thread spent blocked obtaining the index snapshot."""

@@ -47,6 +47,10 @@ def test_record_index_gaps_are_counted_once_and_reordering_is_not():
   assert stats.observe_record_indices([10]) == 1  # 9 missing ...
   assert stats.observe_record_indices([9, 11]) == 0  # ... until it arrives late: un-counted
   assert stats.skipped == {"malformed_record": 2}
+  # The pipelines warn only when the net count reaches a new high (a late record would otherwise
+  # log a line per batch).
+  assert stats.new_malformed_high() == 2 and stats.new_malformed_high() == 0
+  assert stats.observe_record_indices([13]) == 1 and stats.new_malformed_high() == 3
 
 
 def test_ict_examples_malformed_records_are_counted(tmp_path):

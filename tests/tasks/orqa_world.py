@@ -122,7 +122,8 @@ def generate_heldout_world(root, num_entities=32, num_dev_entities=8, seed=0,
   os.makedirs(os.path.join(root, "qa"), exist_ok=True)
   docs, qa = [], {"train": [], "dev": []}
   for i, (name, city, year) in enumerate(zip(names, cities, years)):
-    facts = {"name": name, "city": city, "year": str(year)}
+    facts = {"name": name, "city": city, "year": str(year), "Name": name.capitalize(),
+             "City": city.capitalize()}
     docs.append({"title": name, "body": templates[rng.randint(len(templates))].format(**facts)})
     split = "dev" if i >= num_entities - num_dev_entities else "train"
     for template, relation in questions:
@@ -154,7 +155,12 @@ def build_heldout_setup(root, bert_config, projection_size=16, **world_kwargs):
   from realm_tf2.retrieval import embed_corpus
   world = generate_heldout_world(root, **world_kwargs)
   vocab = os.path.join(root, "vocab.txt")
-  build_vocab.build_vocab(world["knowledge"], vocab, 1000, lower_thresh=1)
+  # The vocab learns from the corpus and the TRAIN questions (as the demo's), so question words
+  # such as "when" are whole tokens.
+  questions = os.path.join(root, "vocab_questions.txt")
+  with open(questions, "w") as f:
+    f.writelines(r["question"] + "\n" for r in world["train"])
+  build_vocab.build_vocab(f"{world['knowledge']},{questions}", vocab, 1000, lower_thresh=1)
   corpus = os.path.join(root, "corpus")
   build_knowledge_corpus.build_knowledge_corpus(world["knowledge"], vocab, corpus, num_shards=1,
                                                 num_workers=1, max_block_length=64, verbose=False)
