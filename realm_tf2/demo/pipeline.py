@@ -23,7 +23,7 @@ from typing import Callable, Dict, List, Optional, Sequence
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 STAGES = ("world", "vocab", "knowledge_corpus", "pretrain_corpus", "ict", "realm", "encode", "orqa",
           "evaluate", "answer")
-SIZES = ("tiny", "mini", "small", "base")
+SIZES = ("tiny", "demo", "mini", "small", "base")
 
 # Progress lines worth streaming from the stage subprocesses; everything else goes only to the log.
 _NOISE = re.compile(r"(cuInit|cuda_|TF-TRT|oneDNN|rebuild TensorFlow|absl::InitializeLog|"
@@ -62,7 +62,7 @@ class DemoConfig:
   output_dir: str = "./runs/demo"
   seed: int = 0
   num_entities: int = 300
-  size: str = "tiny"
+  size: str = "demo"
   vocab_file: str = ""
   init_from: str = ""
   ict_steps: int = 1500
