@@ -93,8 +93,8 @@ def assign_buckets(lengths, buckets):
 def _carry_choices(counts, lens, global_batch):
   """Per non-empty bucket: True = move its leftover rows (after full batches) up to the next bucket.
 
-  Exact dynamic programme over the carried row count (at most global_batch - 1), minimising padded
-  tokens: padding a part-filled batch costs its empty slots at this length, moving r rows up costs
+  Exact dynamic programme over the carried row count (at most global_batch - 1), minimising the
+  tokens computed (bucket length x batch slots, real or padding): padding a part-filled batch costs its empty slots at this length, moving r rows up costs
   r * (next_len - len) and may fill the next bucket's part-filled batch. (Hand-written: no library
   plans static-shape batches this way; a greedy per-bucket choice measurably loses.)
   """
@@ -119,8 +119,8 @@ def _batch_plan(which, buckets, global_batch):
 
   Rows left over after a bucket's full batches either pad their batch with invalid rows or move up to
   the next bucket (they fit, being shorter), whichever costs fewer padded tokens over the whole plan
-  (`_carry_choices`). Padding every bucket's last batch wasted up to 30 % more tokens on a corpus of
-  a few thousand blocks.
+  (`_carry_choices`). On the refresh benchmark's synthetic corpus (2048 blocks, batch 128, default
+  buckets) the batches hold 1.30x the real tokens, against 1.41x when every bucket padded its last batch.
   """
   nonempty = [bi for bi in range(len(buckets)) if np.any(which == bi)]
   counts = [int(np.sum(which == bi)) for bi in nonempty]
