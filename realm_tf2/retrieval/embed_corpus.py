@@ -94,8 +94,9 @@ def _carry_choices(counts, lens, global_batch):
   """Per non-empty bucket: True = move its leftover rows (after full batches) up to the next bucket.
 
   Exact dynamic programme over the carried row count (at most global_batch - 1), minimising the
-  tokens computed (bucket length x batch slots, real or padding): padding a part-filled batch costs its empty slots at this length, moving r rows up costs
-  r * (next_len - len) and may fill the next bucket's part-filled batch. (Hand-written: no library
+  tokens computed (bucket length x batch slots, real or padding): padding a part-filled batch costs
+  its empty slots at this length; moving r rows up costs r * (next_len - len) and may fill the next
+  bucket's part-filled batch. (Hand-written: no library
   plans static-shape batches this way; a greedy per-bucket choice measurably loses.)
   """
   states = {0: (0, [])}  # carried-in rows -> (padded tokens so far, choices so far)
