@@ -130,11 +130,10 @@ def build_ict_dataset(examples_path: str, cls_id: int, sep_id: int, batch_size: 
   def count(codes, indices):
     codes = codes.numpy()
     bad = stats.observe_record_indices(indices.numpy())
-    missing = stats.new_malformed_high() if bad else 0
+    missing = stats.settled_missing()
     if missing:
-      logging.warning("ICT input %s: %d record(s) missing so far, counted as "
-                      "skipped/malformed_record (a parse error is logged by tf.data; a record the "
-                      "parallel map merely reordered is un-counted when it arrives)", examples_path,
+      logging.warning("ICT input %s: %d more record(s) never arrived, counted as "
+                      "skipped/malformed_record (tf.data logged the parse error)", examples_path,
                       missing)
     stats.add("records", len(codes) + bad)
     for code, reason in enumerate(SKIP_REASONS):

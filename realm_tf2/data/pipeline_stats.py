@@ -28,7 +28,7 @@ class PipelineStats:
     self._next_index = 0
     self._ahead = set()
     self._missing = set()
-    self._malformed_reported = 0
+    self._reported = set()
 
   def add(self, key: str, n: int = 1):
     with self._lock:
@@ -72,18 +72,17 @@ class PipelineStats:
         self._skips["malformed_record"] += new
       return new
 
-  def new_malformed_high(self) -> int:
-    """The net `malformed_record` count if it exceeds every value returned before, else 0.
+  def settled_missing(self, lag: int = 4096) -> int:
+    """Newly settled missing records: counted, still absent `lag` records later, not reported before.
 
-    Pipelines log their missing-record warning only then: a record that a non-deterministic parallel
-    map merely delivers late is counted and un-counted again, and would otherwise log a line per batch.
+    Pipelines log their missing-record warning with this number: a record that a non-deterministic
+    parallel map merely delivers late arrives within far fewer than `lag` records (it is un-counted
+    then and never reported), while every genuinely dropped record is reported once.
     """
     with self._lock:
-      net = self._skips["malformed_record"]
-      if net > self._malformed_reported:
-        self._malformed_reported = net
-        return net
-      return 0
+      settled = {i for i in self._missing if i < self._next_index - lag} - self._reported
+      self._reported |= settled
+      return len(settled)
 
   def observe_wait(self, seconds: float):
     """Records time a pipeline thread spent blocked obtaining the index snapshot."""

@@ -225,11 +225,10 @@ class RetrievalFeaturizer:
     cfg, k = self.cfg, self.cfg.num_candidates
     codes = batch["skip_code"]
     bad = self.stats.observe_record_indices(batch["record_index"]) if "record_index" in batch else 0
-    missing = self.stats.new_malformed_high() if bad else 0
+    missing = self.stats.settled_missing()
     if missing:
-      logging.warning("pre-training input: %d record(s) missing so far, counted as "
-                      "skipped/malformed_record (a parse error is logged by tf.data; a record the "
-                      "parallel map merely reordered is un-counted when it arrives)", missing)
+      logging.warning("pre-training input: %d more record(s) never arrived, counted as "
+                      "skipped/malformed_record (tf.data logged the parse error)", missing)
     self.stats.add("records", len(codes) + max(bad, 0))
     for code, reason in enumerate(SKIP_REASONS):
       if code:

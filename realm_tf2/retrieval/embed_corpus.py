@@ -3,9 +3,9 @@
 Input layout is the document layout of §1.2: `[CLS] title [SEP] body [SEP]`, at most 288, title kept
 first (`tokenization.bert_pack`). Blocks are **bucketed by packed length** (default 64/128/192/288) so a
 short block is not padded to 288 — transformer cost is ~linear-to-quadratic in T, so on a corpus of
-mostly short blocks this is several times faster. Each bucket is one tf.data pipeline with static
-shapes ([global_batch, bucket_len], last batch padded with a repeated row and flagged invalid, as the
-original padded with doc 0); rows are scattered back so the result is in corpus order.
+mostly short blocks this is several times faster. One tf.data pipeline feeds static-shape batches
+([global_batch, bucket_len], the one part-filled batch padded with a repeated row flagged invalid, as
+the original padded with doc 0; see `_batch_plan`); rows are scattered back in corpus order.
 
 The embedder is a `RealmEmbedder` (any callable model on the three inputs) or an exported embedder
 SavedModel (path or loaded object, `projected` signature). Runs under an optional tf.distribute strategy.
@@ -29,7 +29,7 @@ ENCODED_SUBDIR = "encoded"
 ENCODED_CKPT_NAME = "encoded.ckpt"
 
 
-# embedder -> {(global_batch, strategy id): compiled step}; reused across refreshes/warm-ups of the
+# embedder -> {(global_batch, strategy id, xla): compiled step}; reused across refreshes/warm-ups of the
 # same embedder object so its tf.function is traced once.
 _STEP_CACHE = weakref.WeakKeyDictionary()
 # `embed_blocks(xla=None)` compiles with XLA from this corpus size on (see its docstring).
@@ -90,59 +90,28 @@ def assign_buckets(lengths, buckets):
   return np.searchsorted(buckets, lengths, side="left")
 
 
-def _carry_choices(counts, lens, global_batch):
-  """Per non-empty bucket: True = move its leftover rows (after full batches) up to the next bucket.
-
-  Exact dynamic programme over the carried row count (at most global_batch - 1), minimising the
-  tokens computed (bucket length x batch slots, real or padding): padding a part-filled batch costs
-  its empty slots at this length; moving r rows up costs r * (next_len - len) and may fill the next
-  bucket's part-filled batch. (Hand-written: no library
-  plans static-shape batches this way; a greedy per-bucket choice measurably loses.)
-  """
-  states = {0: (0, [])}  # carried-in rows -> (padded tokens so far, choices so far)
-  for i, (n, length) in enumerate(zip(counts, lens)):
-    nxt = {}
-    for carry, (cost, choices) in states.items():
-      m = carry + n
-      full, left = divmod(m, global_batch)
-      options = [(0, cost + length * -(-m // global_batch) * global_batch, False)]
-      if left and i + 1 < len(counts):
-        options.append((left, cost + length * full * global_batch, True))
-      for out, c, moved in options:
-        if out not in nxt or c < nxt[out][0]:
-          nxt[out] = (c, choices + [moved])
-    states = nxt
-  return states[0][1]
-
-
 def _batch_plan(which, buckets, global_batch):
   """[(bucket_len, rows int64 [global_batch], valid bool [global_batch])] covering every row once.
 
-  Rows left over after a bucket's full batches either pad their batch with invalid rows or move up to
-  the next bucket (they fit, being shorter), whichever costs fewer padded tokens over the whole plan
-  (`_carry_choices`). On the refresh benchmark's synthetic corpus (2048 blocks, batch 128, default
-  buckets) the batches hold 1.30x the real tokens, against 1.41x when every bucket padded its last batch.
+  Rows sorted by bucket, longest first (corpus order within a bucket), cut into batches of
+  `global_batch`; each batch runs at the bucket of its first row, and only the last batch is
+  part-filled (padded with its first row, flagged invalid: static batch shape for TPU). This
+  computes the fewest tokens (bucket length x batch slots) of any static-shape plan: with N_j rows
+  in bucket j or longer, any plan needs at least ceil(N_j / B) batches of length >= len_j, and its
+  cost is B * sum_j (len_j - len_{j-1}) * (#batches of length >= len_j), a sum this plan meets
+  term by term. On the refresh benchmark's synthetic corpus (2048 blocks, batch 128, default
+  buckets) the batches hold 1.30x the real tokens, against 1.41x when every bucket padded its own
+  last batch. (Hand-written: tf.data's bucket_by_sequence_length leaves a part-filled batch in every bucket.)
   """
-  nonempty = [bi for bi in range(len(buckets)) if np.any(which == bi)]
-  counts = [int(np.sum(which == bi)) for bi in nonempty]
-  moves = _carry_choices(counts, [int(buckets[bi]) for bi in nonempty], global_batch)
+  which = np.asarray(which)
+  order = np.argsort(-which, kind="stable").astype(np.int64)  # [N] longest bucket first
   plan = []
-  carry = np.zeros([0], np.int64)
-  for bi, move in zip(nonempty, moves):
-    bucket_len = int(buckets[bi])
-    rows = np.concatenate([carry, np.nonzero(which == bi)[0].astype(np.int64)])
-    carry = np.zeros([0], np.int64)
-    if move:
-      full = len(rows) // global_batch * global_batch
-      rows, carry = rows[:full], rows[full:]
-    if not len(rows):
-      continue
-    padded = int(np.ceil(len(rows) / global_batch)) * global_batch
-    # The last batch is padded with a repeated row flagged invalid (static batch shape for TPU).
-    row_ids = np.concatenate([rows, np.full(padded - len(rows), rows[0], np.int64)])  # [padded]
-    valid = np.arange(padded) < len(rows)  # [padded]
-    for s in range(0, padded, global_batch):
-      plan.append((bucket_len, row_ids[s:s + global_batch], valid[s:s + global_batch]))
+  for s in range(0, len(order), global_batch):
+    rows = order[s:s + global_batch]
+    bucket_len = int(buckets[which[rows[0]]])
+    valid = np.arange(global_batch) < len(rows)  # [global_batch]
+    rows = np.concatenate([rows, np.full(global_batch - len(rows), rows[0], np.int64)])
+    plan.append((bucket_len, rows, valid))
   return plan
 
 
@@ -198,12 +167,15 @@ def embed_blocks(store, embedder, cls_id, sep_id, batch_size=128,
     buckets: Padded lengths; the largest must be >= seq_len's packed lengths. `(seq_len,)` disables
       bucketing.
     strategy: Optional tf.distribute strategy; the embed step runs in `strategy.run`.
-    stats: Optional dict, filled with blocks, seconds, blocks_per_sec, per-bucket counts,
-      first_batch_seconds and steady_blocks_per_sec (after the first batch).
+    stats: Optional dict, filled with blocks, seconds, blocks_per_sec, `buckets` (rows per bucket by
+      their own length; `_batch_plan` may run a few in a longer batch), first_batch_seconds and
+      steady_blocks_per_sec (after the first batch).
     xla: Compile one XLA program per bucket (Keras embedders, no strategy). None = only for corpora
       of at least `XLA_MIN_BLOCKS` blocks: the refresher embeds with a NEW embedder per snapshot, so
-      each refresh pays the compiles, which a small corpus does not win back (measured: a 13-block
-      demo corpus refreshed every 10 steps fell behind; 4L/256 at 1024 blocks: 3.4x faster).
+      each refresh pays the compiles again, which a small corpus does not win back (measured: a
+      13-block demo corpus refreshed every 10 steps fell behind). The threshold is a conservative
+      choice, not a measured crossover: at 4L/256 and 1024 blocks the compiled steady state is 3.4x
+      faster, so large models gain from `xla=True` well below it.
 
   Returns:
     float32 [N, D] in corpus order.
@@ -268,10 +240,10 @@ def _get_step(embedder, embed_fn, global_batch, strategy, xla=True):
     return cache[key]
   if strategy is None:
     if xla and _is_keras_embedder(embedder):
-      # XLA, one program per bucket length (static [B, T]; at most len(buckets) compiles, cached
-      # with the embedder across refreshes). Measured (scaling_budget.measure_refresh, 4L/256, 1024
-      # blocks, batch 64, idle 2-core VM): 82 blocks/s = 62 % of the paired matmul rate on real
-      # tokens, against 24 % (12.1 blocks/s, loaded VM) for the dynamic-T tf.function below.
+      # XLA, one program per bucket length (static [B, T]; at most len(buckets) compiles per
+      # embedder object; the refresher builds a new embedder per snapshot, so it compiles again).
+      # Measured (scaling_budget.measure_refresh, 4L/256, 1024 blocks, batch 64, idle 2-core VM):
+      # 82 blocks/s = 62 % of the paired matmul rate on real tokens, against 24 % (12.1 blocks/s, loaded VM) for the dynamic-T tf.function below.
       step = tf.function(lambda f: embed_fn(f), jit_compile=True)
     else:
       # No XLA (a small corpus, `xla=False`, or a SavedModel signature, whose graph is not ours to

@@ -47,10 +47,14 @@ def test_record_index_gaps_are_counted_once_and_reordering_is_not():
   assert stats.observe_record_indices([10]) == 1  # 9 missing ...
   assert stats.observe_record_indices([9, 11]) == 0  # ... until it arrives late: un-counted
   assert stats.skipped == {"malformed_record": 2}
-  # The pipelines warn only when the net count reaches a new high (a late record would otherwise
-  # log a line per batch).
-  assert stats.new_malformed_high() == 2 and stats.new_malformed_high() == 0
-  assert stats.observe_record_indices([13]) == 1 and stats.new_malformed_high() == 3
+  # The pipelines warn once per record still missing `lag` records later: 9 (late) never, 3 and 4
+  # once they are settled, 12 (genuinely dropped after a late arrival) as well.
+  assert stats.settled_missing(lag=9) == 0  # next index 12: nothing below 3 is missing
+  assert stats.observe_record_indices([13]) == 1  # 12 missing
+  assert stats.settled_missing(lag=9) == 2  # 3, 4 (below 14 - 9 = 5)
+  assert stats.settled_missing(lag=9) == 0  # each reported once
+  assert stats.observe_record_indices([30]) == 16 and stats.settled_missing(lag=9) == 9  # 12, 14..21
+  assert stats.skipped == {"malformed_record": 19}
 
 
 def test_ict_examples_malformed_records_are_counted(tmp_path):
