@@ -13,7 +13,7 @@ Why not Model Garden's versions:
   which is reused; only the warmup switch is written here.
 """
 import re
-from typing import Iterable, Optional
+from typing import Callable, Iterable, Optional, Sequence, Tuple
 
 import realm_tf2  # noqa: F401
 import tensorflow as tf
@@ -58,6 +58,46 @@ class WarmupPolynomialDecay(tf_keras.optimizers.schedules.LearningRateSchedule):
             "num_warmup_steps": self.num_warmup_steps}
 
 
+class _ScheduleTable:
+  """[(variables, fn)] -> {variable key: fn}, once the optimizer knows its variable keys."""
+
+  def __init__(self, entries):
+    self._entries = list(entries or ())
+    self._by_key = {}
+
+  def index(self, var_key):
+    for variables, fn in self._entries:
+      for v in variables:
+        self._by_key.setdefault(var_key(v), fn)
+
+  def of(self, key):
+    return self._by_key.get(key)
+
+
+class DelayedLinearRamp:
+  """Learning-rate multiplier 0 before `start`, rising linearly to 1 over `ramp` steps.
+
+  For variables that must stay fixed for the first `start` optimizer steps (e.g. REALM's retriever
+  while a random-init encoder learns to read). Unlike a stop_gradient, the variables' Adam moments
+  keep tracking their gradients while the multiplier is 0, so the release is not a jolt: the
+  original optimizer has no bias correction, and moments that start from zero at the release make
+  the first updates several times larger than lr (~3x at the first step).
+
+  Args:
+    start: Optimizer step at which the multiplier leaves 0.
+    ramp: Steps from 0 to 1 (0 = jump to 1 at `start`).
+  """
+
+  def __init__(self, start: int, ramp: int):
+    self.start, self.ramp = int(start), int(ramp)
+
+  def __call__(self, step):
+    step = tf.cast(step, tf.float32)
+    if self.ramp <= 0:
+      return tf.cast(step >= float(self.start), tf.float32)
+    return tf.clip_by_value((step - float(self.start)) / float(self.ramp), 0.0, 1.0)
+
+
 @tf_keras.utils.register_keras_serializable(package="realm_tf2")
 class AdamWeightDecay(tf_keras.optimizers.Optimizer):
   """Adam with decoupled weight decay and NO bias correction (BERT's `AdamWeightDecayOptimizer`).
@@ -73,6 +113,9 @@ class AdamWeightDecay(tf_keras.optimizers.Optimizer):
     beta_1, beta_2, epsilon: Adam constants (0.9, 0.999, 1e-6).
     exclude_from_weight_decay: Regexes searched in variable names; matches are not decayed.
     global_clipnorm: Clip the aggregated gradients to this global norm (1.0); None disables.
+    variable_lr_schedules: Optional [(variables, fn(step) -> float multiplier)]: those variables'
+      learning rate (and so their weight decay) is scaled by fn(applied steps), e.g.
+      `DelayedLinearRamp`. A variable in several entries gets the first.
     name: Optimizer name.
   """
 
@@ -84,6 +127,8 @@ class AdamWeightDecay(tf_keras.optimizers.Optimizer):
                epsilon: float = 1e-6,
                exclude_from_weight_decay: Optional[Iterable[str]] = DEFAULT_EXCLUDE_FROM_WEIGHT_DECAY,
                global_clipnorm: Optional[float] = 1.0,
+               variable_lr_schedules: Optional[Sequence[Tuple[Sequence[tf.Variable],
+                                                              Callable]]] = None,
                name: str = "AdamWeightDecay",
                **kwargs):
     # Keras's own `weight_decay` is left None: decay is applied inside `update_step`, exactly as the
@@ -95,6 +140,9 @@ class AdamWeightDecay(tf_keras.optimizers.Optimizer):
     self.beta_2 = float(beta_2)
     self.epsilon = float(epsilon)
     self.exclude_patterns = tuple(exclude_from_weight_decay or ())
+    # A plain holder, not attributes: Keras would track a list/dict assigned to the optimizer as
+    # checkpoint dependencies (the variables and schedules are not optimizer state).
+    self._lr_schedules = _ScheduleTable(variable_lr_schedules)
 
   def build(self, var_list):
     super().build(var_list)
@@ -103,6 +151,7 @@ class AdamWeightDecay(tf_keras.optimizers.Optimizer):
     self._built = True
     self._adam_m = [self.add_variable_from_reference(v, "adam_m") for v in var_list]
     self._adam_v = [self.add_variable_from_reference(v, "adam_v") for v in var_list]
+    self._lr_schedules.index(self._var_key)
 
   def do_weight_decay(self, variable_name: str) -> bool:
     """Whether a variable of this name is decayed (static, decided at trace time)."""
@@ -117,6 +166,9 @@ class AdamWeightDecay(tf_keras.optimizers.Optimizer):
     dtype = variable.dtype
     gradient = tf.cast(gradient, dtype)
     lr = tf.cast(self.learning_rate, dtype)
+    schedule = self._lr_schedules.of(self._var_key(variable))
+    if schedule is not None:
+      lr = lr * tf.cast(schedule(self.iterations), dtype)
     index = self._index_dict[self._var_key(variable)]
     m = self._adam_m[index]
     v = self._adam_v[index]
@@ -149,11 +201,13 @@ def create_learning_rate_schedule(opt_cfg: configs.OptimizerConfig,
   return WarmupPolynomialDecay(opt_cfg.learning_rate, num_train_steps, warmup)
 
 
-def create_optimizer(opt_cfg: configs.OptimizerConfig, num_train_steps: int) -> AdamWeightDecay:
+def create_optimizer(opt_cfg: configs.OptimizerConfig, num_train_steps: int,
+                     variable_lr_schedules=None) -> AdamWeightDecay:
   """The original `bert.optimization.create_optimizer` recipe as a tf_keras optimizer.
 
   Create it under the strategy scope. Gradients passed to `apply_gradients` are summed across
-  replicas, clipped to global norm `opt_cfg.clip_norm`, then applied.
+  replicas, clipped to global norm `opt_cfg.clip_norm`, then applied. `variable_lr_schedules`: see
+  `AdamWeightDecay` (not in the original; e.g. a task's delayed retriever).
   """
   return AdamWeightDecay(
       learning_rate=create_learning_rate_schedule(opt_cfg, num_train_steps),
@@ -161,4 +215,5 @@ def create_optimizer(opt_cfg: configs.OptimizerConfig, num_train_steps: int) -> 
       beta_1=opt_cfg.beta_1,
       beta_2=opt_cfg.beta_2,
       epsilon=opt_cfg.epsilon,
-      global_clipnorm=opt_cfg.clip_norm if opt_cfg.clip_norm else None)
+      global_clipnorm=opt_cfg.clip_norm if opt_cfg.clip_norm else None,
+      variable_lr_schedules=variable_lr_schedules)

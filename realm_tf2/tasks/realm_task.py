@@ -15,6 +15,7 @@ import tf_keras
 from official.core import config_definitions as cfg
 from official.core import task_factory
 from realm_tf2 import io_utils
+from realm_tf2 import optimization
 from realm_tf2 import tokenization
 from realm_tf2.data import pipeline_stats
 from realm_tf2.data import pretrain_pipeline
@@ -52,13 +53,15 @@ class RealmPretrainTaskConfig(base.RealmTaskConfig):
     retrieval_corpus_path: Glob of the retrieval corpus shards (index rows).
     embedder_init: Embedder source (ICT export / converter output / checkpoint); "" = random.
     bert_init: Knowledge-augmented encoder source (`bert` export / converter output / checkpoint).
-    retriever_warmup_steps: For this many optimizer steps the retrieval scores get no gradient
-      (the retriever stays at its init, e.g. the ICT warm start, up to the optimizer's decoupled
-      weight decay, which is not a gradient and still applies) while the encoder learns to read
-      the retrieved documents. 0 (the paper) trains both from step 0. Not in the original: it is
+    retriever_warmup_steps: For this many optimizer steps the retriever's learning rate is 0 (it
+      stays exactly at its init, e.g. the ICT warm start) while the encoder learns to read the
+      retrieved documents; then it rises linearly to the full rate over `retriever_ramp_steps`
+      (`optimization.DelayedLinearRamp`; the retriever's Adam moments track its gradients all along,
+      so the release is smooth). 0 (the paper) trains both from step 0. Not in the original: it is
       for encoders that start from random weights, where the retriever otherwise learns that no
       document helps yet and collapses onto the null document (measured on the demo world:
       null_doc_prob -> 1.0 within 300 steps at lr 1e-3, mlm_accuracy flat).
+    retriever_ramp_steps: See `retriever_warmup_steps`.
   """
   train_data: RealmDataConfig = dataclasses.field(default_factory=RealmDataConfig)
   validation_data: RealmDataConfig = dataclasses.field(
@@ -67,6 +70,7 @@ class RealmPretrainTaskConfig(base.RealmTaskConfig):
   embedder_init: str = ""
   bert_init: str = ""
   retriever_warmup_steps: int = 0
+  retriever_ramp_steps: int = 100
 
 
 class RealmPretrainModel(tf_keras.Model):
@@ -139,7 +143,6 @@ class RealmTask(base.RealmBaseTask):
     self._holder = None
     self._store = None
     self._tokenizer = None
-    self._optimizer_steps = None  # optimizer.iterations, for retriever_warmup_steps
 
   def set_retrieval(self, holder, block_store):
     """Attaches the `IndexHolder` and `BlockStore` the input pipeline retrieves from."""
@@ -186,17 +189,20 @@ class RealmTask(base.RealmBaseTask):
         params.input_path, self._tokenizer, self._holder, self._store, batch, input_cfg, stats,
         input_context, files=files)
 
-  def train_step(self, inputs, model, optimizer, metrics=None):
-    self._optimizer_steps = optimizer.iterations
-    return super().train_step(inputs, model, optimizer, metrics)
+  def variable_lr_schedules(self, model):
+    """Per-variable learning-rate schedules for `optimization.create_optimizer` (driver)."""
+    cfg_ = self.task_config
+    if cfg_.retriever_warmup_steps <= 0:
+      return None
+    retriever = list(model.embedder.trainable_variables)
+    if model.document_embedder is not model.embedder:
+      retriever += model.document_embedder.trainable_variables
+    return [(retriever, optimization.DelayedLinearRamp(cfg_.retriever_warmup_steps,
+                                                       cfg_.retriever_ramp_steps))]
 
   def compute_loss(self, model, inputs, training) -> Tuple[tf.Tensor, Dict[str, tf.Tensor]]:
     out = model(inputs, training=training)
     scores = out["retrieval_scores"]  # [B, K]
-    warmup = self.task_config.retriever_warmup_steps
-    if training and warmup > 0 and self._optimizer_steps is not None:
-      frozen = self._optimizer_steps < warmup
-      scores = tf.where(frozen, tf.stop_gradient(scores), scores)  # no retriever gradient yet
     result = losses.realm_marginal_loss(scores, out["mlm_logits"],
                                         inputs["mlm_targets"], inputs["mlm_mask"])
     logs = {

@@ -131,23 +131,36 @@ def test_init_utils_roundtrip(tiny_vocab_file, tmp_path):
     init_utils.resolve_checkpoint(str(tmp_path / "nothing"))
 
 
-def test_retriever_warmup_freezes_retriever_then_releases_it(tiny_vocab_file):
-  """task.retriever_warmup_steps: no gradient reaches the retriever for the first N optimizer steps
-  (the encoder still trains, under XLA); from step N on both train. Weight decay is off here: it is
-  not a gradient and still applies to the retriever during the warm-up (documented)."""
+def test_retriever_warmup_freezes_retriever_then_ramps_it_in(tiny_vocab_file, tmp_path):
+  """task.retriever_warmup_steps: the retriever's learning rate is 0 for the first N optimizer steps
+  (exactly frozen, weight decay included, while the encoder trains, under XLA), its Adam moments
+  still track its gradients, and from step N its rate ramps up linearly."""
   task = _task(tiny_vocab_file, jit=True)
   task.task_config.retriever_warmup_steps = 2
+  task.task_config.retriever_ramp_steps = 2
   model = task.build_model()
-  opt = optimization.create_optimizer(configs.OptimizerConfig(learning_rate=1e-2, num_warmup_steps=0,
-                                                              weight_decay_rate=0.0), 10)
+  opt = optimization.create_optimizer(configs.OptimizerConfig(learning_rate=1e-2, num_warmup_steps=0),
+                                      10, variable_lr_schedules=task.variable_lr_schedules(model))
+  ramp = task.variable_lr_schedules(model)[0][1]
+  assert [float(ramp(i)) for i in range(5)] == [0.0, 0.0, 0.0, 0.5, 1.0]
   batch = _batch(2, model.bert.vocab_size)
   step = tf.function(lambda: task.train_step(batch, model, opt))
   snap = lambda layer: [w.numpy().copy() for w in layer.weights]  # noqa: E731
   emb0, bert0 = snap(model.embedder), snap(model.bert)
-  step()
-  step()  # optimizer steps 0 and 1: frozen
+  for _ in range(3):
+    step()  # optimizer steps 0, 1, 2: multiplier 0
   emb1, bert1 = snap(model.embedder), snap(model.bert)
   assert all(np.array_equal(a, b) for a, b in zip(emb0, emb1))
   assert not all(np.array_equal(a, b) for a, b in zip(bert0, bert1))
-  step()  # step 2: released
+  kernel = model.embedder.projection.kernel
+  moment = opt._adam_v[opt._index_dict[opt._var_key(kernel)]]  # pylint: disable=protected-access
+  assert np.any(moment.numpy() > 0)  # the frozen retriever's gradients reached the optimizer
+  step()  # step 3: half rate
   assert not all(np.array_equal(a, b) for a, b in zip(emb1, snap(model.embedder)))
+  # The schedules are not optimizer state: the checkpoint is the usual one and restores.
+  prefix = tf.train.Checkpoint(model=model, optimizer=opt).write(str(tmp_path / "ckpt"))
+  names = {n for n, _ in tf.train.list_variables(prefix)}
+  assert not any("schedule" in n for n in names)
+  fresh = task.build_model()
+  fresh_opt = optimization.create_optimizer(configs.OptimizerConfig(learning_rate=1e-2), 10)
+  tf.train.Checkpoint(model=fresh, optimizer=fresh_opt).read(prefix).assert_existing_objects_matched()
