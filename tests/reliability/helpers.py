@@ -1,6 +1,7 @@
 """Shared helpers of the reliability tests: tiny inputs written directly, subprocess runs, kill."""
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -65,20 +66,6 @@ def start(args):
                           stderr=subprocess.STDOUT, text=True)
 
 
-def wait_for_file(proc, path, timeout=240):
-  """Polls until `path` exists; fails if the process ends first."""
-  t0 = time.time()
-  while time.time() - t0 < timeout:
-    if os.path.exists(path):
-      return True
-    if proc.poll() is not None:
-      out = proc.stdout.read()
-      raise AssertionError(f"process ended (rc={proc.returncode}) before {path}:\n{out[-4000:]}")
-    time.sleep(0.05)
-  proc.kill()
-  raise AssertionError(f"timeout waiting for {path}")
-
-
 def kill(proc, sig=signal.SIGKILL, timeout=120):
   os.kill(proc.pid, sig)
   out, _ = proc.communicate(timeout=timeout)
@@ -86,10 +73,18 @@ def kill(proc, sig=signal.SIGKILL, timeout=120):
 
 
 def checkpoint_steps(model_dir):
-  if not os.path.isdir(model_dir):
+  """Steps of the *committed* checkpoints: those the `checkpoint` state file lists.
+
+  A `ckpt-N.index` file appears before the state file names it; a kill in between leaves an
+  uncommitted checkpoint that a restart rightly ignores, so counting `.index` files would race.
+  TF replaces the state file atomically, so a read never sees half of it.
+  """
+  path = os.path.join(model_dir, "checkpoint")
+  if not os.path.exists(path):
     return []
-  return sorted(int(f[len("ckpt-"):-len(".index")]) for f in os.listdir(model_dir)
-                if f.startswith("ckpt-") and f.endswith(".index"))
+  with open(path) as f:
+    text = f.read()
+  return sorted({int(m) for m in re.findall(r'all_model_checkpoint_paths: ".*?ckpt-(\d+)"', text)})
 
 
 def wait_for_new_checkpoint(proc, model_dir, after_step, timeout=240):

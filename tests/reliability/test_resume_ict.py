@@ -35,7 +35,7 @@ def test_ict_kill9_sigterm_resume_matches_uninterrupted(tmp_path):
   run_dir = f"{d}/run"
   # 1) kill -9 once the first checkpoint exists.
   proc = h.start(_cmd(d, run_dir))
-  h.wait_for_file(proc, f"{run_dir}/ckpt-5.index")
+  h.wait_for_new_checkpoint(proc, run_dir, 0)
   rc, _ = h.kill(proc, signal.SIGKILL)
   assert rc == -signal.SIGKILL
   killed_at = max(h.checkpoint_steps(run_dir))
