@@ -28,7 +28,7 @@ class PipelineStats:
     self._next_index = 0
     self._ahead = set()
     self._missing = set()
-    self._reported = set()
+    self._unreported = collections.deque()  # missing indices, ascending, not yet settled
 
   def add(self, key: str, n: int = 1):
     with self._lock:
@@ -66,6 +66,7 @@ class PipelineStats:
           self._ahead.discard(self._next_index)
         else:
           self._missing.add(self._next_index)
+          self._unreported.append(self._next_index)
           new += 1
         self._next_index += 1
       if new:
@@ -80,9 +81,10 @@ class PipelineStats:
     then and never reported), while every genuinely dropped record is reported once.
     """
     with self._lock:
-      settled = {i for i in self._missing if i < self._next_index - lag} - self._reported
-      self._reported |= settled
-      return len(settled)
+      settled = 0
+      while self._unreported and self._unreported[0] < self._next_index - lag:
+        settled += self._unreported.popleft() in self._missing  # else it arrived late after all
+      return settled
 
   def observe_wait(self, seconds: float):
     """Records time a pipeline thread spent blocked obtaining the index snapshot."""

@@ -73,6 +73,15 @@ class RealmBaseTask(base_task.Task):
       self._grad_fn = tf.function(self._forward_backward, jit_compile=jit) if jit else self._forward_backward
     return self._grad_fn
 
+  def variable_lr_schedules(self, model: tf_keras.Model):
+    """Per-variable learning-rate schedules for `optimization.create_optimizer`, or None.
+
+    A list of `(variables, fn(step) -> multiplier)`; the driver passes it to the optimizer. None (the
+    default) trains every variable on the shared schedule; REALM's delayed retriever overrides it.
+    """
+    del model
+    return None
+
   def train_step(self, inputs, model: tf_keras.Model, optimizer, metrics=None):
     grads, loss, logs = self.gradient_fn()(model, inputs)
     optimizer.apply_gradients(zip(grads, model.trainable_variables))

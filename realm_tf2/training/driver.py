@@ -85,10 +85,9 @@ def build_trainer(params: config_definitions.ExperimentConfig, task, strategy: t
   checkpoint_guard.quarantine_unreadable_checkpoints(model_dir)
   with strategy.scope():
     model = task.build_model()
-    schedules = (task.variable_lr_schedules(model) if hasattr(task, "variable_lr_schedules")
-                 else None)  # e.g. REALM's delayed retriever
-    optimizer = optimization.create_optimizer(params.task.optimizer, params.trainer.train_steps,
-                                              variable_lr_schedules=schedules)
+    optimizer = optimization.create_optimizer(
+        params.task.optimizer, params.trainer.train_steps,
+        variable_lr_schedules=task.variable_lr_schedules(model))
     train_dataset = None
     if train:
       train_dataset = resumable_train_dataset(task, train_data, strategy, latest_step(model_dir))
