@@ -90,6 +90,19 @@ _VOWELS = "aeiou"
 PERSON_TEMPLATES = ("{name} was born in {city} in {year} .",
                     "in {year} , {name} was born in the town of {city} .")
 QUESTION_TEMPLATES = (("when was {name} born ?", "year"), ("where was {name} born ?", "city"))
+# Four sentences per person (two facts, two fillers): ICT removes one sentence from its block, so
+# with two-sentence documents every ICT block would be one sentence long while the index holds both;
+# longer documents keep ICT blocks like the indexed ones.
+PERSON4_TEMPLATES = (
+    "{Name} was born in {City}. {Name} works as a {job}. {Name} was born in the year {year}. "
+    "The hobby of {Name} is {hobby}.",
+    "In {year}, {Name} was born. {Name} likes {hobby}. The birthplace of {Name} is {City}. "
+    "By trade {Name} is a {job}.")
+# Answers as the documents write them (ORQA's recall@k matches raw, case-sensitive text).
+QUESTION4_TEMPLATES = (("when was {name} born ?", "year"), ("where was {name} born ?", "City"))
+# Shared (non-unique) filler attributes for longer documents; never asked about.
+_JOBS = ("farmer", "baker", "painter", "sailor", "teacher", "weaver")
+_HOBBIES = ("chess", "music", "fishing", "poetry", "riding", "gardening")
 
 
 def _words(rng, n, syllables, taken):
@@ -104,7 +117,8 @@ def _words(rng, n, syllables, taken):
 
 
 def generate_heldout_world(root, num_entities=32, num_dev_entities=8, seed=0,
-                           templates=PERSON_TEMPLATES, questions=QUESTION_TEMPLATES):
+                           templates=PERSON_TEMPLATES, questions=QUESTION_TEMPLATES,
+                           num_cities=None, num_years=None):
   """Writes a templated person world: `knowledge.jsonl` (one document per person) and
   `qa/World.resplit.{train,dev,test}.jsonl`.
 
@@ -113,17 +127,28 @@ def generate_heldout_world(root, num_entities=32, num_dev_entities=8, seed=0,
   asked person. Persons are split by ENTITY: the dev (= test) questions are about the last
   `num_dev_entities` persons, which no train question mentions (disjoint entities and facts). Two
   document templates put the facts at different positions. Returns dict(knowledge, qa, train, dev).
+
+  `num_cities` / `num_years` (optional): draw birth cities / years from pools of that size instead
+  (shared between persons, as in real data, so the reader can learn what a city or a year looks
+  like; an answer string then occurs in several documents). Templates may also use `{job}` and
+  `{hobby}`: shared filler facts that no question asks about.
   """
   rng = np.random.RandomState(seed)
   taken = set()
   names = _words(rng, num_entities, 3, taken)
-  cities = _words(rng, num_entities, 2, taken)
-  years = rng.choice(np.arange(1500, 2000), num_entities, replace=False)
+  cities = _words(rng, num_cities or num_entities, 2, taken)
+  years = rng.choice(np.arange(1500, 2000), num_years or num_entities, replace=False)
+  pool_rng = np.random.RandomState(seed + 1)  # separate stream: the default world stays unchanged
+  if num_cities:
+    cities = [cities[j] for j in pool_rng.randint(num_cities, size=num_entities)]
+  if num_years:
+    years = [years[j] for j in pool_rng.randint(num_years, size=num_entities)]
   os.makedirs(os.path.join(root, "qa"), exist_ok=True)
   docs, qa = [], {"train": [], "dev": []}
   for i, (name, city, year) in enumerate(zip(names, cities, years)):
     facts = {"name": name, "city": city, "year": str(year), "Name": name.capitalize(),
-             "City": city.capitalize()}
+             "City": city.capitalize(), "job": _JOBS[pool_rng.randint(len(_JOBS))],
+             "hobby": _HOBBIES[pool_rng.randint(len(_HOBBIES))]}
     docs.append({"title": name, "body": templates[rng.randint(len(templates))].format(**facts)})
     split = "dev" if i >= num_entities - num_dev_entities else "train"
     for template, relation in questions:
@@ -139,7 +164,7 @@ def generate_heldout_world(root, num_entities=32, num_dev_entities=8, seed=0,
           "dev": qa["dev"]}
 
 
-def build_heldout_setup(root, bert_config, projection_size=16, **world_kwargs):
+def build_heldout_setup(root, bert_config, projection_size=16, vocab_size=1000, **world_kwargs):
   """Held-out world -> vocab (`data_prep.build_vocab`, every word a token) -> knowledge corpus
   (`data_prep.build_knowledge_corpus`) -> random retriever export with `encoded/encoded.ckpt`
   (`embed_corpus.embed_corpus`). The export uses `bert_config` (the ORQA retriever restores it).
@@ -160,7 +185,7 @@ def build_heldout_setup(root, bert_config, projection_size=16, **world_kwargs):
   questions = os.path.join(root, "vocab_questions.txt")
   with open(questions, "w") as f:
     f.writelines(r["question"] + "\n" for r in world["train"])
-  build_vocab.build_vocab(f"{world['knowledge']},{questions}", vocab, 1000, lower_thresh=1)
+  build_vocab.build_vocab(f"{world['knowledge']},{questions}", vocab, vocab_size, lower_thresh=1)
   corpus = os.path.join(root, "corpus")
   build_knowledge_corpus.build_knowledge_corpus(world["knowledge"], vocab, corpus, num_shards=1,
                                                 num_workers=1, max_block_length=64, verbose=False)

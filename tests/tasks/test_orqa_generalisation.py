@@ -1,13 +1,15 @@
 """ORQA fine-tuning on HELD-OUT dev questions (issue 6): dev entities never appear in train questions.
 
-The world (`orqa_world.generate_heldout_world`): one templated document per made-up person, unique
-names, birth cities and birth years, so every answer occurs verbatim in exactly one block. The reader
-reads ALL blocks (reader_beam_size = retriever_beam_size = number of blocks, allowed for a tiny corpus),
-so a correct dev answer needs the reader to find the block of the asked (unseen-in-training) entity and
-the span of the asked relation: generalisation, not memorisation.
+The world (`orqa_world.generate_heldout_world`): one four-sentence templated document per made-up
+person (unique names; birth cities and years from shared pools, as real data has them). The
+pipeline is the paper's, at toy scale: ICT warm-starts the retriever on the knowledge corpus (all
+blocks, no questions), the corpus is embedded into a fixed index, then ORQA fine-tunes the question
+tower and a from-scratch reader on the train persons' questions. A correct dev answer needs the
+question tower to find the block of a person no train question named, and the reader to pick the
+span of the asked relation: generalisation, not memorisation.
 """
 import copy
-import json
+import os
 
 import numpy as np
 import pytest
@@ -17,75 +19,99 @@ import realm_tf2  # noqa: F401
 from realm_tf2 import configs
 from realm_tf2 import optimization
 from realm_tf2 import tokenization
+from realm_tf2.export import embedder_export
+from realm_tf2.retrieval import embed_corpus
+from realm_tf2.tasks import ict_task
 from realm_tf2.tasks import orqa_task
 from tests.tasks import orqa_world
 
-NUM_ENTITIES, NUM_DEV_ENTITIES = 24, 6
+NUM_ENTITIES, NUM_DEV_ENTITIES = 100, 20
+NUM_CITIES, NUM_YEARS = 20, 40
+PROJECTION = 64
 BERT = configs.BertConfig(vocab_size=0, hidden_size=32, num_layers=2, num_attention_heads=2,
-                          intermediate_size=64)
+                          intermediate_size=64, dropout_rate=0.0, attention_dropout_rate=0.0)
+ICT_STEPS, ORQA_STEPS, BATCH = 1500, 1200, 32
 
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
-  return orqa_world.build_heldout_setup(str(tmp_path_factory.mktemp("heldout")), BERT,
-                                        num_entities=NUM_ENTITIES,
-                                        num_dev_entities=NUM_DEV_ENTITIES)
+  root = str(tmp_path_factory.mktemp("heldout"))
+  return orqa_world.build_heldout_setup(
+      root, BERT, projection_size=PROJECTION, num_entities=NUM_ENTITIES,
+      num_dev_entities=NUM_DEV_ENTITIES, templates=orqa_world.PERSON4_TEMPLATES,
+      questions=orqa_world.QUESTION4_TEMPLATES,
+      num_cities=NUM_CITIES, num_years=NUM_YEARS)
 
 
 def _names(rows):
   return {r["question"].split()[2] for r in rows}
 
 
-def test_heldout_world_is_disjoint_and_answers_are_verbatim(setup):
+def test_heldout_world_is_disjoint_and_answers_are_in_the_persons_block(setup):
   train, dev = setup["train"], setup["dev"]
   assert len(train) == 2 * (NUM_ENTITIES - NUM_DEV_ENTITIES) and len(dev) == 2 * NUM_DEV_ENTITIES
   assert not _names(train) & _names(dev)  # disjoint entities
   assert not {r["question"] for r in train} & {r["question"] for r in dev}
   texts = setup["texts"]
-  assert len(texts) == NUM_ENTITIES and setup["block_emb"].shape == (NUM_ENTITIES, 16)
+  assert len(texts) == NUM_ENTITIES
   tok = tokenization.RealmTokenizer(setup["vocab"])
   for r in train + dev:
     (answer,) = r["answer"]
-    holders = [t for t in texts if f" {answer} " in f" {t} "]
-    assert len(holders) == 1 and r["question"].split()[2] in holders[0].split(), r
+    (block,) = [t for t in texts if r["question"].split()[2].capitalize() in t]  # one per person
+    assert answer in block, r  # raw text, as ORQA's HasAnswer (recall@k) matches it
     # Every name, city and year is one wordpiece, so the answer is a width-1 span.
     assert len(tok.tokenize_np([answer])[0]) == 1
+  # Cities and years come from pools: an answer string is not a block id.
+  assert len({r["answer"][0] for r in train + dev}) <= NUM_CITIES + NUM_YEARS
 
 
-def _task(setup, lr, batch):
+def _ict_retriever(setup):
+  """ICT on the corpus's own `examples.tfr`, then the corpus embedded with the trained tower."""
+  mc = configs.ModelConfig(bert=BERT, projection_size=PROJECTION, ict_query_seq_len=16,
+                           ict_block_seq_len=32, embedder_dropout_rate=0.0)
+  tc = ict_task.IctTaskConfig(model=mc, vocab_file=setup["vocab"], jit_compile=False,
+                              optimizer=configs.OptimizerConfig(learning_rate=1e-3,
+                                                                num_warmup_steps=20))
+  tc.train_data.input_path = os.path.join(setup["corpus"], "examples.tfr")
+  tc.train_data.global_batch_size = BATCH
+  task = ict_task.IctTask(tc)
+  tf.keras.utils.set_random_seed(0)
+  model = task.build_model()
+  opt = optimization.create_optimizer(tc.optimizer, ICT_STEPS)
+  step = tf.function(lambda x: task.train_step(x, model, opt))
+  it = iter(task.build_inputs(tc.train_data))
+  accuracy = [float(step(next(it))["accuracy"]) for _ in range(ICT_STEPS)]
+  export = os.path.join(os.path.dirname(setup["corpus"]), "ict_retriever")
+  embedder_export.export_embedder(model, setup["vocab"], True, export)
+  embed_corpus.embed_corpus(os.path.join(setup["corpus"], "realm", "blocks-*"), model, export,
+                            vocab_file=setup["vocab"])
+  return export, float(np.mean(accuracy[-50:]))
+
+
+def _orqa_task(setup, retriever):
   n = len(setup["texts"])
-  mc = configs.ModelConfig(bert=BERT, projection_size=16, reader_seq_len=32, retriever_beam_size=n,
-                           reader_beam_size=n, max_span_width=2, span_hidden_size=32)
+  mc = configs.ModelConfig(bert=BERT, projection_size=PROJECTION, reader_seq_len=40,
+                           retriever_beam_size=n, reader_beam_size=5, max_span_width=2,
+                           span_hidden_size=32, embedder_dropout_rate=0.0)
   tc = orqa_task.OrqaTaskConfig(
-      model=mc, vocab_file=setup["vocab"], retriever_module_path=setup["retriever"],
-      block_records_path=setup["corpus"], max_question_len=8, max_answers=1, max_answer_len=2,
-      jit_compile=False, optimizer=configs.OptimizerConfig(learning_rate=lr, num_warmup_steps=20))
+      model=mc, vocab_file=setup["vocab"], retriever_module_path=retriever,
+      block_records_path=setup["corpus"], max_question_len=16, max_answers=1, max_answer_len=2,
+      jit_compile=False, freeze_question_word_embeddings=True,
+      optimizer=configs.OptimizerConfig(learning_rate=1e-3, num_warmup_steps=20))
   tc.train_data.data_root = tc.validation_data.data_root = setup["qa"]
   tc.train_data.dataset_name = tc.validation_data.dataset_name = "World"
-  tc.train_data.global_batch_size = batch
+  tc.train_data.global_batch_size = BATCH
   tc.validation_data.global_batch_size = 16
   return orqa_task.OrqaTask(tc)
 
 
-@pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason=(
-    "Not reached yet: with hidden 32 x 2 layers, lr 1e-3, batch 8, 300 steps dev EM stays 0.0 and "
-    "train EM <= 0.13. Also measured (2026-11-23): hidden 64 x 2, 600 steps: train 0.64, dev 0.0 "
-    "(memorised); 80 entities, 1200 steps: train 0.11, dev 0.0; an unseen RELATION of seen "
-    "entities as dev instead: train 0.52, dev 0.0. A from-scratch reader does not learn to match "
-    "the question's name in the block. Measured outside this test: with an ICT-trained retriever "
-    "(in-process ICT on a 100-person world of 2-sentence documents, projection 64, reader beam 5 "
-    "over all blocks, 600 ORQA steps): dev recall@5 0.05 -> 0.88 but recall@1 0.2 and dev EM 0.1; "
-    "train EM stalls at 0.5 (the reader confuses when/where); 300 persons: dev recall@5 0.34, EM "
-    "0.02. The same reader alone on synthetic ids (batch 32, constant lr 1e-3) sits at ln 2 for "
-    "~250 steps, then solves when/where (dev 1.0); with 4 distractor blocks per question it "
-    "reaches train 0.97, dev 0.52."))
-def test_finetuning_raises_heldout_dev_em(setup):
-  """Dev EM before fine-tuning <= 0.2, after >= 0.8 on questions about unseen entities."""
+@pytest.fixture(scope="module")
+def finetuned(setup):
+  """ICT, then ORQA fine-tuning; returns dict(ict_accuracy, before, after, train, frozen_ok)."""
+  retriever, ict_accuracy = _ict_retriever(setup)
+  task = _orqa_task(setup, retriever)
   tf.keras.utils.set_random_seed(1)
-  task = _task(setup, lr=1e-3, batch=8)
   model = task.build_model()
-  assert model.reader_beam_size == len(setup["texts"])
 
   def evaluate(split):
     data = copy.deepcopy(task.task_config.validation_data)
@@ -94,15 +120,57 @@ def test_finetuning_raises_heldout_dev_em(setup):
     for batch in task.build_inputs(data):
       state = task.aggregate_logs(state, {k: v.numpy() for k, v in
                                           task.validation_step(batch, model).items()})
-    return task.reduce_aggregated_logs(state)["exact_match"]
+    return task.reduce_aggregated_logs(state)
 
   before = evaluate("dev")
-  assert before <= 0.2
-  steps = 300
-  opt = optimization.create_optimizer(task.task_config.optimizer, steps)
+  # Decay horizon twice the run: the learning rate ends at half its peak (the from-scratch reader
+  # spends a few hundred steps or more on the when/where symmetry).
+  opt = optimization.create_optimizer(task.task_config.optimizer, 2 * ORQA_STEPS,
+                                      variable_lr_schedules=task.variable_lr_schedules(model))
+  embeddings = model.retriever.encoder.get_embedding_table()
+  initial = embeddings.numpy()
   step = tf.function(lambda x: task.train_step(x, model, opt))
   it = iter(task.build_inputs(task.task_config.train_data))
-  for _ in range(steps):
+  for _ in range(ORQA_STEPS):
     step(next(it))
-  after = evaluate("dev")
-  assert after >= 0.8, (before, after, evaluate("train"))
+  result = dict(ict_accuracy=ict_accuracy, before=before, after=evaluate("dev"),
+                train=evaluate("train"),
+                frozen_ok=bool(np.array_equal(embeddings.numpy(), initial)))
+  print("held-out ORQA (dev before, dev after, train after):", _summary(result))
+  return result
+
+
+def _summary(r):
+  return {k: (round(float(r["before"][k]), 3), round(float(r["after"][k]), 3),
+              round(float(r["train"][k]), 3)) for k in ("exact_match", "recall_at_1", "recall_at_5")}
+
+
+@pytest.mark.slow
+def test_finetuned_question_tower_retrieves_unseen_persons(finetuned):
+  """ICT + ORQA with frozen question word embeddings: dev recall@1 rises by >= 0.4 to >= 0.7.
+
+  Measured (this VM, 5 runs): dev recall@1 from 0.03-0.15 (ICT alone) to 0.78-0.9 with
+  `freeze_question_word_embeddings`; to 0.48 in one run without it (train recall@1 1.0: the tower
+  memorised the train persons).
+  """
+  assert finetuned["ict_accuracy"] > 0.9, finetuned["ict_accuracy"]  # in-batch, batch 32
+  assert finetuned["frozen_ok"]  # the word embeddings did not move
+  assert finetuned["before"]["exact_match"] <= 0.2, _summary(finetuned)
+  before, after = finetuned["before"]["recall_at_1"], finetuned["after"]["recall_at_1"]
+  assert after >= 0.7 and after - before >= 0.4, _summary(finetuned)
+  assert finetuned["train"]["exact_match"] >= 0.4, _summary(finetuned)
+
+
+@pytest.mark.slow
+# Not strict: the outcome varies between runs (below), so a strict xfail would fail CI on a lucky run.
+@pytest.mark.xfail(strict=False, reason=(
+    "Issue 6 criterion not reached reliably: dev EM >= 0.8 on unseen persons. Measured (2026-11-23, "
+    "this VM, this test's world and settings, end of 1200 steps): dev EM 0.23 / 0.45 / 0.55 / 0.75 in "
+    "four runs (dev recall@1 0.78-0.9 in the three that measured it). The from-scratch 2-layer reader sits at train EM 0.5 (loss "
+    "ln 2: cannot tell when from where) for 300 to >1200 steps depending on the run; after it breaks "
+    "that symmetry, dev EM peaks at ~0.75 and may fall again while train EM stays 1.0 (80 training "
+    "blocks: it memorises). Earlier worlds (unique cities/years, two-sentence documents): 0.0-0.1."))
+def test_finetuning_raises_heldout_dev_em_to_0_8(finetuned):
+  """Issue 6: dev EM before fine-tuning <= 0.2, after >= 0.8 on questions about unseen persons."""
+  assert finetuned["before"]["exact_match"] <= 0.2
+  assert finetuned["after"]["exact_match"] >= 0.8, _summary(finetuned)

@@ -4,6 +4,7 @@ import pytest
 import tensorflow as tf
 
 import realm_tf2  # noqa: F401
+from realm_tf2 import optimization
 from realm_tf2 import tokenization
 from realm_tf2.data import qa_pipeline
 from realm_tf2.modeling import orqa_model
@@ -100,6 +101,26 @@ def test_xla_gradient_step(task_and_model):
   assert len(model.variables) == len(model.trainable_variables) + sum(
       1 for v in model.variables if not v.trainable)
   assert all("block_emb" not in v.name for v in model.variables)  # index is not checkpointed
+
+
+def test_freeze_question_word_embeddings_keeps_them_and_trains_the_rest(task_and_model, world):
+  task, model = task_and_model
+  assert task.variable_lr_schedules(model) is None  # off by default: everything trains
+  cfg = orqa_world.task_config(world)
+  cfg.freeze_question_word_embeddings = True
+  cfg.optimizer.num_warmup_steps = 0  # a real update at the first step
+  frozen_task = orqa_task.OrqaTask(cfg)
+  model = frozen_task.build_model()  # a fresh model: the shared one stays untouched
+  ((variables, multiplier),) = frozen_task.variable_lr_schedules(model)
+  table = model.retriever.encoder.get_embedding_table()
+  assert [v.name for v in variables] == [table.name]
+  opt = optimization.create_optimizer(cfg.optimizer, 10, variable_lr_schedules=[(variables,
+                                                                                 multiplier)])
+  others = [v for v in model.retriever.trainable_variables if v.name != table.name]
+  before = table.numpy(), [v.numpy() for v in others]
+  frozen_task.train_step(_features(frozen_task, orqa_world.QA[:2]), model, opt)
+  np.testing.assert_array_equal(table.numpy(), before[0])
+  assert any(not np.array_equal(v.numpy(), b) for v, b in zip(others, before[1]))
 
 
 def test_eval_predictions_and_metrics(task_and_model, world):
