@@ -67,7 +67,9 @@ class OrqaTaskConfig(base.RealmTaskConfig):
       train entities instead of learning how questions differ from the sentences it was
       pre-trained on. Measured on a 100-person world (80 train persons, 20 held-out, ICT-trained
       tiny retriever): dev recall@1 0.48 without the freeze (1 run), 0.78-0.9 with it (5 runs); see
-      tests/tasks/test_orqa_generalisation.py.
+      tests/tasks/test_orqa_generalisation.py. Not a general win: on the demo world (300 entities,
+      REALM-trained retriever, 1000 ORQA steps, one run each) it lowered dev recall@5 from 0.56 to
+      0.35.
   """
   retriever_module_path: str = ""
   reader_module_path: str = ""
