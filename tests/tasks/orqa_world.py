@@ -164,7 +164,7 @@ def generate_heldout_world(root, num_entities=32, num_dev_entities=8, seed=0,
           "dev": qa["dev"]}
 
 
-def build_heldout_setup(root, bert_config, projection_size=16, vocab_size=1000, **world_kwargs):
+def build_heldout_setup(root, bert_config, projection_size=16, **world_kwargs):
   """Held-out world -> vocab (`data_prep.build_vocab`, every word a token) -> knowledge corpus
   (`data_prep.build_knowledge_corpus`) -> random retriever export with `encoded/encoded.ckpt`
   (`embed_corpus.embed_corpus`). The export uses `bert_config` (the ORQA retriever restores it).
@@ -185,7 +185,7 @@ def build_heldout_setup(root, bert_config, projection_size=16, vocab_size=1000, 
   questions = os.path.join(root, "vocab_questions.txt")
   with open(questions, "w") as f:
     f.writelines(r["question"] + "\n" for r in world["train"])
-  build_vocab.build_vocab(f"{world['knowledge']},{questions}", vocab, vocab_size, lower_thresh=1)
+  build_vocab.build_vocab(f"{world['knowledge']},{questions}", vocab, 1000, lower_thresh=1)
   corpus = os.path.join(root, "corpus")
   build_knowledge_corpus.build_knowledge_corpus(world["knowledge"], vocab, corpus, num_shards=1,
                                                 num_workers=1, max_block_length=64, verbose=False)
