@@ -98,21 +98,6 @@ class DelayedLinearRamp:
     return tf.clip_by_value((step - float(self.start)) / float(self.ramp), 0.0, 1.0)
 
 
-class ConstantMultiplier:
-  """Learning-rate multiplier `value` at every step; 0.0 freezes the variables (weight decay too).
-
-  Args:
-    value: The multiplier.
-  """
-
-  def __init__(self, value: float):
-    self.value = float(value)
-
-  def __call__(self, step):
-    del step
-    return tf.constant(self.value, tf.float32)
-
-
 @tf_keras.utils.register_keras_serializable(package="realm_tf2")
 class AdamWeightDecay(tf_keras.optimizers.Optimizer):
   """Adam with decoupled weight decay and NO bias correction (BERT's `AdamWeightDecayOptimizer`).

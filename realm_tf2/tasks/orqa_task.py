@@ -21,7 +21,6 @@ import tensorflow as tf
 from official.core import config_definitions as cfg
 from official.nlp.data import squad_lib
 from realm_tf2 import io_utils
-from realm_tf2 import optimization
 from realm_tf2 import tokenization
 from realm_tf2.data import qa_pipeline
 from realm_tf2.evaluation import answers as answers_lib
@@ -194,13 +193,11 @@ class OrqaTask(base.RealmBaseTask):
       init_reader(model.reader, tc.reader_module_path, tc.model, tok.vocab_size)
     else:
       logging.warning("No --reader_module_path: the reader starts from random weights.")
+    if tc.freeze_question_word_embeddings:
+      # A permanent freeze through Keras' own switch: the table leaves `trainable_variables`, so it
+      # gets no gradient and no optimizer slots (a 0 lr multiplier would still pay for both).
+      model.retriever.encoder.get_embedding_layer().trainable = False
     return model
-
-  def variable_lr_schedules(self, model):
-    """`freeze_question_word_embeddings` as a 0 learning-rate multiplier (see the config)."""
-    if not self.task_config.freeze_question_word_embeddings:
-      return None
-    return [([model.retriever.encoder.get_embedding_table()], optimization.ConstantMultiplier(0.0))]
 
   def build_inputs(self, params: QADataConfig, input_context: Optional[tf.distribute.InputContext] = None):
     path = qa_pipeline.qa_file_path(params.data_root, params.dataset_name, params.split)

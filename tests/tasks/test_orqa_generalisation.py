@@ -125,8 +125,7 @@ def finetuned(setup):
   before = evaluate("dev")
   # Decay horizon twice the run: the learning rate ends at half its peak (the from-scratch reader
   # spends a few hundred steps or more on the when/where symmetry).
-  opt = optimization.create_optimizer(task.task_config.optimizer, 2 * ORQA_STEPS,
-                                      variable_lr_schedules=task.variable_lr_schedules(model))
+  opt = optimization.create_optimizer(task.task_config.optimizer, 2 * ORQA_STEPS)
   embeddings = model.retriever.encoder.get_embedding_table()
   initial = embeddings.numpy()
   step = tf.function(lambda x: task.train_step(x, model, opt))

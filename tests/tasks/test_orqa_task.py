@@ -105,22 +105,24 @@ def test_xla_gradient_step(task_and_model):
 
 def test_freeze_question_word_embeddings_keeps_them_and_trains_the_rest(task_and_model, world):
   task, model = task_and_model
-  assert task.variable_lr_schedules(model) is None  # off by default: everything trains
+  table = model.retriever.encoder.get_embedding_table()
+  assert any(v is table for v in model.trainable_variables)  # off by default: everything trains
   cfg = orqa_world.task_config(world)
   cfg.freeze_question_word_embeddings = True
   cfg.optimizer.num_warmup_steps = 0  # a real update at the first step
   frozen_task = orqa_task.OrqaTask(cfg)
   model = frozen_task.build_model()  # a fresh model: the shared one stays untouched
-  ((variables, multiplier),) = frozen_task.variable_lr_schedules(model)
   table = model.retriever.encoder.get_embedding_table()
-  assert [v.name for v in variables] == [table.name]
-  opt = optimization.create_optimizer(cfg.optimizer, 10, variable_lr_schedules=[(variables,
-                                                                                 multiplier)])
-  others = [v for v in model.retriever.trainable_variables if v.name != table.name]
+  # Out of the trainable set (no gradient, no optimizer slots), still a model variable (checkpointed).
+  assert not any(v is table for v in model.trainable_variables)
+  assert any(v is table for v in model.variables)
+  opt = optimization.create_optimizer(cfg.optimizer, 10)
+  others = list(model.retriever.trainable_variables)
   before = table.numpy(), [v.numpy() for v in others]
   frozen_task.train_step(_features(frozen_task, orqa_world.QA[:2]), model, opt)
   np.testing.assert_array_equal(table.numpy(), before[0])
   assert any(not np.array_equal(v.numpy(), b) for v, b in zip(others, before[1]))
+  assert opt._var_key(table) not in opt._index_dict  # pylint: disable=protected-access  # no moments
 
 
 def test_eval_predictions_and_metrics(task_and_model, world):
