@@ -98,6 +98,24 @@ class DelayedLinearRamp:
     return tf.clip_by_value((step - float(self.start)) / float(self.ramp), 0.0, 1.0)
 
 
+class ConstantMultiplier:
+  """Learning-rate multiplier `value` at every step (e.g. a slower ORQA reader).
+
+  Args:
+    value: The multiplier (> 0; to freeze variables set them `trainable=False` instead, which also
+      saves their gradient and optimizer slots).
+  """
+
+  def __init__(self, value: float):
+    if value <= 0:
+      raise ValueError(f"ConstantMultiplier needs a positive value, got {value}")
+    self.value = float(value)
+
+  def __call__(self, step):
+    del step
+    return tf.constant(self.value, tf.float32)
+
+
 @tf_keras.utils.register_keras_serializable(package="realm_tf2")
 class AdamWeightDecay(tf_keras.optimizers.Optimizer):
   """Adam with decoupled weight decay and NO bias correction (BERT's `AdamWeightDecayOptimizer`).

@@ -25,7 +25,7 @@ Each `init_*` also accepts a TF Hub / Kaggle TF2 BERT encoder (path, gs:// or hu
 transferred by `hub_init.init_from_hub` (encoder, and the MLM head when both sides have one).
 """
 import os
-from typing import Optional, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 import realm_tf2  # noqa: F401
 from absl import logging
@@ -138,24 +138,33 @@ def init_knowledge_encoder(encoder, source: str) -> str:
   return restore_tower(encoder, source, KNOWLEDGE_ENCODER_ROOTS)
 
 
-def init_bert_encoder(bert_encoder, source: str, donor_fn=None) -> str:
+def init_bert_encoder(bert_encoder, source: str, donor_fns: Sequence[Callable[[], Any]] = ()) -> str:
   """Initialises a bare `BertEncoderV2` (e.g. the ORQA reader's) from any of the sources above.
 
   Args:
     bert_encoder: The built encoder.
     source: Export dir, run dir or checkpoint prefix.
-    donor_fn: For exports that track a flat variable list (no object paths), a callable returning a
-      freshly built model of the export's class (e.g. `lambda: KnowledgeAugmentedEncoder(cfg)`); it is
-      restored positionally and its `.encoder` weights are copied.
+    donor_fns: For exports that track a flat variable list (no object paths): callables returning a
+      freshly built model of a class such exports hold (e.g. `lambda: KnowledgeAugmentedEncoder(cfg)`
+      for a `bert` export, `lambda: RealmEmbedder(cfg)` for an `embedder` export). Each is tried in
+      turn: the first that restores completely (same variable count and shapes) gives its `.encoder`
+      weights.
   """
   if hub_init.is_hub_encoder(source):
     return hub_init.init_from_hub(bert_encoder, source)
   try:
     return restore_tower(bert_encoder, source, BERT_ENCODER_ROOTS, marker="")
-  except ValueError:
-    if donor_fn is None:
+  except ValueError as e:
+    if not donor_fns:
       raise
-  donor = donor_fn()
-  root = restore_tower(donor, source, ())
-  bert_encoder.set_weights(donor.encoder.get_weights())
-  return root + " (via donor)"
+    errors = [str(e)]
+  for donor_fn in donor_fns:
+    donor = donor_fn()
+    try:
+      root = restore_tower(donor, source, ())
+    except ValueError as e:
+      errors.append(str(e))
+      continue
+    bert_encoder.set_weights(donor.encoder.get_weights())
+    return f"{root} (via {type(donor).__name__})"
+  raise ValueError(f"cannot initialise '{bert_encoder.name}' from {source}: " + "; ".join(errors))

@@ -84,7 +84,7 @@ class IctTask(base.RealmBaseTask):
     cfg_ = self.task_config
     donor = lambda: knowledge_encoder.KnowledgeAugmentedEncoder(  # noqa: E731
         cfg_.model.bert, vocab_size=vocab_size_of(cfg_))
-    init_utils.init_bert_encoder(model.encoder, source, donor_fn=donor)
+    init_utils.init_bert_encoder(model.encoder, source, donor_fns=(donor,))
 
   def build_inputs(self, params: IctDataConfig, input_context=None):
     tok_ids = _special_ids(self.task_config.vocab_file)

@@ -125,6 +125,39 @@ def test_freeze_question_word_embeddings_keeps_them_and_trains_the_rest(task_and
   assert opt._var_key(table) not in opt._index_dict  # pylint: disable=protected-access  # no moments
 
 
+def test_reader_from_an_embedder_export_and_its_learning_rate_multiplier(world):
+  """`reader_module_path` = an ICT/REALM embedder export: the reader's BERT is the export's BERT (the
+  span head stays fresh). `reader_learning_rate_multiplier` scales the reader's update and nothing
+  else: Adam here has no bias correction, so the update (weight decay included) is linear in lr."""
+  deltas = {}
+  for multiplier in (1.0, 0.25):
+    cfg = orqa_world.task_config(world)
+    cfg.reader_module_path = world["retriever"]
+    cfg.reader_learning_rate_multiplier = multiplier
+    cfg.optimizer.num_warmup_steps = 0
+    task = orqa_task.OrqaTask(cfg)
+    tf.keras.utils.set_random_seed(3)
+    model = task.build_model()
+    for mine, theirs in zip(model.reader.encoder.weights, model.retriever.encoder.weights):
+      np.testing.assert_array_equal(mine.numpy(), theirs.numpy())  # both from the same export
+    assert (task.variable_lr_schedules(model) is None) == (multiplier == 1.0)
+    opt = optimization.create_optimizer(cfg.optimizer, 10,
+                                        variable_lr_schedules=task.variable_lr_schedules(model))
+    towers = (model.reader, model.retriever)
+    before = [[v.numpy() for v in t.trainable_variables] for t in towers]
+    tf.keras.utils.set_random_seed(4)
+    task.train_step(_features(task, orqa_world.QA[:2]), model, opt)
+    deltas[multiplier] = [np.concatenate([(v.numpy() - b).ravel() for v, b in
+                                          zip(t.trainable_variables, bs)])
+                          for t, bs in zip(towers, before)]
+  reader_full, retriever_full = deltas[1.0]
+  reader_slow, retriever_slow = deltas[0.25]
+  assert np.abs(reader_full).max() > 1e-4
+  # atol: the deltas are differences of O(1) float32 weights (spacing ~6e-8 near 1).
+  np.testing.assert_allclose(reader_slow, 0.25 * reader_full, rtol=1e-4, atol=2e-7)
+  np.testing.assert_allclose(retriever_slow, retriever_full, rtol=1e-4, atol=2e-7)
+
+
 def test_eval_predictions_and_metrics(task_and_model, world):
   task, model = task_and_model
   ds = task.build_inputs(task.task_config.validation_data)

@@ -121,7 +121,7 @@ def test_init_utils_roundtrip(tiny_vocab_file, tmp_path):
                                 dst3.embedder.projection.kernel.numpy())
   # A bare BertEncoderV2 (e.g. an ORQA reader's) from the bert export.
   enc = task.build_model().bert.encoder
-  init_utils.init_bert_encoder(enc, bert_dir, donor_fn=lambda: task.build_model().bert)
+  init_utils.init_bert_encoder(enc, bert_dir, donor_fns=(lambda: task.build_model().bert,))
   np.testing.assert_array_equal(enc.get_embedding_table().numpy(),
                                 src.bert.encoder.get_embedding_table().numpy())
   # Wrong tower: an embedder cannot be initialised from a bert export.
