@@ -44,7 +44,9 @@ flags_lib.define_common_flags()
 flags.DEFINE_enum("mode", "train_and_eval", ["train", "eval", "predict", "train_and_eval"], "What to run.")
 flags.DEFINE_string("retriever_module_path", None,
                     "Embedder export (projected + tokenization_info) with encoded/encoded.ckpt.")
-flags.DEFINE_string("reader_module_path", None, "A `bert` export (or ORQA reader export) for the reader.")
+flags.DEFINE_string("reader_module_path", None,
+                    "A `bert` export (or an ORQA reader export) for the reader; an `embedder` export "
+                    "also works (its BERT initialises the reader's, the span head starts fresh).")
 flags.DEFINE_string("bert_hub_module_handle", None,
                     "Reader BERT from a TF2 TF Hub BERT encoder (dir, gs:// or URL; weights transferred, "
                     "span head fresh). Same role as --reader_module_path (give one of them).")

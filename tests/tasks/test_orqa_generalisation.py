@@ -30,7 +30,7 @@ NUM_CITIES, NUM_YEARS = 20, 40
 PROJECTION = 64
 BERT = configs.BertConfig(vocab_size=0, hidden_size=32, num_layers=2, num_attention_heads=2,
                           intermediate_size=64, dropout_rate=0.0, attention_dropout_rate=0.0)
-ICT_STEPS, ORQA_STEPS, BATCH = 1500, 1200, 32
+ICT_STEPS, ORQA_STEPS, PRETRAINED_READER_STEPS, BATCH = 1500, 1200, 800, 32
 
 
 @pytest.fixture(scope="module")
@@ -106,10 +106,20 @@ def _orqa_task(setup, retriever):
 
 
 @pytest.fixture(scope="module")
-def finetuned(setup):
-  """ICT, then ORQA fine-tuning; returns dict(ict_accuracy, before, after, train, frozen_ok)."""
-  retriever, ict_accuracy = _ict_retriever(setup)
+def ict_retriever(setup):
+  """(ICT embedder export with the corpus's block_emb, ICT in-batch accuracy of the last 50 steps)."""
+  return _ict_retriever(setup)
+
+
+def _finetune(setup, ict_retriever, steps, pretrained_reader):
+  """ORQA fine-tuning from the ICT retriever; returns dict(ict_accuracy, before, after, train,
+  frozen_ok). `pretrained_reader`: the reader's BERT starts from the ICT export (the product path
+  `reader_module_path` = an embedder export) and trains at 0.1x the question tower's rate."""
+  retriever, ict_accuracy = ict_retriever
   task = _orqa_task(setup, retriever)
+  if pretrained_reader:
+    task.task_config.reader_module_path = retriever
+    task.task_config.reader_learning_rate_multiplier = 0.1
   tf.keras.utils.set_random_seed(1)
   model = task.build_model()
 
@@ -123,20 +133,36 @@ def finetuned(setup):
     return task.reduce_aggregated_logs(state)
 
   before = evaluate("dev")
-  # Decay horizon twice the run: the learning rate ends at half its peak (the from-scratch reader
-  # spends a few hundred steps or more on the when/where symmetry).
-  opt = optimization.create_optimizer(task.task_config.optimizer, 2 * ORQA_STEPS)
+  # The from-scratch reader spends a few hundred steps or more on the when/where symmetry, so its
+  # decay horizon is twice the run (the learning rate ends at half its peak); the pretrained
+  # reader's run decays to 0 as usual.
+  decay_steps = steps if pretrained_reader else 2 * steps
+  opt = optimization.create_optimizer(task.task_config.optimizer, decay_steps,
+                                      variable_lr_schedules=task.variable_lr_schedules(model))
   embeddings = model.retriever.encoder.get_embedding_table()
   initial = embeddings.numpy()
   step = tf.function(lambda x: task.train_step(x, model, opt))
   it = iter(task.build_inputs(task.task_config.train_data))
-  for _ in range(ORQA_STEPS):
+  for _ in range(steps):
     step(next(it))
   result = dict(ict_accuracy=ict_accuracy, before=before, after=evaluate("dev"),
                 train=evaluate("train"),
                 frozen_ok=bool(np.array_equal(embeddings.numpy(), initial)))
-  print("held-out ORQA (dev before, dev after, train after):", _summary(result))
+  print(f"held-out ORQA, pretrained_reader={pretrained_reader} (dev before, dev after, train after):",
+        _summary(result))
   return result
+
+
+@pytest.fixture(scope="module")
+def finetuned(setup, ict_retriever):
+  """Random-init reader (the retriever test)."""
+  return _finetune(setup, ict_retriever, ORQA_STEPS, pretrained_reader=False)
+
+
+@pytest.fixture(scope="module")
+def finetuned_pretrained_reader(setup, ict_retriever):
+  """Reader's BERT from the ICT export, 0.1x learning rate (the EM test)."""
+  return _finetune(setup, ict_retriever, PRETRAINED_READER_STEPS, pretrained_reader=True)
 
 
 def _summary(r):
@@ -161,20 +187,37 @@ def test_finetuned_question_tower_retrieves_unseen_persons(finetuned):
 
 
 @pytest.mark.slow
+def test_pretrained_reader_reads_unseen_persons_blocks(finetuned_pretrained_reader):
+  """The product path for a pretrained reader: `reader_module_path` = the ICT embedder export and
+  `reader_learning_rate_multiplier` = 0.1. The reader has no when/where plateau, so train EM is
+  ~1.0 and dev EM is carried by dev retrieval.
+
+  Measured (2026-11-24, this VM, 10 runs of these settings): train EM 1.0 in all; dev EM 0.6-0.975
+  (median 0.81), within 0.075 of dev recall@1 in every run.
+  """
+  r = finetuned_pretrained_reader
+  assert r["before"]["exact_match"] <= 0.2, _summary(r)
+  assert r["train"]["exact_match"] >= 0.9, _summary(r)
+  assert r["after"]["exact_match"] >= 0.5, _summary(r)
+
+
+@pytest.mark.slow
 # Not strict: the outcome varies between runs (below), so a strict xfail would fail CI on a lucky run.
 @pytest.mark.xfail(strict=False, reason=(
-    "Issue 6 criterion not reached reliably: dev EM >= 0.8 on unseen persons. Measured (2026-11-23, "
-    "this VM, this test's world and settings, end of 1200 steps): dev EM 0.23 / 0.45 / 0.55 / 0.75 / "
-    "0.75 in five runs (dev recall@1 0.78-0.9 in the four that measured it) and >= 0.8 in one CI run "
-    "(an XPASS). The from-scratch 2-layer reader sits at train EM 0.5 (loss "
-    "ln 2: cannot tell when from where) for 300 to >1200 steps depending on the run; after it breaks "
-    "that symmetry, dev EM peaks at ~0.75 and may fall again while train EM stays 1.0 (80 training "
-    "blocks: it memorises). Earlier worlds (unique cities/years, two-sentence documents): 0.0-0.1. "
-    "A reader initialised from the ICT-trained BERT (not done here) has no plateau (train EM 1.0 by "
-    "step 200 in 5 of 6 runs), but dev EM then follows dev recall@1, which stops improving once the "
-    "joint loss is near 0: dev EM 0.6 / 0.6 at the end of two runs at these settings, 0.725 at lr "
-    "3e-4 (0.825 at step 200, then falling), 0.225-0.65 in variants (other pools, 220 persons)."))
-def test_finetuning_raises_heldout_dev_em_to_0_8(finetuned):
+    "Issue 6 criterion not reached reliably: dev EM >= 0.8 on unseen persons. Measured (2026-11-24, "
+    "this VM, this test's world, reader's BERT from the ICT export at 0.1x learning rate, end of "
+    "800 steps, 10 runs): dev EM 0.6 / 0.75 / 0.775 / 0.8 / 0.8 / 0.825 / 0.825 / 0.85 / 0.875 / "
+    "0.975. "
+    "Dev EM follows dev recall@1 (the question tower's generalisation): scored without the "
+    "retriever logit, the reader picks the right block for only 2-8% of dev questions (one run), as on "
+    "the train questions retrieval already separates the blocks (median top-1/top-2 logit margin "
+    "~7) and the reader never has to learn to match the question's name in the block. With a "
+    "random-init reader (the fixture above, 1200 steps) dev EM was 0.23-0.75 in five runs, 0.8 in a "
+    "sixth and >= 0.8 in two CI runs; other "
+    "variants were worse (answer pools 50/100 cities/years: 0.3-0.4; 200 persons: 0.525; dropout "
+    "0.1: 0.65; the question tower frozen except its pooler or projection: 0.05-0.3)."))
+def test_finetuning_raises_heldout_dev_em_to_0_8(finetuned_pretrained_reader):
   """Issue 6: dev EM before fine-tuning <= 0.2, after >= 0.8 on questions about unseen persons."""
-  assert finetuned["before"]["exact_match"] <= 0.2
-  assert finetuned["after"]["exact_match"] >= 0.8, _summary(finetuned)
+  r = finetuned_pretrained_reader
+  assert r["before"]["exact_match"] <= 0.2
+  assert r["after"]["exact_match"] >= 0.8, _summary(r)
