@@ -135,6 +135,9 @@ def check_startup(params, mode: str):
     problems.append(f"--block_records_path: '{blocks}' does not exist")
   if tc.reader_module_path and not tf.io.gfile.exists(tc.reader_module_path):
     problems.append(f"--reader_module_path '{tc.reader_module_path}' does not exist")
+  if not tc.reader_learning_rate_multiplier > 0:
+    problems.append(f"task.reader_learning_rate_multiplier={tc.reader_learning_rate_multiplier} must "
+                    "be > 0 (1.0 = the question tower's rate)")
   splits = []
   if "train" in mode:
     splits.append(tc.train_data)

@@ -100,6 +100,8 @@ def test_finetune_block_emb_rows_seq_len_and_reader_vocab(tmp_path):
          f"has a word-embedding table of {len(vocab) - 3} rows but the vocab")
   _fails(h.run(_finetune(d, "--params_override=task.model.reader_seq_len=1000")),
          "task.model.reader_seq_len=1000 exceeds task.model.bert.max_position_embeddings=512")
+  _fails(h.run(_finetune(d, "--params_override=task.reader_learning_rate_multiplier=0")),
+         "task.reader_learning_rate_multiplier=0 must be > 0")
   _fails(h.run(_finetune(d)), "run_finetune: cannot start:", "block_emb has 5 rows but",
          "has 3 blocks; they must be aligned")
   # (ORQA: a beam larger than the corpus is clamped with a warning by OrqaTask.load_corpus, since
