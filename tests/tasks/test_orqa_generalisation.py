@@ -4,9 +4,13 @@ The world (`orqa_world.generate_heldout_world`): one four-sentence templated doc
 person (unique names; birth cities and years from shared pools, as real data has them). The
 pipeline is the paper's, at toy scale: ICT warm-starts the retriever on the knowledge corpus (all
 blocks, no questions), the corpus is embedded into a fixed index, then ORQA fine-tunes the question
-tower and a from-scratch reader on the train persons' questions. A correct dev answer needs the
-question tower to find the block of a person no train question named, and the reader to pick the
-span of the asked relation: generalisation, not memorisation.
+tower and a reader on the train persons' questions. A correct dev answer needs the question tower to
+find the block of a person no train question named, and the reader to pick the span of the asked
+relation: generalisation, not memorisation.
+
+Two ORQA runs share the ICT stage: one with a from-scratch reader (the retrieval test), one with the
+reader's BERT from the ICT export at 0.1x the learning rate, as the paper starts the reader from a
+pre-trained BERT (the EM tests).
 """
 import copy
 import os
