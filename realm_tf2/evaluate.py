@@ -1,13 +1,19 @@
 r"""Scores a QA prediction file against an ORQA-format reference file (reference §3.5).
 
   python -m realm_tf2.evaluate --references=REF.jsonl --predictions=PRED.jsonl \
-      [--is_regex] [--answer_field=answer] [--output_file=metrics.json]
+      [--is_regex] [--answer_field=answer] [--output_file=metrics.json] \
+      [--train_references=TRAIN.jsonl]
 
 REF lines: {"question": str, "answer": [str, ...]} (regular expressions with --is_regex, CuratedTrec).
 PRED lines: {"question": str, "prediction": str, ...}. Joined by the exact question string; a missing
 prediction counts as wrong; accuracy = correct / #references. Prints ONE JSON object on stdout and
 exits 0. A malformed line (bad JSON, bad UTF-8, missing/ill-typed field) is an error naming file and
 line (exit code 2); blank lines are not records and are counted in `num_blank_lines`.
+
+With --train_references (the training split, same format as REF) the output also has `train_overlap`:
+test-train answer/question overlap (Lewis et al., 2021), accuracy on the overlapping and the
+non-overlapping questions, and how many (wrong) predictions are training answers, a sign of a reader
+that memorises instead of reading (`metrics.train_overlap`).
 """
 import json
 import sys
@@ -34,6 +40,10 @@ def define_flags(flag_values=FLAGS):
                     flag_values=flag_values)
   flags.DEFINE_enum("answer_field", "answer", list(metrics.ANSWER_FIELDS),
                     "Reference field with the answers.", flag_values=flag_values)
+  flags.DEFINE_string("train_references", None,
+                      "Optional: the training split (same format as --references); adds `train_overlap` "
+                      "(test-train overlap, and how many predictions are training answers).",
+                      flag_values=flag_values)
   flags.DEFINE_string("output_file", None, "Optional: also write the JSON result here (atomically).",
                       flag_values=flag_values)
 
@@ -58,16 +68,24 @@ def iter_jsonl_records(path: str, blank_counter: list) -> Iterator[Tuple[str, ob
 
 
 def evaluate_files(references_path: str, predictions_path: str, is_regex: bool = False,
-                   answer_field: str = "answer") -> dict:
-  """Library form of the CLI: reads both files and returns `metrics.evaluate_predictions`'s dict."""
+                   answer_field: str = "answer", train_references_path: str = "") -> dict:
+  """Library form of the CLI: reads the files and returns `metrics.evaluate_predictions`'s dict, plus
+  `train_overlap` (`metrics.train_overlap`) when `train_references_path` is given."""
   import tensorflow as tf
-  for p in (references_path, predictions_path):
+  for p in (references_path, predictions_path) + ((train_references_path,) if train_references_path
+                                                   else ()):
     if not tf.io.gfile.exists(p):
       raise metrics.EvaluationInputError(f"{p}: file not found")
   blanks = [0]
   predictions = list(iter_jsonl_records(predictions_path, blanks))
-  result = metrics.evaluate_predictions(iter_jsonl_records(references_path, blanks), predictions,
-                                        is_regex=is_regex, answer_field=answer_field)
+  references = list(iter_jsonl_records(references_path, blanks))  # read once, scored twice
+  result = metrics.evaluate_predictions(references, predictions, is_regex=is_regex,
+                                        answer_field=answer_field)
+  if train_references_path:
+    overlap = metrics.train_overlap(references, predictions,
+                                    iter_jsonl_records(train_references_path, blanks),
+                                    is_regex=is_regex, answer_field=answer_field)
+    result["train_overlap"] = {"train_references": train_references_path, **overlap}
   result["num_blank_lines"] = blanks[0]
   result["references"] = references_path
   result["predictions"] = predictions_path
@@ -81,7 +99,8 @@ def main(argv, flag_values=FLAGS):
   if not fv.references or not fv.predictions:
     raise app.UsageError("--references and --predictions are required.")
   try:
-    result = evaluate_files(fv.references, fv.predictions, fv.is_regex, fv.answer_field)
+    result = evaluate_files(fv.references, fv.predictions, fv.is_regex, fv.answer_field,
+                            fv.train_references or "")
   except metrics.EvaluationInputError as e:
     print(f"error: {e}", file=sys.stderr)
     sys.exit(2)

@@ -7,7 +7,7 @@ byte for byte. No library offers these exact semantics, hence hand-written.
 import re
 import string
 import unicodedata
-from typing import Iterable, Sequence, Union
+from typing import Iterable, List, Optional, Sequence, Union
 
 import realm_tf2  # noqa: F401  (sets TF_USE_LEGACY_KERAS before anything imports TensorFlow)
 
@@ -42,17 +42,27 @@ def exact_match(prediction: str, references: Union[str, Iterable[str]]) -> bool:
   return any(pred == normalize_answer(ref) for ref in _as_list(references))
 
 
+def compile_pattern(pattern: str) -> Optional["re.Pattern"]:
+  """`pattern` compiled with ORQA's flags (IGNORECASE | UNICODE | MULTILINE), or None if invalid."""
+  try:
+    return re.compile(pattern, _REGEX_FLAGS)
+  except (re.error, TypeError, ValueError, OverflowError, RecursionError):
+    return None
+
+
+def compile_patterns(patterns: Iterable[str]) -> List["re.Pattern"]:
+  """The valid patterns of `patterns`, compiled (for matching many predictions against them)."""
+  return [c for c in (compile_pattern(p) for p in patterns) if c is not None]
+
+
 def regex_match_one(prediction: str, pattern: str) -> bool:
   """ORQA regex mode: `re.compile(p, I|U|M).match(raw prediction)`; invalid regex -> False.
 
   `match` anchors at the start of the prediction but not at its end, and the prediction is NOT
   normalised.
   """
-  try:
-    compiled = re.compile(pattern, _REGEX_FLAGS)
-  except (re.error, TypeError, ValueError, OverflowError, RecursionError):
-    return False
-  return compiled.match(prediction) is not None
+  compiled = compile_pattern(pattern)
+  return compiled is not None and compiled.match(prediction) is not None
 
 
 def regex_match(prediction: str, patterns: Union[str, Iterable[str]]) -> bool:

@@ -9,7 +9,7 @@ ORQA semantics (reference §3.3, §3.5):
 Host-side only (strings); device-side counterparts operate on the `*_correct` boolean tensors.
 """
 import math
-from typing import Any, Dict, Iterable, Mapping, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, Iterable, Iterator, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
@@ -51,6 +51,36 @@ def check_prediction(obj: Any, where: str) -> Tuple[str, str]:
   return question, prediction
 
 
+def prediction_map(predictions: Union[Mapping[str, str], Iterable[Any]]) -> Tuple[Dict[str, str], int]:
+  """Validated question -> prediction map, and how many predictions repeated a question (last wins).
+
+  `predictions`: a mapping question -> prediction, or an iterable of `{"question", "prediction"}`
+  records or `(where, record)` pairs.
+  """
+  pred_map: Dict[str, str] = {}
+  num_duplicates = 0
+  if isinstance(predictions, Mapping):
+    for q, p in predictions.items():
+      check_prediction({"question": q, "prediction": p}, f"predictions[{q!r}]")
+    return dict(predictions), 0
+  for i, item in enumerate(predictions):
+    where, obj = item if isinstance(item, tuple) else (f"predictions[{i}]", item)
+    question, prediction = check_prediction(obj, where)
+    if question in pred_map:
+      num_duplicates += 1
+    pred_map[question] = prediction
+  return pred_map, num_duplicates
+
+
+def iter_references(references: Iterable[Any], answer_field: str = "answer",
+                    name: str = "references") -> Iterator[Tuple[str, list]]:
+  """Yields validated (question, answers) of records or `(where, record)` pairs (errors name `where`,
+  else `name[i]`)."""
+  for i, item in enumerate(references):
+    where, obj = item if isinstance(item, tuple) else (f"{name}[{i}]", item)
+    yield check_reference(obj, where, answer_field)
+
+
 def evaluate_predictions(references: Iterable[Any],
                          predictions: Union[Mapping[str, str], Iterable[Any]],
                          is_regex: bool = False,
@@ -73,25 +103,10 @@ def evaluate_predictions(references: Iterable[Any],
     `num_unused_predictions` (predicted questions absent from the references),
     `num_duplicate_predictions`, `is_regex`, `answer_field`.
   """
-  pred_map: Dict[str, str] = {}
-  num_duplicates = 0
-  if isinstance(predictions, Mapping):
-    for q, p in predictions.items():
-      check_prediction({"question": q, "prediction": p}, f"predictions[{q!r}]")
-    pred_map = dict(predictions)
-  else:
-    for i, item in enumerate(predictions):
-      where, obj = item if isinstance(item, tuple) else (f"predictions[{i}]", item)
-      question, prediction = check_prediction(obj, where)
-      if question in pred_map:
-        num_duplicates += 1
-      pred_map[question] = prediction
-
+  pred_map, num_duplicates = prediction_map(predictions)
   num_refs = num_correct = num_missing = 0
   seen_questions = set()
-  for i, item in enumerate(references):
-    where, obj = item if isinstance(item, tuple) else (f"references[{i}]", item)
-    question, refs = check_reference(obj, where, answer_field)
+  for question, refs in iter_references(references, answer_field):
     num_refs += 1
     seen_questions.add(question)
     if question not in pred_map:
@@ -109,6 +124,103 @@ def evaluate_predictions(references: Iterable[Any],
       "num_duplicate_predictions": num_duplicates,
       "is_regex": bool(is_regex),
       "answer_field": answer_field,
+  }
+
+
+def _safe_ratio(num: int, den: int) -> Optional[float]:
+  """num / den, or None (JSON null) when den is 0."""
+  return num / den if den else None
+
+
+def train_overlap(references: Iterable[Any],
+                  predictions: Union[Mapping[str, str], Iterable[Any]],
+                  train_references: Iterable[Any],
+                  is_regex: bool = False,
+                  answer_field: str = "answer") -> Dict[str, Any]:
+  """Test-train overlap of a QA evaluation (Lewis et al., 2021, "Question and Answer Test-Train
+  Overlap in Open-Domain Question Answering Datasets"), plus how often a model answers with a
+  training answer: a reader that memorises (entity -> answers seen in training) instead of reading
+  gives wrong predictions that are mostly training answers.
+
+  Written here because no library we depend on has it (the paper's code is a separate repository of
+  scripts for fixed datasets).
+
+  Args:
+    references: evaluation references, as for `evaluate_predictions` (records or (where, record)).
+    predictions: as for `evaluate_predictions` (joined by exact question string; last one wins).
+    train_references: the training set's references, same format as `references`.
+    is_regex: references are regular expressions (CuratedTrec). Then an answer "overlaps" when one of
+      its patterns is a training pattern (identical string), and a prediction "is a training answer"
+      when some training pattern matches it (`answers.regex_match`).
+    answer_field: the reference field holding the answers (both files).
+
+  Returns:
+    dict with
+      num_train_references, num_train_answers (distinct normalised answers / patterns),
+      num_references, num_question_overlap (normalised question also in train),
+      num_answer_overlap and answer_overlap_fraction (an answer also answers a train question),
+      accuracy_answer_overlap / accuracy_no_answer_overlap (missing predictions count as wrong, as in
+        `evaluate_predictions`),
+      num_predicted, num_prediction_train_answer, prediction_train_answer_fraction (over references
+        with a prediction),
+      num_wrong_predictions, num_wrong_prediction_train_answer, wrong_prediction_train_answer_fraction
+        (over references with a wrong prediction).
+      Each fraction/accuracy is None (JSON null) when its denominator is 0.
+  """
+  pred_map, _ = prediction_map(predictions)
+
+  def key(answer: str) -> str:
+    return answer if is_regex else answers_lib.normalize_answer(answer)
+
+  train_answers = set()
+  train_questions = set()
+  num_train = 0
+  for question, refs in iter_references(train_references, answer_field, "train_references"):
+    num_train += 1
+    train_questions.add(answers_lib.normalize_answer(question))
+    train_answers.update(key(a) for a in refs)
+  # Regex mode: every training pattern compiled once (an invalid one never matches, as in scoring).
+  compiled = answers_lib.compile_patterns(sorted(train_answers)) if is_regex else []
+
+  def is_train_answer(prediction: str) -> bool:
+    if is_regex:
+      return any(p.match(prediction) is not None for p in compiled)
+    return answers_lib.normalize_answer(prediction) in train_answers
+
+  n = q_overlap = 0
+  counts = {True: [0, 0], False: [0, 0]}  # answer overlap -> [references, correct]
+  predicted = predicted_train = wrong = wrong_train = 0
+  for question, refs in iter_references(references, answer_field):
+    n += 1
+    q_overlap += answers_lib.normalize_answer(question) in train_questions
+    overlap = any(key(a) in train_answers for a in refs)
+    counts[overlap][0] += 1
+    if question not in pred_map:
+      continue
+    prediction = pred_map[question]
+    correct = answers_lib.is_correct(prediction, refs, is_regex=is_regex)
+    counts[overlap][1] += correct
+    from_train = is_train_answer(prediction)
+    predicted += 1
+    predicted_train += from_train
+    if not correct:
+      wrong += 1
+      wrong_train += from_train
+  return {
+      "num_train_references": num_train,
+      "num_train_answers": len(train_answers),
+      "num_references": n,
+      "num_question_overlap": q_overlap,
+      "num_answer_overlap": counts[True][0],
+      "answer_overlap_fraction": _safe_ratio(counts[True][0], n),
+      "accuracy_answer_overlap": _safe_ratio(counts[True][1], counts[True][0]),
+      "accuracy_no_answer_overlap": _safe_ratio(counts[False][1], counts[False][0]),
+      "num_predicted": predicted,
+      "num_prediction_train_answer": predicted_train,
+      "prediction_train_answer_fraction": _safe_ratio(predicted_train, predicted),
+      "num_wrong_predictions": wrong,
+      "num_wrong_prediction_train_answer": wrong_train,
+      "wrong_prediction_train_answer_fraction": _safe_ratio(wrong_train, wrong),
   }
 
 

@@ -95,5 +95,24 @@ def test_cli_main_in_process_error_exit(tmp_path, files, capsys):
   assert result["is_regex"] and result["num_correct"] == 1 and result["num_references"] == 3
 
 
+def test_cli_train_references(tmp_path, files, capsys):
+  ref, pred = files
+  train = _write(tmp_path / "train.jsonl", [
+      json.dumps({"question": "Who founded the Varenko Press?", "answer": ["1875"]}), ""])
+  fv = flags.FlagValues()
+  evaluate.define_flags(fv)
+  fv(["evaluate", f"--references={ref}", f"--predictions={pred}", f"--train_references={train}"])
+  evaluate.main(["evaluate"], fv)
+  result = json.loads(capsys.readouterr().out.strip())
+  overlap = result["train_overlap"]
+  assert overlap["train_references"] == train and overlap["num_train_references"] == 1
+  # The wrong prediction "1875" (gold "12 June 1875") is a training answer; no gold answer overlaps.
+  assert overlap["num_wrong_predictions"] == 1 and overlap["num_wrong_prediction_train_answer"] == 1
+  assert overlap["num_answer_overlap"] == 0 and overlap["accuracy_answer_overlap"] is None
+  assert result["num_blank_lines"] == 2  # one in each file, the references counted once
+  with pytest.raises(metrics.EvaluationInputError, match="file not found"):
+    evaluate.evaluate_files(ref, pred, train_references_path=str(tmp_path / "none.jsonl"))
+
+
 def test_importing_cli_defines_no_global_flags():
   assert "references" not in flags.FLAGS and "answer_field" not in flags.FLAGS

@@ -57,6 +57,50 @@ def test_answer_field_and_errors_name_the_record():
   assert metrics.evaluate_predictions([], {})["accuracy"] == 0.0
 
 
+TRAIN = [
+    {"question": "Q5", "answer": ["the cat"]},         # normalises like q1's "The Cat"
+    {"question": "q6", "answer": ["Velesh", "1875"]},  # 1875 overlaps q2
+    {"question": "q7", "answer": ["painter"]},
+]
+
+
+def test_train_overlap_hand_computed():
+  preds = [
+      {"question": "q1", "prediction": "Cat"},      # overlap, correct, a train answer
+      {"question": "q2", "prediction": "painter"},  # overlap, wrong, a train answer
+      {"question": "q3", "prediction": "Velesh."},  # no overlap, wrong, a train answer
+      {"question": "q4", "prediction": "x"},        # no overlap, correct, not a train answer
+  ]
+  r = metrics.train_overlap(REFS + [{"question": "q5", "answer": ["y"]}], preds, TRAIN)
+  assert r["num_train_references"] == 3 and r["num_train_answers"] == 4
+  assert r["num_references"] == 5
+  assert r["num_question_overlap"] == 1  # "q5" == normalised "Q5"
+  assert r["num_answer_overlap"] == 2 and r["answer_overlap_fraction"] == pytest.approx(0.4)
+  assert r["accuracy_answer_overlap"] == pytest.approx(0.5)     # q1 of {q1, q2}
+  assert r["accuracy_no_answer_overlap"] == pytest.approx(1 / 3)  # q4 of {q3, q4, q5 (missing)}
+  assert r["num_predicted"] == 4 and r["num_prediction_train_answer"] == 3
+  assert r["prediction_train_answer_fraction"] == pytest.approx(0.75)
+  assert r["num_wrong_predictions"] == 2 and r["num_wrong_prediction_train_answer"] == 2
+  assert r["wrong_prediction_train_answer_fraction"] == 1.0
+
+
+def test_train_overlap_empty_subsets_are_none_and_errors_name_the_record():
+  r = metrics.train_overlap([{"question": "q", "answer": ["a"]}], {"q": "a"}, [])
+  assert r["num_answer_overlap"] == 0 and r["accuracy_answer_overlap"] is None
+  assert r["accuracy_no_answer_overlap"] == 1.0 and r["wrong_prediction_train_answer_fraction"] is None
+  with pytest.raises(metrics.EvaluationInputError, match=r"train\.jsonl:3.*'answer'"):
+    metrics.train_overlap(REFS, {}, [("train.jsonl:3", {"question": "q"})])
+
+
+def test_train_overlap_regex_mode():
+  refs = [{"question": "q", "answer": ["18[0-9]{2}"]}, {"question": "r", "answer": ["Velesh"]}]
+  train = [{"question": "t", "answer": ["18[0-9]{2}", "pa?inter", "(bad"]}]  # invalid: never matches
+  r = metrics.train_overlap(refs, {"q": "1999", "r": "painter"}, train, is_regex=True)
+  assert r["num_answer_overlap"] == 1  # the identical pattern
+  # "painter" matches the train pattern "pa?inter"; "1999" matches no train pattern.
+  assert r["num_wrong_predictions"] == 2 and r["num_wrong_prediction_train_answer"] == 1
+
+
 def test_recall_at_k_hand_computed():
   retrieved = [
       ["nothing here", "Quillon is a city", "Quillon again"],  # first hit at rank 1
