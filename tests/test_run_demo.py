@@ -43,6 +43,13 @@ def test_run_demo_reduced(tmp_path):
     assert key in summary, key
   assert 0.0 <= summary["dev_exact_match"] <= 1.0
   assert 0.0 <= summary["dev_recall_at_5"] <= 1.0
+  # The evaluate stage scored test-train overlap against the train split.
+  with open(os.path.join(out_dir, "eval.dev.json")) as f:
+    overlap = json.load(f)["train_overlap"]
+  with open(os.path.join(out_dir, "world", "qa", "World.resplit.train.jsonl")) as f:
+    assert overlap["num_train_references"] == sum(1 for line in f if line.strip())
+  assert summary["dev_wrong_answers_from_train"] == overlap["wrong_prediction_train_answer_fraction"]
+  assert "wrong dev answers that are training answers" in proc.stdout
   assert summary["train_steps"] == {"ict": 20, "realm": 40, "orqa": 20}
   assert all(v > 0 for v in summary["steps_per_sec"].values())
 

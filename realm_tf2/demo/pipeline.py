@@ -375,7 +375,10 @@ class Demo:
     eval_json = self.path("eval.dev.json")
     self.run_cli("evaluate", ["-m", "realm_tf2.evaluate",
                               f"--references={self.data_root}/World.resplit.dev.jsonl",
-                              f"--predictions={preds}", f"--output_file={eval_json}"], "evaluate_em")
+                              f"--predictions={preds}", f"--output_file={eval_json}",
+                              # Shows whether wrong answers are memorised training answers.
+                              f"--train_references={self.data_root}/World.resplit.train.jsonl"],
+                 "evaluate_em")
     with open(eval_json) as f:
       em = json.load(f)
     return {"predict": predict_metrics, "evaluate": em, "predictions": preds}
@@ -466,6 +469,9 @@ class Demo:
         "dev_recall_at_5": predict.get("recall_at_5"),
         "dev_exact_match_in_training_eval": predict.get("exact_match"),
         "dev_num_questions": evaluated.get("num_references"),
+        # Wrong dev answers that are some training question's answer (memorisation, not reading).
+        "dev_wrong_answers_from_train": (evaluated.get("train_overlap") or {}).get(
+            "wrong_prediction_train_answer_fraction"),
         "retrieval_utility_before_realm": r["realm"]["retrieval_utility_first_loop"],
         "retrieval_utility_after_realm": r["realm"]["retrieval_utility_last_loop"],
         "retrieval_utility_eval_after_realm": r["realm"]["retrieval_utility_eval"],
@@ -488,6 +494,7 @@ def format_summary(s: dict) -> str:
   rows = [
       ("dev exact match", f(s["dev_exact_match"])),
       ("dev recall@5", f(s["dev_recall_at_5"])),
+      ("wrong dev answers that are training answers", f(s.get("dev_wrong_answers_from_train"))),
       ("retrieval_utility before REALM (first loop)", f(s["retrieval_utility_before_realm"])),
       ("retrieval_utility after REALM (last loop)", f(s["retrieval_utility_after_realm"])),
       ("retrieval_utility after REALM (eval)", f(s["retrieval_utility_eval_after_realm"])),
