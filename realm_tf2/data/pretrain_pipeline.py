@@ -29,13 +29,16 @@ Output features (per example; K=num_candidates, Q/C/J = query/candidate/joint le
 """
 import dataclasses
 import hashlib
+import threading
 import time
+import weakref
 from typing import Callable, Dict, List, Optional
 
 import realm_tf2  # noqa: F401
 from absl import logging
 import numpy as np
 import tensorflow as tf
+import tf_keras
 
 from realm_tf2 import io_utils
 from realm_tf2 import tokenization
@@ -160,11 +163,42 @@ def _query_features(record, index, tokenizer, cfg: PretrainInputConfig):
   return out
 
 
-def _embed_queries(query_embedder, feats: Dict[str, np.ndarray]) -> np.ndarray:
-  """Embeds int32 query inputs with a snapshot embedder of any supported kind.
+# Eager calls of one Keras model from several threads are not safe on CPU in TF 2.20: with oneDNN on,
+# an eager LayerNormalization (FusedBatchNormV3) run by 3 threads with changing batch sizes corrupts
+# the heap within seconds ("free(): invalid pointer", the process aborts); a fixed batch size,
+# TF_ENABLE_ONEDNN_OPTS=0 or a `tf.function` do not. The retrieval stage runs 2 `py_function` calls
+# at once and the validation input shares the snapshot embedder, so a Keras embedder is always run
+# as a graph function here (as the SavedModel `projected` signature already is), traced once per
+# embedder object. Any other Python callable is serialised by a lock.
+_GRAPH_FNS = weakref.WeakKeyDictionary()  # Keras embedder -> its tf.function
+_GRAPH_FNS_LOCK = threading.Lock()
+_OPAQUE_CALL_LOCK = threading.Lock()
+_QUERY_KEYS = ("input_ids", "input_mask", "segment_ids")
 
-  Accepts a Keras model / callable on a feature dict, a loaded SavedModel with a `projected`
-  signature, or a concrete function with keyword inputs returning `{"default": ...}`.
+
+def _graph_fn(model):
+  """A `tf.function` over int32 [B, T] query inputs calling `model(features, training=False)`."""
+  with _GRAPH_FNS_LOCK:
+    fn = _GRAPH_FNS.get(model)
+    if fn is None:
+      model_ref = weakref.ref(model)  # the cache must not keep an old snapshot's embedder alive
+
+      def call(input_ids, input_mask, segment_ids):
+        feats = {"input_ids": input_ids, "input_mask": input_mask, "segment_ids": segment_ids}
+        return model_ref()(feats, training=False)
+
+      # Batch sizes vary: after the second one the trace is relaxed to [None, T].
+      fn = tf.function(call, reduce_retracing=True)
+      _GRAPH_FNS[model] = fn
+  return fn
+
+
+def _embed_queries(query_embedder, feats: Dict[str, np.ndarray]) -> np.ndarray:
+  """Embeds int32 query inputs with a snapshot embedder of any supported kind; thread-safe.
+
+  Accepts a Keras model (run as a graph function, see `_graph_fn`), a loaded SavedModel with a
+  `projected` signature, a concrete function with keyword inputs returning `{"default": ...}`, or
+  any callable on a feature dict (called under a lock).
   """
   inputs = {k: tf.constant(v, tf.int32) for k, v in feats.items()}
   fn = query_embedder
@@ -172,11 +206,14 @@ def _embed_queries(query_embedder, feats: Dict[str, np.ndarray]) -> np.ndarray:
     fn = fn.signatures["projected"]
   if isinstance(fn, tf.types.experimental.ConcreteFunction) or hasattr(fn, "structured_input_signature"):
     out = fn(**inputs)
+  elif isinstance(fn, tf_keras.layers.Layer) and set(inputs) == set(_QUERY_KEYS):
+    out = _graph_fn(fn)(**inputs)
   else:
-    try:
-      out = fn(inputs, training=False)
-    except TypeError:
-      out = fn(inputs)
+    with _OPAQUE_CALL_LOCK:
+      try:
+        out = fn(inputs, training=False)
+      except TypeError:
+        out = fn(inputs)
   if isinstance(out, dict):
     out = out["default"]
   return np.asarray(out, np.float32)

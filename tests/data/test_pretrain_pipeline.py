@@ -173,3 +173,74 @@ def test_split_and_shard_files():
 
 def test_doc_uid_matches_block_store():
   assert pp._doc_uid(b"john", DOC.encode()) == io_utils.sha1_uid63("john", DOC)
+
+
+
+_CONCURRENT_EMBED = r"""
+import sys, threading, time
+import numpy as np
+import tensorflow as tf
+import tf_keras
+from realm_tf2 import configs
+from realm_tf2.data import pretrain_pipeline as pp
+from realm_tf2.modeling import embedder as embedder_lib
+
+
+class DenseLayerNorm(tf_keras.Model):
+  # Dense + LayerNorm with epsilon >= 1.001e-5, so Keras uses the fused (oneDNN) kernel: the op that
+  # corrupts the heap when run eagerly by several threads. Cheap, so the threads collide often.
+  def __init__(self):
+    super().__init__()
+    self.dense = tf_keras.layers.Dense(16)
+    self.layer_norm = tf_keras.layers.LayerNormalization(epsilon=1e-3)
+
+  def call(self, inputs, training=None):
+    x = tf.cast(inputs["input_ids"] * inputs["input_mask"] + inputs["segment_ids"], tf.float32)
+    return self.layer_norm(self.dense(x))
+
+
+cfg = configs.BertConfig(vocab_size=100, hidden_size=32, num_layers=2, num_attention_heads=2,
+                         intermediate_size=37, max_position_embeddings=64)
+models = [DenseLayerNorm(), embedder_lib.RealmEmbedder(cfg, projection_size=16, layer_norm_epsilon=1e-3)]
+rng = np.random.default_rng(0)
+batches = []
+for n in range(1, 9):  # changing batch sizes, as the retrieval stage sees after skips
+  ids = rng.integers(5, 100, size=(n, 12)).astype(np.int32)
+  batches.append({"input_ids": ids, "input_mask": np.ones_like(ids), "segment_ids": np.zeros_like(ids)})
+for model in models:
+  expected = [pp._embed_queries(model, b) for b in batches]
+  stop, errors, calls = time.time() + float(sys.argv[1]), [], [0]
+  def work(offset):
+    i = offset
+    while time.time() < stop:
+      got = pp._embed_queries(model, batches[i % len(batches)])
+      if got.shape != expected[i % len(batches)].shape or not np.allclose(
+          got, expected[i % len(batches)], atol=1e-5):
+        errors.append(i)
+      i += 1
+      calls[0] += 1
+  threads = [threading.Thread(target=work, args=(t,)) for t in range(3)]
+  [t.start() for t in threads]
+  [t.join() for t in threads]
+  print("calls", calls[0], "mismatches", len(errors))
+"""
+
+
+def test_embed_queries_is_thread_safe():
+  """3 threads embed queries of changing batch sizes with one Keras embedder (as the retrieval
+  stage's 2 parallel `py_function` calls and the validation input do), for 3 s each with a
+  Dense+LayerNorm model and a tiny `RealmEmbedder`. With eager calls the first model aborted the
+  process within about 2 s in each of 3 runs ("free(): invalid next size"; see `_embed_queries`), and a
+  REALM run crashed that way at step 425. Run in a subprocess, so a crash fails only this test.
+  """
+  import subprocess, sys  # pylint: disable=g-import-not-at-top,multiple-imports
+  repo = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+  proc = subprocess.run([sys.executable, "-c", _CONCURRENT_EMBED, "3"], cwd=repo, capture_output=True,
+                        text=True, timeout=300,
+                        env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", CUDA_VISIBLE_DEVICES=""))
+  assert proc.returncode == 0, (proc.returncode, proc.stderr[-2000:])
+  lines = proc.stdout.strip().splitlines()
+  assert len(lines) == 2, proc.stdout
+  for line in lines:
+    _, calls, _, mismatches = line.split()
+    assert int(calls) > 100 and int(mismatches) == 0, proc.stdout
