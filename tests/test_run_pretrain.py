@@ -13,6 +13,15 @@ blocks, in-batch accuracy 0.95-0.98 at the end); 0.1 in the full test. The earli
 warm-up steps was unreliable: 9 runs ended with rank means from 0.4 to 59 (in-batch accuracy 0.61-0.97, some
 runs sitting at chance for the first 150 steps), and one CI run never left chance (mean 201 = (N-1)/2), failing the warm-start assertion. Batch 32
 costs no more wall time here; with 10 warm-up steps it gave rank means 0.1-25 over 5 runs.
+REALM after the stronger warm start (2026-11-24, one run each, 4 candidates, lr 1e-3,
+`task.retriever_warmup_steps` = retriever frozen for that many steps, then a 100-step ramp):
+ICT 400 steps (rank 0.14) + REALM 600 frozen for 300: train retrieval_utility 0.000 until step 350,
+then 0.05 -> 0.54 by step 600 (mlm_accuracy 0.06 -> 0.36), gold rank 0.14 -> 0.49. ICT 300 (rank
+1.8, top-3 0.77) + REALM 1000 frozen for 400: the encoder had not learnt to copy by step 400
+(mlm_accuracy 0.05-0.11 throughout), and once released the retriever collapsed onto the null
+document (null_doc_prob 0.01 -> 1.0 within 100 steps), gold rank 1.8 -> 243, worse than chance.
+So the gold-rank improvement issue 5 asks for needs an encoder that reliably learns to copy
+before the retriever is released; it is not asserted.
 
 Findings (in-process experiments, 2-layer/32-wide BERT, lr 1e-3, batch 8-16):
 * Pipeline checked: decoded batches show query/joint/mlm_positions/targets aligned; candidate 0 is the
