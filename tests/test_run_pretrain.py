@@ -10,9 +10,10 @@ retrieval_utility stayed 0.000 in one and rose from -0.0002 to 0.06-0.08 after s
 other (input order is not deterministic), so a rise is not yet reliable enough to assert.
 ICT warm start (batch 32, 100 warm-up steps): gold-block rank means 0.1-1.3 over 6 runs (400
 blocks, in-batch accuracy 0.95-0.98 at the end); 0.1 in the full test. The earlier batch 16 with 10
-warm-up steps was unreliable: 9 runs ended with rank means from 0.4 to 59 (in-batch accuracy 0.61-0.97, some
-runs sitting at chance for the first 150 steps), and one CI run never left chance (mean 201 = (N-1)/2), failing the warm-start assertion. Batch 32
-costs no more wall time here; with 10 warm-up steps it gave rank means 0.1-25 over 5 runs.
+warm-up steps was unreliable: 9 runs ended with rank means from 0.4 to 59 (in-batch accuracy
+0.61-0.97, some runs sitting at chance for the first 150 steps), and one CI run never left chance
+(mean 201 = (N-1)/2), failing the warm-start assertion. Batch 32 costs no more wall time here; with
+10 warm-up steps it gave rank means 0.1-25 over 5 runs.
 REALM after the stronger warm start (2026-11-24, one run each, 4 candidates, lr 1e-3,
 `task.retriever_warmup_steps` = retriever frozen for that many steps, then a 100-step ramp):
 ICT 400 steps (rank 0.14) + REALM 600 frozen for 300: train retrieval_utility 0.000 until step 350,
