@@ -60,7 +60,10 @@ def main(argv):
                               num_layers=s["num_layers"], num_attention_heads=s["num_attention_heads"],
                               intermediate_size=s["intermediate_size"])
     embedder = embedder_lib.RealmEmbedder(bert, projection_size=s["projection"])
-    for buckets in (embed_corpus.DEFAULT_BUCKETS, (288,)):
+    for buckets_arg in (embed_corpus.AUTO_BUCKETS, embed_corpus.DEFAULT_BUCKETS, (288,)):
+      # "auto" is resolved on the whole corpus here, so the warm-up slice compiles the same buckets.
+      buckets = (embed_corpus.choose_buckets(embed_corpus.packed_lengths(store), FLAGS.batch_size)
+                 if buckets_arg == embed_corpus.AUTO_BUCKETS else buckets_arg)
       # Warm-up on a slice so tracing of the (cached) step is not counted.
       warm = block_store_lib.BlockStore.from_arrays([store.title(i) for i in range(256)],
                                                     [store.body(i) for i in range(256)])
@@ -69,7 +72,10 @@ def main(argv):
       stats = {}
       emb = embed_corpus.embed_blocks(store, embedder, 2, 3, batch_size=FLAGS.batch_size,
                                       buckets=buckets, stats=stats, xla=FLAGS.xla)
-      print(json.dumps({"stage": "embed", "size": size, "buckets": list(buckets),
+      print(json.dumps({"stage": "embed", "size": size, "buckets_arg": list(buckets_arg)
+                        if not isinstance(buckets_arg, str) else buckets_arg,
+                        "buckets": stats["bucket_lengths"],
+                        "padded_per_real_token": round(stats["padded_tokens"] / stats["real_tokens"], 3),
                         "blocks": stats["blocks"], "seconds": round(stats["seconds"], 2),
                         "blocks_per_sec": round(stats["blocks_per_sec"], 1),
                         "steady_blocks_per_sec": round(stats["steady_blocks_per_sec"] or 0, 1),

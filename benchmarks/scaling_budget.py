@@ -34,6 +34,7 @@ from realm_tf2.data import pipeline_stats  # noqa: E402
 from realm_tf2.data import pretrain_pipeline  # noqa: E402
 from realm_tf2.modeling import embedder as embedder_lib  # noqa: E402
 from realm_tf2.retrieval import block_store as block_store_lib  # noqa: E402
+from realm_tf2.retrieval import embed_corpus  # noqa: E402
 from realm_tf2.retrieval import index as index_lib  # noqa: E402
 
 BASE = dict(hidden=768, layers=12, intermediate=3072, vocab=30522, projection=128)
@@ -147,7 +148,7 @@ def measure_cpu_embed(peak_per_core_gflops):
 
 
 def measure_refresh(num_blocks=512, layers=4, hidden=256, heads=4, vocab=30522, batch_size=64,
-                    buckets=None, tracker=None):
+                    buckets=None, tracker=None, bucket_penalty_tokens=None):
   """Corpus-embedding rate and efficiency, FLOPs counted over REAL tokens only.
 
   Synthetic corpus with the refresh benchmark's length mix (`benchmarks/refresh.py`), embedded by
@@ -157,14 +158,15 @@ def measure_refresh(num_blocks=512, layers=4, hidden=256, heads=4, vocab=30522, 
   against the matmul rate sampled right before and after.
   """
   from benchmarks import refresh as refresh_bench  # pylint: disable=g-import-not-at-top
-  from realm_tf2.retrieval import embed_corpus  # pylint: disable=g-import-not-at-top
   store = refresh_bench.synthetic_store(num_blocks, vocab)
   bert = configs.BertConfig(vocab_size=vocab, hidden_size=hidden, num_layers=layers,
                             num_attention_heads=heads, intermediate_size=4 * hidden)
   emb = embedder_lib.RealmEmbedder(bert, projection_size=128)
-  buckets = tuple(buckets or embed_corpus.DEFAULT_BUCKETS)
-  embed_corpus.embed_blocks(store, emb, 2, 3, batch_size=batch_size, buckets=buckets,
-                            xla=True)  # trace + compile
+  buckets = buckets or embed_corpus.AUTO_BUCKETS
+  compile_stats = {}
+  kw = dict(batch_size=batch_size, buckets=buckets, xla=True,
+            bucket_penalty_tokens=bucket_penalty_tokens)
+  embed_corpus.embed_blocks(store, emb, 2, 3, stats=compile_stats, **kw)  # trace + compile each bucket
   lengths = embed_corpus.packed_lengths(store)
   issue = sum(common.embedder_forward_flops(1, int(l), hidden, layers, 4 * hidden, 128)
               for l in lengths)
@@ -173,12 +175,19 @@ def measure_refresh(num_blocks=512, layers=4, hidden=256, heads=4, vocab=30522, 
   tracker = tracker or common.PeakTracker((512, 1024), repeats=3)
   before = tracker.sample()
   stats = {}
-  embed_corpus.embed_blocks(store, emb, 2, 3, batch_size=batch_size, buckets=buckets, xla=True,
-                            stats=stats)
+  embed_corpus.embed_blocks(store, emb, 2, 3, stats=stats, **kw)
   after = tracker.sample()
   peak = 0.5 * (before + after)
   rate = issue / stats["seconds"] / 1e9
-  return {"blocks": num_blocks, "buckets": list(buckets), "mean_real_len": float(lengths.mean()),
+  return {"blocks": num_blocks, "buckets_arg": buckets if isinstance(buckets, str) else list(buckets),
+          "bucket_penalty_tokens": bucket_penalty_tokens,
+          "buckets": stats["bucket_lengths"],
+          "padded_per_real_token": stats["padded_tokens"] / stats["real_tokens"],
+          # First pass (trace + one XLA compile per bucket) minus a steady pass: what each refresh
+          # with a new snapshot embedder pays on top.
+          "compile_overhead_seconds": compile_stats["seconds"] - stats["seconds"],
+          "first_pass_seconds": compile_stats["seconds"], "steady_pass_seconds": stats["seconds"],
+          "mean_real_len": float(lengths.mean()),
           "blocks_per_sec": stats["blocks_per_sec"], "real_token_gflops": rate,
           "peak_gflops_paired": peak, "efficiency_real_tokens": rate / peak,
           "required_efficiency_real_tokens": rate * required / issue / peak}
@@ -192,9 +201,14 @@ def run(a):
   per_core = peak / cores
   rec(quantity="cpu_matmul_peak", gflops=peak, cores=cores, gflops_per_core=per_core)
   if a.refresh_blocks:
-    for buckets in ((64, 128, 192, 288), (288,)):
+    # "auto" as embed_blocks picks it for this corpus size (the per-bucket compile penalty keeps a
+    # small corpus to few buckets), "auto" without the penalty (what a large corpus gets: up to 8),
+    # the fixed 64/128/192/288, and no bucketing.
+    for buckets, penalty in ((embed_corpus.AUTO_BUCKETS, None), (embed_corpus.AUTO_BUCKETS, 0),
+                             (embed_corpus.DEFAULT_BUCKETS, None), ((288,), None)):
       rec(quantity="refresh_embed_measured", size="4L/256", **measure_refresh(
-          a.refresh_blocks, buckets=buckets))
+          a.refresh_blocks, batch_size=a.refresh_batch, buckets=buckets,
+          bucket_penalty_tokens=penalty))
 
   # --- memory per host ---------------------------------------------------------------------------
   bs = measure_block_store(a.measure_blocks, a.mean_block_tokens)
@@ -286,6 +300,7 @@ def parser():
   ap.add_argument("--measure_rows", type=int, default=50000)
   ap.add_argument("--refresh_blocks", type=int, default=0,
                   help="also measure corpus embedding (4L/256) on this many blocks")
+  ap.add_argument("--refresh_batch", type=int, default=128, help="embedding batch of --refresh_blocks")
   return ap
 
 

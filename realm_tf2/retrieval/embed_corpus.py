@@ -1,7 +1,8 @@
 """Embeds every block of the retrieval corpus -> `block_emb` float32 [N, 128] -> `encoded/encoded.ckpt`.
 
 Input layout is the document layout of §1.2: `[CLS] title [SEP] body [SEP]`, at most 288, title kept
-first (`tokenization.bert_pack`). Blocks are **bucketed by packed length** (default 64/128/192/288) so a
+first (`tokenization.bert_pack`). Blocks are **bucketed by packed length** (by default up to 8 lengths
+chosen from the corpus by `choose_buckets`; or fixed ones, e.g. 64/128/192/288) so a
 short block is not padded to 288 — transformer cost is ~linear-to-quadratic in T, so on a corpus of
 mostly short blocks this is several times faster. One tf.data pipeline feeds static-shape batches
 ([global_batch, bucket_len], the one part-filled batch padded with a repeated row flagged invalid, as
@@ -25,6 +26,9 @@ from realm_tf2 import tokenization
 from realm_tf2.retrieval import index as index_lib
 
 DEFAULT_BUCKETS = (64, 128, 192, 288)
+# `buckets="auto"`: `choose_buckets` picks at most this many lengths from the corpus itself.
+AUTO_BUCKETS = "auto"
+DEFAULT_MAX_BUCKETS = 8
 ENCODED_SUBDIR = "encoded"
 ENCODED_CKPT_NAME = "encoded.ckpt"
 
@@ -88,6 +92,72 @@ def assign_buckets(lengths, buckets):
   if lengths.size and lengths.max() > buckets[-1]:
     raise ValueError(f"length {lengths.max()} exceeds the largest bucket {buckets[-1]}")
   return np.searchsorted(buckets, lengths, side="left")
+
+
+def plan_tokens(lengths, buckets, global_batch):
+  """Token slots (bucket length x batch) of `_batch_plan` for these lengths and buckets.
+
+  The plan sorts rows longest bucket first and runs batch i at the bucket of its first row, so the
+  cost depends only on the batch heads h_i = i*B-th longest length: B * sum_i ceil_bucket(h_i).
+  """
+  heads = np.sort(np.asarray(lengths))[::-1][::global_batch]  # [ceil(N/B)]
+  buckets = np.asarray(sorted(buckets))
+  return int(global_batch * buckets[assign_buckets(heads, buckets)].sum())
+
+
+def choose_buckets(lengths, global_batch, seq_len=tokenization.CANDIDATE_SEQ_LEN,
+                   max_buckets=DEFAULT_MAX_BUCKETS, multiple=8, bucket_penalty_tokens=0):
+  """Bucket lengths for this corpus that minimise the batch plan's token slots (exact).
+
+  With the cost of `plan_tokens`, only the batch heads matter. Candidates are the heads rounded up
+  to `multiple` (8: TPU-friendly shapes; capped at seq_len); a DP over the sorted distinct
+  candidates v_1 < ... < v_m with head counts c_j picks at most `max_buckets` of them, always v_m:
+    f[k][j] = min_i f[k-1][i] + v_j * (c_{i+1} + ... + c_j)   (v_j the k-th smallest bucket)
+  in O(max_buckets * m^2) with m <= seq_len / multiple, and returns the k minimising
+  B * f[k][m] + k * bucket_penalty_tokens. More buckets never cost more tokens, but where every shape is
+  compiled (XLA, TPU) each is one more program per embedder, and the refresher compiles them again
+  for every snapshot: the penalty is that compile expressed in tokens, so a small corpus gets few
+  buckets and a large one up to `max_buckets`.
+  (Hand-written: tf.data's bucket_by_sequence_length takes fixed boundaries and chooses none.)
+
+  Args:
+    lengths: int [N] packed block lengths (`packed_lengths`).
+    global_batch: B of the plan.
+    seq_len: Longest allowed bucket.
+    max_buckets: K >= 1.
+    multiple: Bucket lengths are multiples of this (or seq_len).
+    bucket_penalty_tokens: Cost of one more bucket, in token slots (0 = only tokens count).
+  Returns:
+    Sorted tuple of at most K bucket lengths; the largest covers the longest block.
+  """
+  if max_buckets < 1:
+    raise ValueError(f"max_buckets must be >= 1, got {max_buckets}")
+  lengths = np.asarray(lengths)
+  if lengths.size == 0:
+    return (int(seq_len),)
+  heads = np.sort(lengths)[::-1][::global_batch]
+  rounded = np.minimum(-(-heads // multiple) * multiple, seq_len)
+  values, counts = np.unique(rounded, return_counts=True)  # v_1 < ... < v_m, c_j
+  m = len(values)
+  prefix = np.concatenate([[0], np.cumsum(counts)])  # prefix[j] = c_1 + ... + c_j
+  inf = float("inf")
+  # cost[k][j]: heads v_1..v_j covered by k buckets, the largest being v_j (j is 1-based).
+  cost = np.full([max_buckets + 1, m + 1], inf)
+  back = np.zeros([max_buckets + 1, m + 1], np.int64)
+  cost[0][0] = 0.0
+  for k in range(1, max_buckets + 1):
+    for j in range(1, m + 1):
+      for i in range(j):
+        c = cost[k - 1][i] + float(values[j - 1]) * float(prefix[j] - prefix[i])
+        if c < cost[k][j]:
+          cost[k][j], back[k][j] = c, i
+  total = global_batch * cost[:, m] + np.arange(max_buckets + 1) * float(bucket_penalty_tokens)
+  k = int(np.argmin(total))
+  chosen, j = [], m
+  while k > 0:
+    chosen.append(int(values[j - 1]))
+    j, k = int(back[k][j]), k - 1
+  return tuple(sorted(chosen))
 
 
 def _batch_plan(which, buckets, global_batch):
@@ -154,8 +224,8 @@ def _dataset(store, plan, global_batch, cls_id, sep_id, seq_len):
 
 
 def embed_blocks(store, embedder, cls_id, sep_id, batch_size=128,
-                 seq_len=tokenization.CANDIDATE_SEQ_LEN, buckets=DEFAULT_BUCKETS, strategy=None,
-                 stats=None, xla=None):
+                 seq_len=tokenization.CANDIDATE_SEQ_LEN, buckets=AUTO_BUCKETS, strategy=None,
+                 stats=None, xla=None, max_buckets=DEFAULT_MAX_BUCKETS, bucket_penalty_tokens=None):
   """Embeds all blocks of `store`.
 
   Args:
@@ -164,18 +234,23 @@ def embed_blocks(store, embedder, cls_id, sep_id, batch_size=128,
     cls_id, sep_id: special token ids.
     batch_size: Global batch (rounded up to a multiple of the replica count).
     seq_len: Candidate length (288); also the truncation length.
-    buckets: Padded lengths; the largest must be >= seq_len's packed lengths. `(seq_len,)` disables
-      bucketing.
+    buckets: Padded lengths (seq_len is always added as the largest), or "auto" (default):
+      `choose_buckets` picks at most `max_buckets` lengths that minimise the padded tokens of this
+      corpus. `(seq_len,)` disables bucketing.
     strategy: Optional tf.distribute strategy; the embed step runs in `strategy.run`.
     stats: Optional dict, filled with blocks, seconds, blocks_per_sec, `buckets` (rows per bucket by
-      their own length; `_batch_plan` may run a few in a longer batch), first_batch_seconds and
-      steady_blocks_per_sec (after the first batch).
+      their own length; `_batch_plan` may run a few in a longer batch), `bucket_lengths`,
+      `padded_tokens` and `real_tokens` (token slots of the plan vs. block lengths),
+      first_batch_seconds and steady_blocks_per_sec (after the first batch).
     xla: Compile one XLA program per bucket (Keras embedders, no strategy). None = only for corpora
       of at least `XLA_MIN_BLOCKS` blocks: the refresher embeds with a NEW embedder per snapshot, so
       each refresh pays the compiles again, which a small corpus does not win back (measured: a
       13-block demo corpus refreshed every 10 steps fell behind). The threshold is a conservative
       choice, not a measured crossover: at 4L/256 and 1024 blocks the compiled steady state is 3.4x
       faster, so large models gain from `xla=True` well below it.
+    max_buckets: At most this many buckets with `buckets="auto"`.
+    bucket_penalty_tokens: `choose_buckets`'s cost of one more bucket; None = two full-length
+      batches where every bucket is compiled (XLA or a strategy), else 0.
 
   Returns:
     float32 [N, D] in corpus order.
@@ -184,14 +259,25 @@ def embed_blocks(store, embedder, cls_id, sep_id, batch_size=128,
   n = store.num_blocks
   if n == 0:
     raise ValueError("cannot embed an empty retrieval corpus")
-  buckets = tuple(sorted(b for b in buckets if b < seq_len)) + (seq_len,)
   replicas = strategy.num_replicas_in_sync if strategy is not None else 1
   global_batch = int(np.ceil(batch_size / replicas)) * replicas
-  embed_fn = make_embed_fn(embedder)
   lengths = packed_lengths(store, seq_len)
-  which = assign_buckets(lengths, buckets)
-
   use_xla = n >= XLA_MIN_BLOCKS if xla is None else bool(xla)
+  if isinstance(buckets, str):
+    if buckets != AUTO_BUCKETS:
+      raise ValueError(f"buckets must be a sequence of lengths or {AUTO_BUCKETS!r}, got {buckets!r}")
+    if bucket_penalty_tokens is None:
+      # Each shape is one XLA compile (or one trace per replica under a strategy); the dynamic-T
+      # tf.function traces once for all. Penalty: two full-length batches per bucket. Measured on
+      # a 2-core VM (4L/256, XLA, 2048 blocks, batch 128): 1.1-1.5 s of compile per bucket against
+      # ~31k token slots/s, i.e. 34-46k slots; 2 x 128 x 288 = 74k errs towards fewer compiles.
+      compiled_per_shape = (use_xla and _is_keras_embedder(embedder)) or strategy is not None
+      bucket_penalty_tokens = 2 * global_batch * seq_len if compiled_per_shape else 0
+    buckets = choose_buckets(lengths, global_batch, seq_len, max_buckets,
+                             bucket_penalty_tokens=bucket_penalty_tokens)
+  buckets = tuple(sorted(int(b) for b in buckets if b < seq_len)) + (seq_len,)
+  embed_fn = make_embed_fn(embedder)
+  which = assign_buckets(lengths, buckets)
   step = _get_step(embedder, embed_fn, global_batch, strategy, use_xla)
   out = None
   filled = np.zeros(n, np.int64)
@@ -224,6 +310,8 @@ def embed_blocks(store, embedder, cls_id, sep_id, batch_size=128,
     # Steady state excludes the first batch (pipeline start-up and tracing on a new embedder).
     t1, n1 = first_batch_done
     stats.update(blocks=n, seconds=secs, blocks_per_sec=n / max(secs, 1e-9), buckets=per_bucket,
+                 bucket_lengths=list(buckets), padded_tokens=plan_tokens(lengths, buckets, global_batch),
+                 real_tokens=int(lengths.sum()),
                  first_batch_seconds=t1 - start,
                  steady_blocks_per_sec=(n - n1) / max(end - t1, 1e-9) if n > n1 else None)
   return out

@@ -47,8 +47,11 @@ def define_flags(fv=FLAGS):
                       **d)
   flags.DEFINE_integer("batch_size", 128,
                        "Global embedding batch size (original predict_batch_size 256).", **d)
-  flags.DEFINE_list("buckets", ["64", "128", "192", "288"], "Padded lengths of the length buckets.",
-                    **d)
+  flags.DEFINE_list("buckets", ["auto"], "Padded lengths of the length buckets (e.g. 64,128,192,288), "
+                    "or 'auto': at most --max_buckets lengths chosen from the corpus to minimise "
+                    "padding (embed_corpus.choose_buckets).", **d)
+  flags.DEFINE_integer("max_buckets", embed_corpus.DEFAULT_MAX_BUCKETS,
+                       "With --buckets=auto: at most this many buckets (each is one XLA program).", **d)
   flags.DEFINE_integer("candidate_seq_len", 288,
                        "Document input length [CLS] title [SEP] body [SEP].", **d)
   flags.DEFINE_integer("keep", 3, "Keep the newest N snapshots in model_dir/export/encoded.", **d)
@@ -89,8 +92,23 @@ def newest_export(model_dir, after_step):
   return found[-1] if found else None
 
 
-def refresh_once(model_dir, store, step, embedder_dir, batch_size=128, buckets=(64, 128, 192, 288),
-                 seq_len=288, strategy=None, keep=3):
+def parse_buckets(values):
+  """--buckets list -> "auto" or a tuple of positive ints; a clear UsageError otherwise."""
+  values = [v.strip() for v in values if v.strip()]
+  if values == [embed_corpus.AUTO_BUCKETS]:
+    return embed_corpus.AUTO_BUCKETS
+  try:
+    buckets = tuple(int(v) for v in values)
+  except ValueError:
+    buckets = ()
+  if not buckets or min(buckets) <= 0:
+    raise app.UsageError(f"--buckets must be 'auto' or positive integers, got {','.join(values)!r}")
+  return buckets
+
+
+def refresh_once(model_dir, store, step, embedder_dir, batch_size=128,
+                 buckets=embed_corpus.AUTO_BUCKETS, seq_len=288, strategy=None, keep=3,
+                 max_buckets=embed_corpus.DEFAULT_MAX_BUCKETS):
   """Writes `export/encoded/<step>` for the embedder export at `embedder_dir`; returns (dir, stats)."""
   root = encoded_root(model_dir)
   final = os.path.join(root, str(step))
@@ -106,7 +124,8 @@ def refresh_once(model_dir, store, step, embedder_dir, batch_size=128, buckets=(
     else:
       loaded = tf.saved_model.load(staged_embedder)
     embed_corpus.embed_corpus(store, loaded, staged_embedder, batch_size=batch_size,
-                              buckets=buckets, seq_len=seq_len, strategy=strategy, stats=stats)
+                              buckets=buckets, seq_len=seq_len, strategy=strategy, stats=stats,
+                              max_buckets=max_buckets)
     with tf.io.gfile.GFile(os.path.join(staging, "global_step.txt"), "w") as f:
       f.write(f"{step}\n")
     if tf.io.gfile.exists(final):
@@ -125,13 +144,13 @@ def main(argv, fv=FLAGS):
   FLAGS = fv  # noqa: N806  (the body reads the flags through this name)
   if not FLAGS.model_dir or not FLAGS.retrieval_corpus:
     raise app.UsageError("--model_dir and --retrieval_corpus are required")
+  buckets = parse_buckets(FLAGS.buckets)
   strategy = None
   if FLAGS.distribution_strategy not in ("off", ""):
     from realm_tf2.training import strategy as strategy_lib  # pylint: disable=g-import-not-at-top
     strategy = strategy_lib.get_strategy(FLAGS.distribution_strategy, tpu=FLAGS.tpu)
   store = block_store_lib.BlockStore.from_retrieval_corpus(FLAGS.retrieval_corpus)
   logging.info("retrieval corpus: %d blocks, %.1f MB", store.num_blocks, store.nbytes / 1e6)
-  buckets = tuple(int(b) for b in FLAGS.buckets)
   last = FLAGS.start_at_step - 1
   existing = refresher_lib.list_step_dirs(encoded_root(FLAGS.model_dir))
   if existing:
@@ -146,10 +165,15 @@ def main(argv, fv=FLAGS):
       last = step
       try:
         path, stats = refresh_once(FLAGS.model_dir, store, step, embedder_dir, FLAGS.batch_size,
-                                   buckets, FLAGS.candidate_seq_len, strategy, FLAGS.keep)
+                                   buckets, FLAGS.candidate_seq_len, strategy, FLAGS.keep,
+                                   FLAGS.max_buckets)
         print(json.dumps({"step": step, "snapshot": path, "blocks": stats["blocks"],
                           "blocks_per_sec": round(stats["blocks_per_sec"], 2),
-                          "seconds": round(stats["seconds"], 2)}), flush=True)
+                          "seconds": round(stats["seconds"], 2),
+                          "buckets": stats["bucket_lengths"],
+                          "padded_per_real_token": round(stats["padded_tokens"]
+                                                         / max(stats["real_tokens"], 1), 3)}),
+              flush=True)
         if FLAGS.once:
           return 0
       except Exception as e:  # pylint: disable=broad-except  (keep serving older snapshots)

@@ -1,6 +1,7 @@
 """embed_corpus: bucketing, corpus order, strategy, encoded.ckpt contract, SavedModel embedder."""
 import realm_tf2  # noqa: F401
 
+import itertools
 import os
 
 import numpy as np
@@ -62,16 +63,63 @@ def test_batch_plan_covers_every_row_once_with_fewest_padded_tokens(lengths):
     assert got == 3456 and pad_every_bucket == 3968
 
 
+@pytest.mark.parametrize("seed", range(40))
+def test_choose_buckets_is_the_cheapest_plan_of_at_most_k_buckets(seed):
+  rng = np.random.RandomState(seed)
+  lengths = rng.randint(3, 289, rng.randint(1, 60))
+  batch, k = rng.randint(1, 8), rng.randint(1, 5)
+  penalty = 0 if seed % 2 else rng.randint(0, 3 * batch * 288)  # per-bucket cost in token slots
+  got = embed_corpus.choose_buckets(lengths, batch, 288, max_buckets=k, bucket_penalty_tokens=penalty)
+  assert 1 <= len(got) <= k and max(got) >= lengths.max() and all(b % 8 == 0 for b in got)
+  # Brute force over every set of at most k candidate lengths (the batch heads rounded up to 8).
+  heads = np.sort(lengths)[::-1][::batch]
+  cands = sorted(set(np.minimum(-(-heads // 8) * 8, 288).tolist()))
+  cost = lambda c: embed_corpus.plan_tokens(lengths, c, batch) + penalty * len(c)  # noqa: E731
+  best = min(cost(c) for r in range(1, k + 1) for c in itertools.combinations(cands, r)
+             if max(c) >= lengths.max())
+  assert cost(got) == best
+  if k >= 4 and penalty == 0:  # the fixed default buckets are one of the candidate sets
+    assert best <= embed_corpus.plan_tokens(lengths, embed_corpus.DEFAULT_BUCKETS, batch)
+
+
+def test_plan_tokens_is_the_batch_plan_cost():
+  lengths = np.random.RandomState(1).randint(3, 289, 300)
+  buckets = embed_corpus.choose_buckets(lengths, 16, 288)
+  plan = embed_corpus._batch_plan(  # pylint: disable=protected-access
+      embed_corpus.assign_buckets(lengths, buckets), buckets, 16)
+  assert embed_corpus.plan_tokens(lengths, buckets, 16) == sum(b * len(r) for b, r, _ in plan)
+  # On this length mix, 8 chosen lengths pad far less than the fixed 64/128/192/288.
+  fixed = embed_corpus.plan_tokens(lengths, embed_corpus.DEFAULT_BUCKETS, 16)
+  assert embed_corpus.plan_tokens(lengths, buckets, 16) < 0.93 * fixed
+  # A per-bucket compile penalty trades padding for fewer programs: a small corpus gets few buckets.
+  few = embed_corpus.choose_buckets(lengths, 16, 288, bucket_penalty_tokens=2 * 16 * 288)
+  assert len(few) < len(buckets)
+  with pytest.raises(ValueError, match="max_buckets"):
+    embed_corpus.choose_buckets(lengths, 16, 288, max_buckets=0)
+
+
 @pytest.mark.slow  # traces a BERT once; 25-60 s wall on the shared 2-core box
 @pytest.mark.parametrize("xla", [False, True])  # auto (None) picks False for 19 blocks
 def test_embed_blocks_matches_unbucketed_reference_in_corpus_order(setup, xla):
   store, embedder, want = setup
   stats = {}
+  # buckets="auto" (the default) without the per-bucket compile penalty, so the XLA run also
+  # compiles several buckets (with the penalty, 19 blocks would get a single one).
   got = embed_corpus.embed_blocks(store, embedder, helpers.CLS_ID, helpers.SEP_ID, batch_size=4,
-                                  stats=stats, xla=xla)
+                                  stats=stats, xla=xla, bucket_penalty_tokens=0)
   assert got.shape == (19, 8) and got.dtype == np.float32
   np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
   assert sum(stats["buckets"].values()) == 19 and len([v for v in stats["buckets"].values() if v]) >= 3
+  # The lengths chosen for this corpus and batch.
+  lengths = embed_corpus.packed_lengths(store)
+  assert set(embed_corpus.choose_buckets(lengths, 4)) <= set(stats["bucket_lengths"])
+  if xla:  # the default penalty (two full-length batches per compiled bucket): one bucket here
+    stats = {}
+    embed_corpus.embed_blocks(store, embedder, helpers.CLS_ID, helpers.SEP_ID, batch_size=4,
+                              stats=stats, xla=True)
+    assert stats["bucket_lengths"] == [288]
+  assert stats["padded_tokens"] == embed_corpus.plan_tokens(lengths, stats["bucket_lengths"], 4)
+  assert stats["real_tokens"] == lengths.sum() <= stats["padded_tokens"]
 
 
 @pytest.mark.slow  # tracing BERT replicated over 2 devices takes > 20 s on a loaded 2-core box

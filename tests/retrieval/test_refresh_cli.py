@@ -3,6 +3,7 @@ import realm_tf2  # noqa: F401
 
 import os
 
+from absl import app
 from absl import flags
 import numpy as np
 import pytest
@@ -19,6 +20,14 @@ def _run(argv):
   refresh.define_flags(fv)
   fv(["refresh"] + argv)
   return refresh.main([], fv)
+
+
+def test_parse_buckets():
+  assert refresh.parse_buckets(["auto"]) == "auto"
+  assert refresh.parse_buckets(["64", " 128", "288"]) == (64, 128, 288)
+  for bad in (["64", "x"], ["0"], [], ["auto", "64"]):
+    with pytest.raises(app.UsageError, match="--buckets"):
+      refresh.parse_buckets(bad)
 
 
 @pytest.mark.slow  # two full refresh runs through the SavedModel export (> 20 s on 2 cores)
@@ -60,7 +69,7 @@ def test_refresh_once_then_external_refresher(tmp_path, tiny_vocab_file):
   # A newer export gets its own snapshot; --keep=1 prunes the older one.
   refresh.copy_tree(os.path.join(model_dir, "export", "3", "embedder"),
                     os.path.join(model_dir, "export", "5", "embedder"))
-  assert _run(common + ["--once", "--keep=1"]) == 0
+  assert _run(common + ["--once", "--keep=1", "--buckets=64,128,288"]) == 0
   assert sorted(os.listdir(os.path.join(model_dir, "export", "encoded"))) == ["5"]
   assert r.poll_once() and holder.get().step == 5 and holder.get().version == 2
 
