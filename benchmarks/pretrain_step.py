@@ -211,7 +211,9 @@ emb = embedder_lib.RealmEmbedder(bert, projection_size=128)
 print("ready", flush=True)
 while True:
   stats = {}
-  embed_corpus.embed_blocks(store, emb, 2, 3, batch_size=64, stats=stats, xla=True)  # as measured
+  # Fixed buckets, as when the README's "step beside a refresher" row was measured.
+  embed_corpus.embed_blocks(store, emb, 2, 3, batch_size=64, stats=stats, xla=True,
+                            buckets=embed_corpus.DEFAULT_BUCKETS)
   print(json.dumps({"blocks_per_sec": stats["blocks_per_sec"]}), flush=True)
 """
 

@@ -135,6 +135,8 @@ def choose_buckets(lengths, global_batch, seq_len=tokenization.CANDIDATE_SEQ_LEN
   lengths = np.asarray(lengths)
   if lengths.size == 0:
     return (int(seq_len),)
+  if lengths.max() > seq_len:
+    raise ValueError(f"block length {lengths.max()} exceeds seq_len {seq_len}")
   heads = np.sort(lengths)[::-1][::global_batch]
   rounded = np.minimum(-(-heads // multiple) * multiple, seq_len)
   values, counts = np.unique(rounded, return_counts=True)  # v_1 < ... < v_m, c_j
@@ -275,7 +277,7 @@ def embed_blocks(store, embedder, cls_id, sep_id, batch_size=128,
       bucket_penalty_tokens = 2 * global_batch * seq_len if compiled_per_shape else 0
     buckets = choose_buckets(lengths, global_batch, seq_len, max_buckets,
                              bucket_penalty_tokens=bucket_penalty_tokens)
-  buckets = tuple(sorted(int(b) for b in buckets if b < seq_len)) + (seq_len,)
+  buckets = tuple(sorted({int(b) for b in buckets if b < seq_len})) + (seq_len,)
   embed_fn = make_embed_fn(embedder)
   which = assign_buckets(lengths, buckets)
   step = _get_step(embedder, embed_fn, global_batch, strategy, use_xla)

@@ -51,7 +51,8 @@ def define_flags(fv=FLAGS):
                     "or 'auto': at most --max_buckets lengths chosen from the corpus to minimise "
                     "padding (embed_corpus.choose_buckets).", **d)
   flags.DEFINE_integer("max_buckets", embed_corpus.DEFAULT_MAX_BUCKETS,
-                       "With --buckets=auto: at most this many buckets (each is one XLA program).", **d)
+                       "With --buckets=auto: at most this many buckets (>= 1; under a "
+                       "--distribution_strategy each bucket is one more compiled program).", **d)
   flags.DEFINE_integer("candidate_seq_len", 288,
                        "Document input length [CLS] title [SEP] body [SEP].", **d)
   flags.DEFINE_integer("keep", 3, "Keep the newest N snapshots in model_dir/export/encoded.", **d)
@@ -145,6 +146,8 @@ def main(argv, fv=FLAGS):
   if not FLAGS.model_dir or not FLAGS.retrieval_corpus:
     raise app.UsageError("--model_dir and --retrieval_corpus are required")
   buckets = parse_buckets(FLAGS.buckets)
+  if FLAGS.max_buckets < 1:
+    raise app.UsageError(f"--max_buckets must be >= 1, got {FLAGS.max_buckets}")
   strategy = None
   if FLAGS.distribution_strategy not in ("off", ""):
     from realm_tf2.training import strategy as strategy_lib  # pylint: disable=g-import-not-at-top

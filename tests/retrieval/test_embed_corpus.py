@@ -96,6 +96,10 @@ def test_plan_tokens_is_the_batch_plan_cost():
   assert len(few) < len(buckets)
   with pytest.raises(ValueError, match="max_buckets"):
     embed_corpus.choose_buckets(lengths, 16, 288, max_buckets=0)
+  with pytest.raises(ValueError, match="exceeds seq_len"):
+    embed_corpus.choose_buckets([300, 10], 1, 288)
+  # seq_len not a multiple of 8: the longest bucket is capped at it.
+  assert embed_corpus.choose_buckets([97, 99, 10], 1, 100, max_buckets=2) == (16, 100)
 
 
 @pytest.mark.slow  # traces a BERT once; 25-60 s wall on the shared 2-core box

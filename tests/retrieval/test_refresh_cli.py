@@ -28,6 +28,9 @@ def test_parse_buckets():
   for bad in (["64", "x"], ["0"], [], ["auto", "64"]):
     with pytest.raises(app.UsageError, match="--buckets"):
       refresh.parse_buckets(bad)
+  with pytest.raises(app.UsageError, match="--max_buckets"):  # checked before any corpus is read
+    _run(["--model_dir=/nonexistent/run", "--retrieval_corpus=/nonexistent/blocks-*",
+          "--max_buckets=0"])
 
 
 @pytest.mark.slow  # two full refresh runs through the SavedModel export (> 20 s on 2 cores)
