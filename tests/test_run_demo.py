@@ -5,6 +5,7 @@ import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -50,6 +51,12 @@ def test_run_demo_reduced(tmp_path):
     assert overlap["num_train_references"] == sum(1 for line in f if line.strip())
   assert summary["dev_wrong_answers_from_train"] == overlap["wrong_prediction_train_answer_fraction"]
   assert "wrong dev answers that are training answers" in proc.stdout
+  with open(os.path.join(out_dir, "predictions.dev.jsonl")) as f:
+    preds = [json.loads(l) for l in f if l.strip()]
+  assert summary["dev_prediction_block_has_answer"] == pytest.approx(
+      np.mean([p["prediction_block_has_answer"] for p in preds]))
+  assert 0.0 <= summary["dev_recall_at_1"] <= summary["dev_recall_at_5"]
+  assert "dev answers taken from a block with the answer" in proc.stdout
   assert summary["train_steps"] == {"ict": 20, "realm": 40, "orqa": 20}
   assert all(v > 0 for v in summary["steps_per_sec"].values())
 

@@ -467,6 +467,10 @@ class Demo:
         "config": {k: v for k, v in dataclasses.asdict(self.c).items() if k != "python"},
         "dev_exact_match": em,
         "dev_recall_at_5": predict.get("recall_at_5"),
+        "dev_recall_at_1": predict.get("recall_at_1"),
+        # Predictions taken from a block holding the answer: below recall@1, the reader's span score
+        # moved answers away from a right top block.
+        "dev_prediction_block_has_answer": predict.get("prediction_block_has_answer"),
         "dev_exact_match_in_training_eval": predict.get("exact_match"),
         "dev_num_questions": evaluated.get("num_references"),
         # Wrong dev answers that are some training question's answer (memorisation, not reading).
@@ -494,6 +498,8 @@ def format_summary(s: dict) -> str:
   rows = [
       ("dev exact match", f(s["dev_exact_match"])),
       ("dev recall@5", f(s["dev_recall_at_5"])),
+      ("dev recall@1", f(s.get("dev_recall_at_1"))),
+      ("dev answers taken from a block with the answer", f(s.get("dev_prediction_block_has_answer"))),
       ("wrong dev answers that are training answers", f(s.get("dev_wrong_answers_from_train"))),
       ("retrieval_utility before REALM (first loop)", f(s["retrieval_utility_before_realm"])),
       ("retrieval_utility after REALM (last loop)", f(s["retrieval_utility_after_realm"])),

@@ -322,6 +322,9 @@ class OrqaTask(base.RealmBaseTask):
           "block_text": block_texts[j],
           "score": float(arrays["pred_score"][i]),
           "correct": answers_lib.is_correct(answer, ex.answers, is_regex=self.is_regex),
+          # Whether the block the answer was taken from holds a gold answer (HasAnswer, as recall@k):
+          # tells a wrong block (the reader overrode retrieval) from a wrong span in the right block.
+          "prediction_block_has_answer": answers_lib.has_answer(block_texts[j], ex.answers),
           "first_answer_rank": next(
               (r for r, b in enumerate(retrieved) if answers_lib.has_answer(texts[b], ex.answers)),
               -1),
@@ -350,7 +353,9 @@ def project_to_original(input_ids, start: int, end: int, block_start: int, orig_
 
 
 def summarize_predictions(records: List[dict], is_regex: bool) -> Dict[str, float]:
-  """EM, recall@k (HasAnswer on raw block text), reader oracle over prediction records."""
+  """EM, recall@k (HasAnswer on raw block text), reader oracle, and the share of predictions taken
+  from a block that holds an answer (`prediction_block_has_answer`; compare with recall@1) over
+  prediction records."""
   n = len(records)
   if n == 0:
     return {"exact_match": 0.0, "num_questions": 0.0}
@@ -358,6 +363,8 @@ def summarize_predictions(records: List[dict], is_regex: bool) -> Dict[str, floa
   out = {"exact_match": float(np.mean([r["correct"] for r in records])),
          "token_exact_match": float(np.mean([r["token_exact_match"] for r in records])),
          "reader_oracle": float(np.mean([r["reader_oracle"] for r in records])),
+         "prediction_block_has_answer": float(np.mean([r["prediction_block_has_answer"]
+                                                       for r in records])),
          "num_questions": float(n)}
   for k in RECALL_KS:
     out[f"recall_at_{k}"] = float(np.mean((ranks >= 0) & (ranks < k)))

@@ -175,6 +175,11 @@ def test_eval_predictions_and_metrics(task_and_model, world):
   # Recall by ORQA's case-sensitive HasAnswer over all 4 blocks: "the king"/"the queen" never match.
   assert metrics["recall_at_5"] == pytest.approx(6 / 8)
   assert metrics["exact_match"] == pytest.approx(np.mean([r["correct"] for r in recs]))
+  from realm_tf2.evaluation import answers as answers_lib
+  for r in recs:
+    assert r["prediction_block_has_answer"] == answers_lib.has_answer(r["block_text"], r["answers"])
+  assert metrics["prediction_block_has_answer"] == pytest.approx(
+      np.mean([r["prediction_block_has_answer"] for r in recs]))
 
 
 def test_project_to_original(world):
