@@ -75,7 +75,7 @@ class _ScheduleTable:
 
 
 class DelayedLinearRamp:
-  """Learning-rate multiplier 0 before `start`, rising linearly to 1 over `ramp` steps.
+  """Learning-rate multiplier 0 before `start`, rising linearly to `final` over `ramp` steps.
 
   For variables that must stay fixed for the first `start` optimizer steps (e.g. REALM's retriever
   while a random-init encoder learns to read). Unlike a stop_gradient, the variables' Adam moments
@@ -85,17 +85,20 @@ class DelayedLinearRamp:
 
   Args:
     start: Optimizer step at which the multiplier leaves 0.
-    ramp: Steps from 0 to 1 (0 = jump to 1 at `start`).
+    ramp: Steps from 0 to `final` (0 = jump to `final` at `start`).
+    final: The multiplier after the ramp (> 0; default 1 = the full rate).
   """
 
-  def __init__(self, start: int, ramp: int):
-    self.start, self.ramp = int(start), int(ramp)
+  def __init__(self, start: int, ramp: int, final: float = 1.0):
+    if final <= 0:
+      raise ValueError(f"DelayedLinearRamp needs a positive final multiplier, got {final}")
+    self.start, self.ramp, self.final = int(start), int(ramp), float(final)
 
   def __call__(self, step):
     step = tf.cast(step, tf.float32)
     if self.ramp <= 0:
-      return tf.cast(step >= float(self.start), tf.float32)
-    return tf.clip_by_value((step - float(self.start)) / float(self.ramp), 0.0, 1.0)
+      return self.final * tf.cast(step >= float(self.start), tf.float32)
+    return self.final * tf.clip_by_value((step - float(self.start)) / float(self.ramp), 0.0, 1.0)
 
 
 class ConstantMultiplier:

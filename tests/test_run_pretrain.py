@@ -1,52 +1,48 @@
-"""End-to-end: tiny world -> data_prep CLIs -> ICT -> REALM with >= 2 background index refreshes ->
+"""End-to-end: tiny world -> data_prep CLIs -> ICT -> REALM with background index refreshes ->
 exports loaded in a fresh process with only tensorflow + tensorflow_text.
 
-STATUS (issue 5 "done when"): index version changes mid-run, >= 2 refreshes, no step waited on the
-index (max wait < 50 ms) and the ICT warm start's gold-block rank are asserted. "retrieval_utility
-above step 0" and "gold rank better than step 0" are NOT yet achieved with the tiny model and are
-only printed. Runtime (ICT 800 + REALM 300 steps): 231 s wall at load ~4, of which 141 s CPU in
-the subprocesses (a failing run at load ~2 took 125 s). Two runs of this exact test: train
-retrieval_utility stayed 0.000 in one and rose from -0.0002 to 0.06-0.08 after step 250 in the
-other (input order is not deterministic), so a rise is not yet reliable enough to assert.
-ICT warm start (batch 32, 100 warm-up steps): gold-block rank means 0.1-1.3 over 6 runs (400
-blocks, in-batch accuracy 0.95-0.98 at the end); 0.1 in the full test. The earlier batch 16 with 10
-warm-up steps was unreliable: 9 runs ended with rank means from 0.4 to 59 (in-batch accuracy
-0.61-0.97, some runs sitting at chance for the first 150 steps), and one CI run never left chance
-(mean 201 = (N-1)/2), failing the warm-start assertion. Batch 32 costs no more wall time here; with
-10 warm-up steps it gave rank means 0.1-25 over 5 runs.
-REALM after the stronger warm start (2026-11-24, one run each, 4 candidates, lr 1e-3,
-`task.retriever_warmup_steps` = retriever frozen for that many steps, then a 100-step ramp):
-ICT 400 steps (rank 0.14) + REALM 600 frozen for 300: train retrieval_utility 0.000 until step 350,
-then 0.05 -> 0.54 by step 600 (mlm_accuracy 0.06 -> 0.36), gold rank 0.14 -> 0.49. ICT 300 (rank
-1.8, top-3 0.77) + REALM 1000 frozen for 400: the encoder had not learnt to copy by step 400
-(mlm_accuracy 0.05-0.11 throughout), and once released the retriever collapsed onto the null
-document (null_doc_prob 0.01 -> 1.0 within 100 steps), gold rank 1.8 -> 243, worse than chance.
-So the gold-rank improvement issue 5 asks for needs an encoder that reliably learns to copy
-before the retriever is released; it is not asserted.
+Issue 5's "done when", all asserted: the index version changes mid-run (>= 2 refreshes swapped in
+while training runs), no step waited on the index (max wait < 50 ms), train retrieval_utility rises
+above its step-0 value, and the gold block's retrieval rank after REALM is better than after ICT
+(step 0 of REALM), measured over every pre-training record with the exports themselves.
 
-Findings (in-process experiments, 2-layer/32-wide BERT, lr 1e-3, batch 8-16):
-* Pipeline checked: decoded batches show query/joint/mlm_positions/targets aligned; candidate 0 is the
-  null document `[CLS][SEP][SEP]`; trivial-retrieval removal does not touch the gold block (pretrain
-  uids are sha1(title, text) of a DIFFERENT corpus); all embedder variables get non-zero gradients
-  from the marginal loss. No library bug found.
-* ICT with the default dropout 0.1 stayed at chance (in-batch accuracy exactly 1/16, all block
-  embeddings equal to 3 decimals) for 100 steps; with dropout 0 it reaches 0.9 in 150 steps (48
-  blocks). Tiny runs here use dropout 0.
+The world (`write_world`): two blocks per town, one stating its founder and one naming a river, so
+ICT (which matches the town's name) retrieves both about equally and puts the founder block first
+for only 12-52 % of the masked sentences (11 ICT runs). What decides between them is what REALM learns: which
+block lets the encoder fill "<town> was founded by [MASK]". Measured (2026-11-24, 2-core VM, runs of
+`/work/exp/rank6` with this test's settings: 2 layers at hidden 64, k = 8 candidates, the retriever
+frozen for 400 steps and at 0.1x the encoder's rate after, refreshes every 50 steps; rank = number
+of blocks scored above the gold one, of 800; 4 runs, the last one this test): ICT gold rank mean
+0.45-0.67 (top-1 0.42-0.59); after REALM 0.02-0.43 (top-1 0.78-0.98, a gain of 0.21-0.56); train
+retrieval_utility from 0 to 1.0-3.8. Wall time 266 s for the test (with another run sharing the
+2 cores).
+
+Why those settings (one run each unless noted, same world, hidden 32 unless noted):
+* Full retriever rate from the release (k = 4, refresh every 100): utility rose to 0.5-0.9 and then
+  fell at an index swap; final gold rank 2.99 and 6.68 from 0.64 and 1.13. With the shared
+  query/document embedder and LayerNorm'd embeddings, the retriever learns "the block says founded"
+  at the cost of the town's identity, and other towns' founder blocks (never retrieved, so never
+  pushed down) flood the next index.
+* 0.1x rate (`task.retriever_learning_rate_multiplier`), k = 4: 0.64 -> 0.17 (top-1 0.86) in one
+  run, a collapse at the step-600 swap in the other (rank 14). 0.03x: the same collapse, later.
+  Refreshes every 50 steps: 1.13 -> 0.81. k = 8 with both, 8 runs (two at lr 2e-3 with 0.05x, one
+  at batch 16): the gold rank improved in 5 (1.13 -> 0.65, 1.22 -> 0.47, 1.80 -> 0.95,
+  1.08 -> 0.50, 1.01 -> 0.74), stayed in one (0.76), and in two the encoder had not begun to copy
+  by step 800 (utility <= 0.001) and the released retriever drifted (1.08 -> 2.40, 1.08 -> 2.01).
+* Hidden 64 instead of 32: the encoder began to copy at steps 125-275 instead of 225-900, and the
+  gold rank improved in all 4 runs.
+* No frozen start: the retriever collapses onto the null document (null_doc_prob 1.0 by step 75)
+  before the random-init encoder reads, then all scores go flat (rank 362). A weak ICT start (rank
+  8.1, top-3 0.34, k = 4): the encoder never learnt to copy and the released retriever drifted.
+
+Earlier findings that shaped the world (2-layer/32-wide BERT, lr 1e-3):
+* ICT with dropout 0.1 stayed at chance for 100 steps; tiny runs here use dropout 0.
 * ICT on `realm_tf2.world` worlds did not transfer to pre-training queries: words that occur only in
-  pretrain.jsonl never get a trained embedding, and the tiny query tower puts every such query on the
-  same vector (gold mean rank exactly (N-1)/2), while ICT templates rank the gold block top-1. Even
-  "the people of X ..." (an ICT template with X not first) collapsed on 400 blocks. Hence this test's
-  own world: the pre-training sentence is "<town> was founded by <Founder>.".
-* With unique answers per entity the reader memorises town -> founder from the query (train accuracy
-  1.0, held-out 0.0 in a reader-only copy experiment) and retrieval_utility stays ~0: this is why the
-  earlier 60-step run showed MLM accuracy rising with utility ~0. With 20 shared founders over 400
-  towns, the same reader trained on (query, gold block) pairs copies: held-out accuracy 0.92 after
-  300 steps (hidden 32) / 1.0 after 200 (hidden 64), constant lr 1e-3.
-* Inside REALM it has not learnt to copy yet: lr 1e-3 on 48 towns collapsed to the null document
-  (null_doc_prob 0.02 -> 1.0 in 50 steps); on this 400-town world, 1200 steps left the scores uniform
-  (null_doc_prob exactly 0.25 = 1/K), loss ln(20), retrieval_utility 0.000. Next to try: a reader
-  warm-started on the copy task (--bert_hub_module_handle), hidden 64, constant lr, and checking why
-  the retrieval scores become input-independent.
+  pretrain.jsonl never get a trained embedding. Hence the pre-training text here uses only words of
+  the knowledge corpus: "<town> was founded by <Founder>.".
+* With unique answers per entity the reader memorises town -> founder from the query and
+  retrieval_utility stays ~0; 20 shared founders over 400 towns make copying from the block the
+  skill to learn.
 """
 import json
 import os
@@ -67,10 +63,15 @@ NUM_FOUNDERS = 20
 NO_DROPOUT = ("task.model.bert.dropout_rate=0.0,task.model.bert.attention_dropout_rate=0.0,"
               "task.model.embedder_dropout_rate=0.0")
 TINY = ["--config_file=" + os.path.join(REPO, "configs/sizes/tiny.yaml"), "--xla=false"]
+# Tiny's 2 layers at hidden 64 (tiny: 32): the encoder starts to copy from the retrieved block within
+# 125-275 steps (at 32: 225-900, and not within 800 steps in 2 of 12 runs); the wall time is the same,
+# as per-step overhead dominates at this size.
+HIDDEN = 64
+WIDTH = f"task.model.bert.hidden_size={HIDDEN},task.model.bert.intermediate_size={2 * HIDDEN}"
 QUERY_LEN, CANDIDATE_LEN, JOINT_LEN = 16, 32, 48
 ICT_STEPS, ICT_BATCH, ICT_WARMUP = 800, 32, 100
-REALM_STEPS, REFRESH_EVERY, LOOP = 300, 100, 25
-REALM_LR = 1e-3
+REALM_STEPS, REFRESH_EVERY, LOOP = 800, 50, 25
+REALM_LR, NUM_CANDIDATES, RETRIEVER_FROZEN_STEPS, RETRIEVER_LR_MULTIPLIER = 1e-3, 8, 400, 0.1
 
 
 def _run(args, timeout=900, clean_env=False):
@@ -90,30 +91,36 @@ def _records(path, split):
 
 
 def write_world(out_dir, n=NUM_ENTITIES, num_founders=NUM_FOUNDERS, seed=0):
-  """Knowledge: one 3-sentence block per town; pre-training: one sentence per town naming its founder.
+  """Knowledge: two 3-sentence blocks per town; pre-training: one sentence per town naming its founder.
 
-  Town names are unique invented words; founders are drawn from a small set of invented names, so
-  the query (town) does not give away the answer without the town's block, and the masked salient
-  span (the founder, a capitalised name the builtin tagger marks) is stated by exactly one block:
-  "<town> was founded by <founder>". A small answer set makes copying from the block a skill the
-  tiny reader learns across all towns, where 1-to-1 unique answers let it memorise town -> founder
-  from the query alone (train accuracy 1.0, held-out 0.0, retrieval useless). The pre-training text
-  uses only words of the knowledge corpus (see the module docstring).
+  Town names are unique invented words; founders (and rivers) are drawn from small sets of invented
+  names, so the query (town) does not give away the answer without the town's block, and the masked
+  salient span (the founder, a capitalised name the builtin tagger marks) is stated by exactly one
+  block: "<town> was founded by <founder>". The town's second block ("... lies near the river
+  <River>") matches the town's name as well as the first but cannot fill the mask. A small answer
+  set makes copying from the block a skill the tiny reader learns across all towns, where 1-to-1
+  unique answers let it memorise town -> founder from the query alone (retrieval useless). The
+  pre-training text uses only words of the knowledge corpus (see the module docstring).
   """
   rng = random.Random(seed)
   syllables = ["ka", "lo", "mir", "zan", "tor", "vel", "qui", "bra", "sen", "dol", "fi", "gar",
                "hu", "jen", "nox", "pel", "ras", "tum", "wex", "yor"]
   names = []
-  while len(names) < n + num_founders:
+  while len(names) < n + 2 * num_founders:
     w = "".join(rng.choice(syllables) for _ in range(3))
     if w not in names:
       names.append(w)
-  towns, founders = names[:n], [w.capitalize() for w in names[n:]]
+  towns = names[:n]
+  founders = [w.capitalize() for w in names[n:n + num_founders]]
+  rivers = [w.capitalize() for w in names[n + num_founders:]]
   with open(f"{out_dir}/knowledge.jsonl", "w") as k, open(f"{out_dir}/pretrain.jsonl", "w") as p:
     for town in towns:
-      t, founder = town.capitalize(), rng.choice(founders)
-      k.write(json.dumps({"title": t, "body": f"{t} is a small town. {t} was founded by {founder}. "
-                                              f"The people of {t} are proud of it."}) + "\n")
+      t, founder, river = town.capitalize(), rng.choice(founders), rng.choice(rivers)
+      blocks = [f"{t} is a small town. {t} was founded by {founder}. The people of {t} are proud of it.",
+                f"{t} is a small town. {t} lies near the river {river}. The people of {t} are proud of it."]
+      rng.shuffle(blocks)  # the founder block is not always the first of the pair
+      for body in blocks:
+        k.write(json.dumps({"title": t, "body": body}) + "\n")
       p.write(json.dumps({"title": f"Gazette on {t}",
                           "text": f"{town} was founded by {founder}."}) + "\n")
 
@@ -174,16 +181,17 @@ def test_ict_then_realm_learns_to_retrieve(tmp_path):
         f"--params_override=task.model.ict_query_seq_len={QUERY_LEN},"
         f"task.model.ict_block_seq_len={CANDIDATE_LEN},task.model.candidate_seq_len={CANDIDATE_LEN},"
         "trainer.steps_per_loop=50,trainer.summary_interval=50,task.optimizer.learning_rate=0.001,"
-        f"task.optimizer.num_warmup_steps={ICT_WARMUP},{NO_DROPOUT}",
+        f"task.optimizer.num_warmup_steps={ICT_WARMUP},{NO_DROPOUT},{WIDTH}",
         f"--num_train_steps={ICT_STEPS}", f"--batch_size={ICT_BATCH}", "--run_mode=train"])
   ict_export = f"{d}/ict/export/{ICT_STEPS}/embedder"
   assert os.path.exists(f"{ict_export}/encoded/encoded.ckpt.index")
 
   # The ICT warm start retrieves the block stating each masked fact far better than chance
-  # ((N-1)/2 = 199.5): the precondition for REALM to learn from retrieval. Measured 0.1-1.3.
+  # ((N-1)/2 = 399.5): the precondition for REALM to learn from retrieval. It cannot tell the
+  # town's two blocks apart, so the founder block is often second (see the module docstring).
   ranks0 = gold_ranks(ict_export, f"{d}/P/pretrain-*", f"{d}/K/realm/blocks-*", f"{d}/vocab.txt")
-  print(f"ICT gold rank: mean {ranks0.mean():.1f} median {np.median(ranks0):.0f} "
-        f"top3 {np.mean(ranks0 < 3):.2f}")
+  print(f"ICT gold rank: mean {ranks0.mean():.2f} median {np.median(ranks0):.0f} "
+        f"top1 {np.mean(ranks0 == 0):.2f} top3 {np.mean(ranks0 < 3):.2f}")
   assert ranks0.mean() < 20, ranks0
 
   out = _run(["run_pretrain.py", "--mode=realm", f"--model_dir={d}/realm",
@@ -191,13 +199,15 @@ def test_ict_then_realm_learns_to_retrieve(tmp_path):
               f"--embedder_hub_module_handle={ict_export}", f"--vocab_file={d}/vocab.txt", *TINY,
               f"--params_override=task.model.query_seq_len={QUERY_LEN},"
               f"task.model.candidate_seq_len={CANDIDATE_LEN},task.model.joint_seq_len={JOINT_LEN},"
-              "task.model.num_candidates=4,task.model.max_masks=4,"
+              f"task.model.num_candidates={NUM_CANDIDATES},task.model.max_masks=4,"
               "task.model.embedder_layer_norm_epsilon=0.001,"
+              f"task.retriever_warmup_steps={RETRIEVER_FROZEN_STEPS},"
+              f"task.retriever_learning_rate_multiplier={RETRIEVER_LR_MULTIPLIER},"
               f"trainer.steps_per_loop={LOOP},trainer.summary_interval={LOOP},"
               f"trainer.validation_steps=4,trainer.validation_interval={REALM_STEPS},"
               f"task.optimizer.learning_rate={REALM_LR},task.optimizer.num_warmup_steps=10,"
               "task.train_data.retrieval_batch_size=8,task.validation_data.retrieval_batch_size=8,"
-              f"{NO_DROPOUT}",
+              f"{NO_DROPOUT},{WIDTH}",
               "--num_eval_shards=1", f"--num_train_steps={REALM_STEPS}", "--batch_size=8",
               f"--refresh_every_steps={REFRESH_EVERY}", "--refresh_poll_secs=0.5"])
   assert f"[realm] done at step {REALM_STEPS}" in out
@@ -216,9 +226,20 @@ def test_ict_then_realm_learns_to_retrieve(tmp_path):
                 "staleness_steps", "staleness_minutes", "examples_per_sec", "pipeline/records",
                 "pipeline/skipped_total"):
       assert key in r, (key, sorted(r))
-  # Learning is NOT yet shown (see the module docstring); the numbers are printed for the record.
-  print("retrieval_utility", [round(r["retrieval_utility"], 4) for r in train],
+  utility = [r["retrieval_utility"] for r in train]
+  print("retrieval_utility", [round(u, 3) for u in utility],
         "mlm_accuracy", [round(r["mlm_accuracy"], 3) for r in train])
+  # REALM learnt from retrieval: the encoder's masked-LM likelihood now depends on the retrieved
+  # blocks (utility = log of the retrieval-weighted marginal minus log p(y|x, null block), per masked
+  # token, ~0 at the start), and the retriever, trained only through that likelihood, ranks the
+  # founder block higher than ICT did.
+  assert np.mean(utility[-4:]) > utility[0] + 0.05, utility
+  ranks1 = gold_ranks(f"{d}/realm/export/{REALM_STEPS}/embedder", f"{d}/P/pretrain-*",
+                      f"{d}/K/realm/blocks-*", f"{d}/vocab.txt")
+  print(f"REALM gold rank: mean {ranks1.mean():.2f} median {np.median(ranks1):.0f} "
+        f"top1 {np.mean(ranks1 == 0):.2f} top3 {np.mean(ranks1 < 3):.2f}")
+  assert np.mean(ranks1 == 0) > np.mean(ranks0 == 0) + 0.1, (ranks0.mean(), ranks1.mean())
+  assert ranks1.mean() < ranks0.mean(), (ranks0.mean(), ranks1.mean())
   assert _records(f"{d}/realm/metrics.jsonl", "eval")
   assert os.path.exists(f"{d}/realm/export/best/embedder/saved_model.pb")
   assert os.path.exists(f"{d}/realm/TRAINING_DONE")
@@ -240,7 +261,7 @@ print(emb.shape, out['mlm_logits'].shape, tok['sequence_output'].shape, bool(inf
 """
   result = _run(["-c", check], timeout=300, clean_env=True)
   vocab_size = len(open(f"{d}/vocab.txt").read().split())
-  assert f"(1, 16) (1, 2, {vocab_size}) (1, 5, 32) True" in result
+  assert f"(1, 16) (1, 2, {vocab_size}) (1, 5, {HIDDEN}) True" in result
   cpu1 = resource.getrusage(resource.RUSAGE_CHILDREN)
   print(f"wall {time.time() - wall0:.0f}s, subprocess CPU "
         f"{cpu1.ru_utime + cpu1.ru_stime - cpu0.ru_utime - cpu0.ru_stime:.0f}s")

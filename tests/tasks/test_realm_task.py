@@ -164,3 +164,25 @@ def test_retriever_warmup_freezes_retriever_then_ramps_it_in(tiny_vocab_file, tm
   fresh = task.build_model()
   fresh_opt = optimization.create_optimizer(configs.OptimizerConfig(learning_rate=1e-2), 10)
   tf.train.Checkpoint(model=fresh, optimizer=fresh_opt).read(prefix).assert_existing_objects_matched()
+
+
+def test_retriever_learning_rate_multiplier_scales_the_ramp_or_stands_alone(tiny_vocab_file):
+  """task.retriever_learning_rate_multiplier: the ramp ends at the multiplier; without a warm-up it
+  is a constant multiplier on the retriever only; 1.0 and no warm-up = no per-variable schedule;
+  a non-positive value is a config error naming the field."""
+  task = _task(tiny_vocab_file, jit=False)
+  model = task.build_model()
+  assert task.variable_lr_schedules(model) is None
+  task.task_config.retriever_learning_rate_multiplier = 0.1
+  ((variables, constant),) = task.variable_lr_schedules(model)
+  assert {v.ref() for v in variables} == {v.ref() for v in model.embedder.trainable_variables}
+  assert [round(float(constant(i)), 6) for i in (0, 100)] == [0.1, 0.1]
+  task.task_config.retriever_warmup_steps, task.task_config.retriever_ramp_steps = 2, 2
+  (_, ramp), = task.variable_lr_schedules(model)
+  assert [round(float(ramp(i)), 6) for i in range(6)] == [0.0, 0.0, 0.0, 0.05, 0.1, 0.1]
+  task.task_config.retriever_ramp_steps = 0
+  (_, jump), = task.variable_lr_schedules(model)
+  assert [round(float(jump(i)), 6) for i in range(4)] == [0.0, 0.0, 0.1, 0.1]
+  task.task_config.retriever_learning_rate_multiplier = 0.0
+  with pytest.raises(ValueError, match="retriever_learning_rate_multiplier"):
+    task.variable_lr_schedules(model)
