@@ -352,7 +352,8 @@ def _local(path):
 
 
 def check_startup(params):
-  """Missing inputs, sequence lengths over the position table, vocab != init embedding rows:
+  """Missing inputs, sequence lengths over the position table, a non-positive retriever rate
+  multiplier, vocab != init embedding rows:
   one message listing every problem, before any model is built (realm_tf2.training.startup_checks)."""
   t, m = params.task, params.task.model
   if FLAGS.mode == "ict":
@@ -369,6 +370,9 @@ def check_startup(params):
     lens = ["query_seq_len", "candidate_seq_len", "joint_seq_len"]
   problems = startup_checks.check_files([("--vocab_file", t.vocab_file)] + files + inits)
   problems += startup_checks.check_seq_lens(m, lens)
+  if FLAGS.mode == "realm" and not t.retriever_learning_rate_multiplier > 0:  # NaN too
+    problems.append(f"task.retriever_learning_rate_multiplier={t.retriever_learning_rate_multiplier} "
+                    "must be > 0 (to freeze the retriever use task.retriever_warmup_steps)")
   if not problems and t.vocab_file:
     problems += startup_checks.check_vocab_matches(ict_task.vocab_size_of(t), inits)
   startup_checks.fail_if("run_pretrain", problems)

@@ -90,7 +90,7 @@ class DelayedLinearRamp:
   """
 
   def __init__(self, start: int, ramp: int, final: float = 1.0):
-    if final <= 0:
+    if not final > 0:  # NaN too
       raise ValueError(f"DelayedLinearRamp needs a positive final multiplier, got {final}")
     self.start, self.ramp, self.final = int(start), int(ramp), float(final)
 
@@ -110,7 +110,7 @@ class ConstantMultiplier:
   """
 
   def __init__(self, value: float):
-    if value <= 0:
+    if not value > 0:  # NaN too
       raise ValueError(f"ConstantMultiplier needs a positive value, got {value}")
     self.value = float(value)
 

@@ -55,7 +55,8 @@ class RealmPretrainTaskConfig(base.RealmTaskConfig):
     bert_init: Knowledge-augmented encoder source (`bert` export / converter output / checkpoint).
     retriever_warmup_steps: For this many optimizer steps the retriever's learning rate is 0 (it
       stays exactly at its init, e.g. the ICT warm start) while the encoder learns to read the
-      retrieved documents; then it rises linearly to the full rate over `retriever_ramp_steps`
+      retrieved documents; then it rises linearly to `retriever_learning_rate_multiplier` times the
+      encoder's rate (1.0 by default) over `retriever_ramp_steps`
       (`optimization.DelayedLinearRamp`; the retriever's Adam moments track its gradients all along,
       so the release is smooth). 0 (the paper) trains both from step 0. Not in the original: it is
       for encoders that start from random weights, where the retriever otherwise learns that no
@@ -66,8 +67,8 @@ class RealmPretrainTaskConfig(base.RealmTaskConfig):
       warm-up (1.0 = one rate for both, the paper). Not in the original: with a shared query/document
       embedder every retriever step also moves the embeddings of documents no query retrieved, which
       the next refresh swaps in; at the high rates of tiny models (1e-3) that drift undid the gold
-      block's gain within a few hundred steps (measured on the end-to-end test's world), so tiny
-      configs use a smaller rate here.
+      block's gain within a few hundred steps (measured on the end-to-end test's world, which sets
+      0.1; see tests/test_run_pretrain.py). Must be > 0 (checked at startup by run_pretrain.py).
   """
   train_data: RealmDataConfig = dataclasses.field(default_factory=RealmDataConfig)
   validation_data: RealmDataConfig = dataclasses.field(
@@ -200,7 +201,7 @@ class RealmTask(base.RealmBaseTask):
     """Per-variable learning-rate schedules for `optimization.create_optimizer` (driver)."""
     cfg_ = self.task_config
     multiplier = cfg_.retriever_learning_rate_multiplier
-    if multiplier <= 0:
+    if not multiplier > 0:  # NaN too
       raise ValueError("task.retriever_learning_rate_multiplier must be > 0 (to freeze the retriever "
                        f"use task.retriever_warmup_steps), got {multiplier}")
     if cfg_.retriever_warmup_steps <= 0 and multiplier == 1.0:

@@ -78,6 +78,8 @@ def test_realm_block_emb_rows_and_k_larger_than_corpus(tmp_path):
   _fails(h.run(_realm(d, f"--embedder_hub_module_handle={emb}", "--num_candidates=8")),
          "task.model.num_candidates=8 (k-1=7 retrieved documents) is larger than the retrieval "
          "corpus (6 blocks)")
+  _fails(h.run(_realm(d, "--params_override=task.retriever_learning_rate_multiplier=0")),
+         "run_pretrain: cannot start:", "task.retriever_learning_rate_multiplier=0 must be > 0")
 
 
 def _finetune(d, *extra):
