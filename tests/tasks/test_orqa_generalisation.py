@@ -36,10 +36,10 @@ BERT = configs.BertConfig(vocab_size=0, hidden_size=32, num_layers=2, num_attent
                           intermediate_size=64, dropout_rate=0.0, attention_dropout_rate=0.0)
 ICT_STEPS, ORQA_STEPS, PRETRAINED_READER_STEPS, BATCH = 1500, 1200, 800, 32
 # ICT warms up over 300 steps, not 20. `realm_tf2.optimization` is BERT's Adam without bias
-# correction (as the original), whose first updates are 1/sqrt(1 - 0.999^t) times a bias-corrected
-# Adam's (4.5x at step 50); BERT warms up for 10k steps. With a 20-step warm-up, dev EM of the
-# pretrained-reader path was 0.6-0.975 (median 0.81, 10 runs) and dev recall@1 as low as 0.525; with
-# 300, 0.9-1.0 in 8 of 8 runs (2026-11-24, this VM), dev recall@1 0.95-1.0.
+# correction (as the original), whose early updates are (1 - 0.9^t) / sqrt(1 - 0.999^t) times a
+# bias-corrected Adam's (about 6.6x near step 12, 4.5x at step 50); BERT warms up for 10k steps.
+# With a 20-step warm-up, dev EM of the pretrained-reader path was 0.6-0.975 (median 0.81, 10
+# runs); with 300, 0.9-1.0 in 8 of 8 runs (2026-11-24, this VM), dev recall@1 0.95-1.0.
 ICT_WARMUP = 300
 
 
@@ -223,8 +223,8 @@ def test_finetuning_raises_heldout_dev_em_to_0_8(finetuned_pretrained_reader):
   """Issue 6: dev EM before fine-tuning <= 0.2, after >= 0.8 on questions about unseen persons.
 
   Measured (2026-11-24, this VM, ICT warmed up over 300 steps, the reader's BERT from the ICT export
-  at 0.1x, end of 800 steps, 8 runs): dev EM 0.9 / 0.95 / 0.975 / 0.975 / 0.975 / 1.0 / 1.0 / 1.0,
-  dev recall@1 0.95-1.0 (train EM 1.0). With ICT warmed up over 20 steps (10 runs): 0.6-0.975,
+  at 0.1x, end of 800 steps, 8 runs): dev EM 0.9 / 0.95 / 0.975 / 0.975 / 0.975 / 1.0 / 1.0 /
+  1.0, dev recall@1 0.95-1.0 (train EM 1.0). With ICT warmed up over 20 steps (10 runs): 0.6-0.975,
   median 0.81, then an xfail. Dev EM follows dev recall@1, the question tower's generalisation; scored without the
   retriever logit the reader picks the right block for only 2-8% of dev questions (one run, 20-step
   ICT warm-up), because retrieval already separates the train questions' blocks.
