@@ -4,7 +4,11 @@ exports loaded in a fresh process with only tensorflow + tensorflow_text.
 Issue 5's "done when", all asserted: the index version changes mid-run (>= 2 refreshes swapped in
 while training runs), no step waited on the index (max wait < 50 ms), train retrieval_utility rises
 above its step-0 value, and the gold block's retrieval rank after REALM is better than after ICT
-(step 0 of REALM), measured over every pre-training record with the exports themselves.
+(step 0 of REALM): a lower mean rank and at most half of ICT's top-1 misses, measured over every
+pre-training record with the exports themselves.
+
+A CI run (2026-11-24) failed the earlier bound "top-1 gains > 0.1": its ICT was unusually good
+(top-1 0.94, rank 0.08) and REALM took it to 0.9975 (rank 0.0025), so there was no room for 0.1.
 
 The world (`write_world`): two blocks per town, one stating its founder and one naming a river, so
 ICT (which matches the town's name) retrieves both about equally and puts the founder block first
@@ -18,7 +22,8 @@ refreshes every 50 steps; rank = number of other blocks scored at or above the g
 5 of 5 runs, three of them with a fresh ICT (the fifth this test itself): ICT top-1
 0.35-0.65 (gold rank mean 0.51-0.78); after REALM top-1 0.83-0.98 (rank 0.02-0.17); the encoder
 began to copy from the retrieved block (train retrieval_utility above 0.05) at steps 150-250, and
-the utility rose from 0 to 1.6-4.1. The test also passed in two CI runs.
+the utility rose from 0 to 1.6-4.1. The test passed in two CI runs and failed the earlier
+top-1 bound in a third (above).
 
 Why those settings (one run each unless noted, same world, hidden 32 unless noted):
 * Full retriever rate from the release (k = 4, refresh every 100): utility rose to 0.5-0.9 and then
@@ -260,7 +265,10 @@ def test_ict_then_realm_learns_to_retrieve(tmp_path):
                       f"{d}/K/realm/blocks-*", f"{d}/vocab.txt")
   print(f"REALM gold rank: mean {ranks1.mean():.2f} median {np.median(ranks1):.0f} "
         f"top1 {np.mean(ranks1 == 0):.2f} top3 {np.mean(ranks1 < 3):.2f}")
-  assert np.mean(ranks1 == 0) > np.mean(ranks0 == 0) + 0.1, (ranks0.mean(), ranks1.mean())
+  # REALM removes at least half of ICT's top-1 misses: a relative bound, as ICT's top-1 varies
+  # widely between runs (0.35-0.94 at these settings) and leaves little room when it is high.
+  miss0, miss1 = np.mean(ranks0 > 0), np.mean(ranks1 > 0)
+  assert miss1 <= 0.5 * miss0, (miss0, miss1, ranks0.mean(), ranks1.mean())
   assert ranks1.mean() < ranks0.mean(), (ranks0.mean(), ranks1.mean())
   assert _records(f"{d}/realm/metrics.jsonl", "eval")
   assert os.path.exists(f"{d}/realm/export/best/embedder/saved_model.pb")
