@@ -148,23 +148,34 @@ def measure_cpu_embed(peak_per_core_gflops):
 
 
 def measure_refresh(num_blocks=512, layers=4, hidden=256, heads=4, vocab=30522, batch_size=64,
-                    buckets=None, tracker=None, bucket_penalty_tokens=None):
+                    buckets=None, tracker=None, bucket_penalty_tokens=None, precision="float32",
+                    xla=True):
   """Corpus-embedding rate and efficiency, FLOPs counted over REAL tokens only.
 
   Synthetic corpus with the refresh benchmark's length mix (`benchmarks/refresh.py`), embedded by
   `embed_corpus.embed_blocks` (length-bucketed by default) with a RealmEmbedder of the given size.
   Returns blocks/s, real-token GFLOP/s (issue count: every layer over the real tokens; required
   count: last layer on [CLS] only, which is what the embedder computes) and both efficiencies
-  against the matmul rate sampled right before and after.
+  against the matmul rate sampled right before and after (always the fp32 rate, the issue's yardstick).
+  precision="bfloat16" builds the embedder under the `mixed_bfloat16` policy (as a trainer run with
+  `--mixed_precision=bfloat16` builds its refresh snapshots); xla=False embeds with plain TF ops
+  (oneDNN), which on CPUs with AMX runs bf16 matmuls far faster than XLA:CPU does.
   """
   from benchmarks import refresh as refresh_bench  # pylint: disable=g-import-not-at-top
+  import tf_keras  # pylint: disable=g-import-not-at-top
   store = refresh_bench.synthetic_store(num_blocks, vocab)
   bert = configs.BertConfig(vocab_size=vocab, hidden_size=hidden, num_layers=layers,
                             num_attention_heads=heads, intermediate_size=4 * hidden)
-  emb = embedder_lib.RealmEmbedder(bert, projection_size=128)
+  policy = tf_keras.mixed_precision.global_policy()
+  tf_keras.mixed_precision.set_global_policy(
+      "mixed_bfloat16" if precision == "bfloat16" else "float32")
+  try:
+    emb = embedder_lib.RealmEmbedder(bert, projection_size=128)
+  finally:
+    tf_keras.mixed_precision.set_global_policy(policy)
   buckets = buckets or embed_corpus.AUTO_BUCKETS
   compile_stats = {}
-  kw = dict(batch_size=batch_size, buckets=buckets, xla=True,
+  kw = dict(batch_size=batch_size, buckets=buckets, xla=xla,
             bucket_penalty_tokens=bucket_penalty_tokens)
   embed_corpus.embed_blocks(store, emb, 2, 3, stats=compile_stats, **kw)  # trace + compile each bucket
   lengths = embed_corpus.packed_lengths(store)
@@ -179,7 +190,7 @@ def measure_refresh(num_blocks=512, layers=4, hidden=256, heads=4, vocab=30522, 
   after = tracker.sample()
   peak = 0.5 * (before + after)
   rate = issue / stats["seconds"] / 1e9
-  return {"blocks": num_blocks, "buckets_arg": buckets if isinstance(buckets, str) else list(buckets),
+  return {"blocks": num_blocks, "precision": precision, "xla": xla, "buckets_arg": buckets if isinstance(buckets, str) else list(buckets),
           "bucket_penalty_tokens": bucket_penalty_tokens,
           "buckets": stats["bucket_lengths"],
           "padded_per_real_token": stats["padded_tokens"] / stats["real_tokens"],

@@ -62,12 +62,12 @@ class DemoConfig:
   output_dir: str = "./runs/demo"
   seed: int = 0
   num_entities: int = 300
-  size: str = "demo"
+  size: str = "mini"
   vocab_file: str = ""
   init_from: str = ""
   ict_steps: int = 1500
   realm_steps: int = 1500
-  orqa_steps: int = 2000
+  orqa_steps: int = 1000
   ict_batch_size: int = 32
   realm_batch_size: int = 8
   orqa_batch_size: int = 8

@@ -81,3 +81,17 @@ def test_scaling_budget_units():
   assert 4.0 <= bs["bytes_per_token"] < 8.0  # int32 ids + per-block offsets/uid
   pack = scaling_budget.measure_packing(num_blocks=50, n_queries=4, k=3)
   assert pack["pack_s_per_example"] >= 0
+
+
+@pytest.mark.parametrize("precision,xla", [("float32", True), ("bfloat16", False)])
+def test_measure_refresh_runs(precision, xla):
+  import tf_keras  # pylint: disable=g-import-not-at-top
+  from benchmarks import scaling_budget
+  tracker = common.PeakTracker((64,), repeats=1)
+  r = scaling_budget.measure_refresh(num_blocks=8, layers=1, hidden=16, heads=2, vocab=100,
+                                     batch_size=4, buckets=(32,), tracker=tracker,
+                                     precision=precision, xla=xla)
+  assert r["precision"] == precision and r["xla"] == xla
+  assert r["blocks_per_sec"] > 0 and r["efficiency_real_tokens"] > 0
+  # The mixed policy is only used to build the measured embedder, not left behind.
+  assert tf_keras.mixed_precision.global_policy().name == "float32"
