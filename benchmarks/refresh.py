@@ -22,13 +22,18 @@ from realm_tf2.retrieval import block_store as block_store_lib
 from realm_tf2.retrieval import embed_corpus
 from realm_tf2.retrieval import index as index_lib
 
-flags.DEFINE_list("sizes", ["tiny", "small"], "Model sizes (configs/sizes/<name>.yaml shapes).")
-flags.DEFINE_integer("num_blocks", 2000, "Blocks to embed.")
-flags.DEFINE_integer("batch_size", 64, "Embedding batch size.")
-flags.DEFINE_integer("vocab_size", 30522, "Vocabulary size.")
-flags.DEFINE_bool("xla", True, "One XLA program per bucket (embed_blocks xla=).")
-flags.DEFINE_integer("index_rows", 100000, "Rows for the index-build timing (block_emb tiled).")
 FLAGS = flags.FLAGS
+
+
+def define_flags():
+  """Defined only when run as a script: importing this module (e.g. `synthetic_store` from
+  scaling_budget) must not claim flag names such as --xla that realm_tf2.training.flags defines."""
+  flags.DEFINE_list("sizes", ["tiny", "small"], "Model sizes (configs/sizes/<name>.yaml shapes).")
+  flags.DEFINE_integer("num_blocks", 2000, "Blocks to embed.")
+  flags.DEFINE_integer("batch_size", 64, "Embedding batch size.")
+  flags.DEFINE_integer("vocab_size", 30522, "Vocabulary size.")
+  flags.DEFINE_bool("xla", True, "One XLA program per bucket (embed_blocks xla=).")
+  flags.DEFINE_integer("index_rows", 100000, "Rows for the index-build timing (block_emb tiled).")
 
 SIZES = {  # configs/sizes/{tiny,small}.yaml
     "tiny": dict(hidden_size=32, num_layers=2, num_attention_heads=2, intermediate_size=37,
@@ -87,4 +92,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  define_flags()
   app.run(main)
