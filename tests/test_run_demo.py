@@ -95,8 +95,8 @@ def test_demo_realm_learns_to_use_retrieval(tmp_path):
   """Issue 5's learning signal, on the default world at default model size: after ICT, REALM's
   encoder learns to read the retrieved blocks, so retrieval_utility (marginal log-likelihood gain
   over the null document) rises above its first-loop value (about 0.00), with >= 2 index refreshes.
-  Measured in full default runs at size `mini` (1500 steps; 2026-11-25): 0.00 -> 0.17-0.43 in the last
-  loops (held-out shards 0.10-0.40). Here 1200 REALM steps (retriever frozen for 1000) and 20 ORQA steps.
+  Measured in full default runs at size `mini` (1500 steps; 2026-11-25): 0.00 -> 0.16-0.46 in the last
+  loop (held-out shards 0.10-0.40; six runs). Here 1200 REALM steps (retriever frozen for 1000) and 20 ORQA steps.
   """
   out_dir = str(tmp_path / "demo")
   proc = _run([f"--output_dir={out_dir}", "--realm_steps=1200", "--refresh_every_steps=200",
@@ -115,7 +115,7 @@ def test_demo_realm_learns_to_use_retrieval(tmp_path):
   # Measured in two runs: first 4 loops -0.002 / -0.001, last 8 loops 0.065 / 0.16, held-out 0.049 /
   # 0.39 (utility starts rising after 150-250 steps) at size `tiny`. At size `demo` (projection 64, the
   # run_demo.py default 2026-11-23..24): first 4 loops -0.0005, last 8 0.14, held-out 0.25. At size
-  # `mini` (the default since 2026-11-25), full runs: 0.05-0.1 by step 1000, 0.2-0.4 by step 1200.
+  # `mini` (the default since 2026-11-25), 1500-step runs: 0.05-0.30 by step 1000, 0.18-0.48 by step 1200.
   assert abs(first) < 0.02  # an encoder that cannot read yet
   assert last > first + 0.03
   assert summary["retrieval_utility_eval_after_realm"] > 0.0  # held-out shards (40 examples: noisy)
