@@ -15,6 +15,7 @@ only needs the rows that are read: [CLS] for the embedders, the query part for t
 (`realm_tf2.modeling.bert.call_encoder`), so `required` is the honest numerator; `issue` is kept for
 comparison with the target's definition.
 """
+import contextlib
 import json
 import sys
 import time
@@ -25,6 +26,31 @@ import numpy as np
 import tensorflow as tf
 
 TRAIN_MULTIPLIER = 3.0
+
+
+def keras_policy_name(precision: str) -> str:
+  """The Keras mixed-precision policy for a benchmark's `--precision` ("float32" | "bfloat16")."""
+  if precision not in ("float32", "bfloat16"):
+    raise ValueError(f"precision must be float32 or bfloat16, got {precision!r}")
+  return "mixed_bfloat16" if precision == "bfloat16" else "float32"
+
+
+def set_precision(precision: str):
+  """Sets the global Keras policy for the rest of the process (the step benchmarks' CLIs)."""
+  import tf_keras  # pylint: disable=g-import-not-at-top
+  tf_keras.mixed_precision.set_global_policy(keras_policy_name(precision))
+
+
+@contextlib.contextmanager
+def precision_scope(precision: str):
+  """Builds models under `precision`'s policy, then restores the previous global policy."""
+  import tf_keras  # pylint: disable=g-import-not-at-top
+  previous = tf_keras.mixed_precision.global_policy()
+  tf_keras.mixed_precision.set_global_policy(keras_policy_name(precision))
+  try:
+    yield
+  finally:
+    tf_keras.mixed_precision.set_global_policy(previous)
 
 
 def emit(record: Dict, stream=None) -> Dict:

@@ -31,7 +31,7 @@ CLS_ID, SEP_ID = 2, 3
 
 
 def build(a):
-  pretrain_step.set_precision(a.precision)
+  common.set_precision(a.precision)
   cfg = orqa_task.OrqaTaskConfig(jit_compile=a.xla, max_question_len=a.question_len,
                                  max_answers=a.max_answers, max_answer_len=a.max_answer_len)
   cfg.model.bert = pretrain_step.bert_config(a)

@@ -21,7 +21,6 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import realm_tf2  # noqa: E402,F401
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
-import tf_keras  # noqa: E402
 
 from benchmarks import common  # noqa: E402
 from realm_tf2 import configs  # noqa: E402
@@ -52,11 +51,6 @@ def bert_config(a) -> configs.BertConfig:
                             dropout_rate=a.dropout, attention_dropout_rate=a.dropout)
 
 
-def set_precision(precision: str):
-  tf_keras.mixed_precision.set_global_policy(
-      "mixed_bfloat16" if precision == "bfloat16" else "float32")
-
-
 def synthetic_batch(batch, k, q, c, j, m, vocab, seed=0):
   """A REALM batch with the pipeline's feature names, static shapes and realistic padding."""
   rng = np.random.default_rng(seed)
@@ -84,7 +78,7 @@ def synthetic_batch(batch, k, q, c, j, m, vocab, seed=0):
 
 def build(a):
   """(task, model, optimizer, batch, step_fn) for the flags."""
-  set_precision(a.precision)
+  common.set_precision(a.precision)
   cfg = realm_task.RealmPretrainTaskConfig(jit_compile=a.xla)
   cfg.model.bert = bert_config(a)
   cfg.model.projection_size = a.projection

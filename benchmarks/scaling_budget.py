@@ -162,17 +162,11 @@ def measure_refresh(num_blocks=512, layers=4, hidden=256, heads=4, vocab=30522, 
   (oneDNN), which on CPUs with AMX runs bf16 matmuls far faster than XLA:CPU does.
   """
   from benchmarks import refresh as refresh_bench  # pylint: disable=g-import-not-at-top
-  import tf_keras  # pylint: disable=g-import-not-at-top
   store = refresh_bench.synthetic_store(num_blocks, vocab)
   bert = configs.BertConfig(vocab_size=vocab, hidden_size=hidden, num_layers=layers,
                             num_attention_heads=heads, intermediate_size=4 * hidden)
-  policy = tf_keras.mixed_precision.global_policy()
-  tf_keras.mixed_precision.set_global_policy(
-      "mixed_bfloat16" if precision == "bfloat16" else "float32")
-  try:
+  with common.precision_scope(precision):
     emb = embedder_lib.RealmEmbedder(bert, projection_size=128)
-  finally:
-    tf_keras.mixed_precision.set_global_policy(policy)
   buckets = buckets or embed_corpus.AUTO_BUCKETS
   compile_stats = {}
   kw = dict(batch_size=batch_size, buckets=buckets, xla=xla,
@@ -190,7 +184,8 @@ def measure_refresh(num_blocks=512, layers=4, hidden=256, heads=4, vocab=30522, 
   after = tracker.sample()
   peak = 0.5 * (before + after)
   rate = issue / stats["seconds"] / 1e9
-  return {"blocks": num_blocks, "precision": precision, "xla": xla, "buckets_arg": buckets if isinstance(buckets, str) else list(buckets),
+  return {"blocks": num_blocks, "precision": precision, "xla": xla,
+          "buckets_arg": buckets if isinstance(buckets, str) else list(buckets),
           "bucket_penalty_tokens": bucket_penalty_tokens,
           "buckets": stats["bucket_lengths"],
           "padded_per_real_token": stats["padded_tokens"] / stats["real_tokens"],

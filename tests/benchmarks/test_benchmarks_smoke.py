@@ -95,3 +95,10 @@ def test_measure_refresh_runs(precision, xla):
   assert r["blocks_per_sec"] > 0 and r["efficiency_real_tokens"] > 0
   # The mixed policy is only used to build the measured embedder, not left behind.
   assert tf_keras.mixed_precision.global_policy().name == "float32"
+
+
+def test_precision_policy_names():
+  assert common.keras_policy_name("float32") == "float32"
+  assert common.keras_policy_name("bfloat16") == "mixed_bfloat16"
+  with pytest.raises(ValueError, match="float16"):
+    common.keras_policy_name("float16")
