@@ -220,12 +220,10 @@ def export_serving_model(task, model, model_dir: str) -> str:
 def predict(params, task: orqa_task.OrqaTask, model_dir: str) -> dict:
   """Restores the best (else latest) checkpoint, predicts the eval split, writes predictions."""
   model = task.build_model()
-  best = os.path.join(export_common.best_export_dir(model_dir), "checkpoint")
-  ckpt = tf.train.latest_checkpoint(best) if tf.io.gfile.exists(best) else None
+  ckpt = best_checkpoint(model_dir) or _latest_model_checkpoint(model_dir)
   if ckpt is None:
-    ckpt = _latest_model_checkpoint(model_dir)
-  if ckpt is None:
-    raise SystemExit(f"run_finetune --mode=predict: no checkpoint in {model_dir} or {best}")
+    raise SystemExit(f"run_finetune --mode=predict: no checkpoint in {model_dir} or "
+                     f"{export_common.best_export_dir(model_dir)}/checkpoint")
   tf.train.Checkpoint(model=model).read(ckpt).expect_partial()
   logging.info("predict: restored %s", ckpt)
   step_fn = tf.function(lambda x: task.validation_step(x, model))
@@ -238,6 +236,21 @@ def predict(params, task: orqa_task.OrqaTask, model_dir: str) -> dict:
   orqa_task.write_predictions(task.last_predictions, out)
   print(json.dumps({"predictions": out, **metrics}), flush=True)
   return metrics
+
+
+def best_checkpoint(model_dir: str):
+  """Prefix of the checkpoint `export_best` wrote (`export/best/checkpoint/model.ckpt-<step>`), or None.
+
+  `export_best` writes it with `tf.train.Checkpoint.write`, which keeps no `checkpoint` state file, so
+  `tf.train.latest_checkpoint` cannot find it: the prefix is read off the `.index` file's name.
+  """
+  best = os.path.join(export_common.best_export_dir(model_dir), "checkpoint")
+  indexes = tf.io.gfile.glob(os.path.join(best, "model.ckpt-*.index"))
+  if not indexes:
+    return None
+  def step_of(path):
+    return int(os.path.basename(path)[len("model.ckpt-"):-len(".index")])
+  return max(indexes, key=step_of)[:-len(".index")]
 
 
 def _latest_model_checkpoint(model_dir):
