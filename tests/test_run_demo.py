@@ -83,6 +83,13 @@ def test_run_demo_reduced(tmp_path):
   # The task's own EM on the same predictions agrees with the standalone evaluator.
   assert abs(summary["dev_exact_match_in_training_eval"] - summary["dev_exact_match"]) < 1e-6
   assert "REALM demo summary" in proc.stdout
+  # The same checkpoint is also scored on the test split, which chose nothing.
+  with open(os.path.join(out_dir, "eval.test.json")) as f:
+    tested = json.load(f)
+  with open(os.path.join(out_dir, "world", "qa", "World.resplit.test.jsonl")) as f:
+    assert tested["num_references"] == summary["test_num_questions"] == sum(1 for l in f if l.strip())
+  assert tested["accuracy"] == summary["test_exact_match"]
+  assert "test exact match (same checkpoint)" in proc.stdout
 
   # Idempotent re-run: nothing is re-trained.
   proc = _run([f"--output_dir={out_dir}", "--quiet"] + REDUCED, timeout=300)

@@ -381,7 +381,20 @@ class Demo:
                  "evaluate_em")
     with open(eval_json) as f:
       em = json.load(f)
-    return {"predict": predict_metrics, "evaluate": em, "predictions": preds}
+    # The dev split chose the checkpoint (predict reads the best-by-dev-EM one, as ORQA does), so the
+    # test split, never used for any choice, is the unbiased estimate; reported beside dev.
+    test_preds, test_json = self.path("predictions.test.jsonl"), self.path("eval.test.json")
+    self.run_cli("evaluate", self._orqa_args(retriever, reader) + [
+        "--mode=predict", "--eval_split=test", f"--predict_output={test_preds}"] +
+                 self._overrides("orqa", []), "evaluate_predict_test")
+    self.run_cli("evaluate", ["-m", "realm_tf2.evaluate",
+                              f"--references={self.data_root}/World.resplit.test.jsonl",
+                              f"--predictions={test_preds}", f"--output_file={test_json}"],
+                 "evaluate_em_test")
+    with open(test_json) as f:
+      test_em = json.load(f)
+    return {"predict": predict_metrics, "evaluate": em, "predictions": preds,
+            "test_evaluate": test_em}
 
   def stage_answer(self):
     serving = self.path("orqa", "export", "serving")
@@ -472,6 +485,9 @@ class Demo:
         # moved answers away from a right top block.
         "dev_prediction_block_has_answer": predict.get("prediction_block_has_answer"),
         "dev_exact_match_in_training_eval": predict.get("exact_match"),
+        # Same checkpoint on the test split (not used to choose it).
+        "test_exact_match": (ev.get("test_evaluate") or {}).get("accuracy"),
+        "test_num_questions": (ev.get("test_evaluate") or {}).get("num_references"),
         "dev_num_questions": evaluated.get("num_references"),
         # Wrong dev answers that are some training question's answer (memorisation, not reading).
         "dev_wrong_answers_from_train": (evaluated.get("train_overlap") or {}).get(
@@ -496,7 +512,8 @@ def format_summary(s: dict) -> str:
   def f(x, fmt="{:.3f}"):
     return "n/a" if x is None else fmt.format(x)
   rows = [
-      ("dev exact match", f(s["dev_exact_match"])),
+      ("dev exact match (best of the ORQA evals)", f(s["dev_exact_match"])),
+      ("test exact match (same checkpoint)", f(s.get("test_exact_match"))),
       ("dev recall@5", f(s["dev_recall_at_5"])),
       ("dev recall@1", f(s.get("dev_recall_at_1"))),
       ("dev answers taken from a block with the answer", f(s.get("dev_prediction_block_has_answer"))),
