@@ -67,7 +67,7 @@ class DemoConfig:
   init_from: str = ""
   ict_steps: int = 1500
   realm_steps: int = 1500
-  orqa_steps: int = 1000
+  orqa_steps: int = 2000
   ict_batch_size: int = 32
   realm_batch_size: int = 8
   orqa_batch_size: int = 8
