@@ -100,5 +100,5 @@ def test_measure_refresh_runs(precision, xla):
 def test_precision_policy_names():
   assert common.keras_policy_name("float32") == "float32"
   assert common.keras_policy_name("bfloat16") == "mixed_bfloat16"
-  with pytest.raises(ValueError, match="float16"):
+  with pytest.raises(ValueError, match="got 'float16'"):
     common.keras_policy_name("float16")
