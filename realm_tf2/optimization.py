@@ -121,12 +121,15 @@ class ConstantMultiplier:
 
 @tf_keras.utils.register_keras_serializable(package="realm_tf2")
 class AdamWeightDecay(tf_keras.optimizers.Optimizer):
-  """Adam with decoupled weight decay and NO bias correction (BERT's `AdamWeightDecayOptimizer`).
+  """Adam with decoupled weight decay and, by default, NO bias correction (BERT's
+  `AdamWeightDecayOptimizer`).
 
   Per variable p with gradient g (after cross-replica sum and global-norm clipping):
     m = β1·m + (1−β1)·g;  v = β2·v + (1−β2)·g²
     update = m / (sqrt(v) + ε) + [wd·p unless name matches LayerNorm|layer_norm|bias]
     p = p − lr·update
+  With `bias_correction`, lr is multiplied by sqrt(1−β2^t)/(1−β1^t) at the t-th applied step (t ≥ 1),
+  Adam's correction of the zero-initialised moments; the weight-decay term is scaled with it.
 
   Args:
     learning_rate: float or `LearningRateSchedule` (called with the number of applied steps).
@@ -137,6 +140,7 @@ class AdamWeightDecay(tf_keras.optimizers.Optimizer):
     variable_lr_schedules: Optional [(variables, fn(step) -> float multiplier)]: those variables'
       learning rate (and so their weight decay) is scaled by fn(applied steps), e.g.
       `DelayedLinearRamp`. A variable in several entries gets the first.
+    bias_correction: Adam's bias correction (False = the original).
     name: Optimizer name.
   """
 
@@ -150,6 +154,7 @@ class AdamWeightDecay(tf_keras.optimizers.Optimizer):
                global_clipnorm: Optional[float] = 1.0,
                variable_lr_schedules: Optional[Sequence[Tuple[Sequence[tf.Variable],
                                                               Callable]]] = None,
+               bias_correction: bool = False,
                name: str = "AdamWeightDecay",
                **kwargs):
     # Keras's own `weight_decay` is left None: decay is applied inside `update_step`, exactly as the
@@ -160,6 +165,7 @@ class AdamWeightDecay(tf_keras.optimizers.Optimizer):
     self.beta_1 = float(beta_1)
     self.beta_2 = float(beta_2)
     self.epsilon = float(epsilon)
+    self.bias_correction = bool(bias_correction)
     self.exclude_patterns = tuple(exclude_from_weight_decay or ())
     # A plain holder, not attributes: Keras would track a list/dict assigned to the optimizer as
     # checkpoint dependencies (the variables and schedules are not optimizer state).
@@ -190,6 +196,10 @@ class AdamWeightDecay(tf_keras.optimizers.Optimizer):
     schedule = self._lr_schedules.of(self._var_key(variable))
     if schedule is not None:
       lr = lr * tf.cast(schedule(self.iterations), dtype)
+    if self.bias_correction:
+      t = tf.cast(self.iterations + 1, dtype)  # `iterations` counts the steps applied before this one
+      lr = lr * tf.sqrt(1.0 - tf.pow(tf.cast(self.beta_2, dtype), t)) / (
+          1.0 - tf.pow(tf.cast(self.beta_1, dtype), t))
     index = self._index_dict[self._var_key(variable)]
     m = self._adam_m[index]
     v = self._adam_v[index]
@@ -208,6 +218,7 @@ class AdamWeightDecay(tf_keras.optimizers.Optimizer):
         "beta_1": self.beta_1,
         "beta_2": self.beta_2,
         "epsilon": self.epsilon,
+        "bias_correction": self.bias_correction,
         "exclude_from_weight_decay": list(self.exclude_patterns),
     })
     return config
@@ -237,4 +248,5 @@ def create_optimizer(opt_cfg: configs.OptimizerConfig, num_train_steps: int,
       beta_2=opt_cfg.beta_2,
       epsilon=opt_cfg.epsilon,
       global_clipnorm=opt_cfg.clip_norm if opt_cfg.clip_norm else None,
-      variable_lr_schedules=variable_lr_schedules)
+      variable_lr_schedules=variable_lr_schedules,
+      bias_correction=opt_cfg.bias_correction)
