@@ -36,6 +36,8 @@ def add_model_flags(ap: argparse.ArgumentParser):
   ap.add_argument("--vocab_size", type=int, default=30522)
   ap.add_argument("--projection", type=int, default=128)
   ap.add_argument("--dropout", type=float, default=0.1, help="hidden/attention/embedder dropout")
+  ap.add_argument("--packed_dropout", action=argparse.BooleanOptionalAction, default=True,
+                  help="16-bit dropout masks (BertConfig.packed_dropout); --no-packed_dropout = Keras'")
   ap.add_argument("--xla", action=argparse.BooleanOptionalAction, default=True)
   ap.add_argument("--precision", choices=("float32", "bfloat16"), default="float32")
   ap.add_argument("--steps", type=int, default=5)
@@ -48,7 +50,8 @@ def bert_config(a) -> configs.BertConfig:
   return configs.BertConfig(vocab_size=a.vocab_size, hidden_size=a.hidden, num_layers=a.layers,
                             num_attention_heads=a.heads,
                             intermediate_size=a.intermediate or 4 * a.hidden,
-                            dropout_rate=a.dropout, attention_dropout_rate=a.dropout)
+                            dropout_rate=a.dropout, attention_dropout_rate=a.dropout,
+                            packed_dropout=a.packed_dropout)
 
 
 def synthetic_batch(batch, k, q, c, j, m, vocab, seed=0):
@@ -121,6 +124,7 @@ def run(a):
       "intermediate": a.intermediate or 4 * a.hidden, "vocab": a.vocab_size, "batch": a.batch,
       "k": a.k, "query_len": a.query_len, "cand_len": a.cand_len, "joint_len": a.joint_len,
       "max_masks": a.max_masks, "xla": a.xla, "precision": a.precision, "dropout": a.dropout,
+      "packed_dropout": a.packed_dropout,
       "steps": a.steps, "compile_s": compile_s, "loss": loss,
       "seconds_per_step_best": s["best"], "seconds_per_step_median": s["median"],
       "examples_per_s": a.batch / s["median"],

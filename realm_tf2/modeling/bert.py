@@ -32,6 +32,7 @@ from official.nlp.modeling import layers as nlp_layers
 from official.nlp.modeling import networks
 
 from realm_tf2 import configs
+from realm_tf2.modeling import packed_dropout
 
 # Our feature names (the original signatures) -> Model Garden's encoder input names.
 _INPUT_NAME_MAP = (("input_ids", "input_word_ids"),
@@ -97,6 +98,16 @@ def build_bert_encoder(bert_config: configs.BertConfig,
       attention_dropout=bert_config.attention_dropout_rate,
       initializer=tf_keras.initializers.TruncatedNormal(stddev=bert_config.initializer_range),
       **kwargs)
+
+
+def finish_tower(tower: tf_keras.layers.Layer, bert_config: configs.BertConfig):
+  """Called by each tower once it is built: switches its dropouts to 16-bit masks when
+  `bert_config.packed_dropout` (Model Garden creates the transformer's dropout layers in `build`).
+  Not under a TPUStrategy: TPUs draw random bits in hardware (nothing to gain) and their support
+  for 16-bit unsigned integers is limited, so they keep Keras' dropout."""
+  if bert_config.packed_dropout and not isinstance(tf.distribute.get_strategy(),
+                                                   tf.distribute.TPUStrategy):
+    packed_dropout.use_packed_dropout(tower)
 
 
 def build_masked_lm(encoder: networks.BertEncoderV2,

@@ -53,6 +53,7 @@ class RealmEmbedder(tf_keras.Model):
         axis=-1, epsilon=layer_norm_epsilon, name="layer_norm")
     self.dropout = tf_keras.layers.Dropout(dropout_rate)
     self(bert.dummy_features(), training=False)  # Build all weights now.
+    bert.finish_tower(self, bert_config)
 
   def call(self, inputs: Mapping[str, tf.Tensor], training=None) -> tf.Tensor:
     # Only [CLS] feeds the pooler: the last layer computes that row alone (exact, see call_encoder).

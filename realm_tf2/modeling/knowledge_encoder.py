@@ -41,6 +41,7 @@ class KnowledgeAugmentedEncoder(tf_keras.Model):
       self.encoder(bert.to_encoder_inputs(bert.dummy_features()), training=False)
     self.masked_lm = bert.build_masked_lm(self.encoder, bert_config)
     self(bert.dummy_features(mlm_positions=tf.zeros([1, 1], tf.int32)), training=False)
+    bert.finish_tower(self, bert_config)
 
   @property
   def vocab_size(self) -> int:
