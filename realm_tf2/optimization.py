@@ -203,12 +203,17 @@ class AdamWeightDecay(tf_keras.optimizers.Optimizer):
     index = self._index_dict[self._var_key(variable)]
     m = self._adam_m[index]
     v = self._adam_v[index]
-    m.assign(self.beta_1 * m + (1.0 - self.beta_1) * gradient)
-    v.assign(self.beta_2 * v + (1.0 - self.beta_2) * tf.square(gradient))
-    update = m / (tf.sqrt(v) + self.epsilon)
     if self.do_weight_decay(variable.name):
-      update += self.weight_decay_rate * variable
-    variable.assign_sub(lr * update)
+      # Decoupled decay from the pre-update value: p - lr·(adam + wd·p) = (p - lr·wd·p) - lr·adam.
+      variable.assign_sub(lr * self.weight_decay_rate * variable)
+    # The Adam part in one fused kernel (one pass over p, m, v instead of ~10 elementwise ops;
+    # XLA/TPU have it too). beta powers 0 make its built-in correction lr·sqrt(1-0)/(1-0) = lr, i.e.
+    # none, as BERT; the optional correction is already in `lr` above.
+    zero = tf.zeros([], dtype)
+    tf.raw_ops.ResourceApplyAdam(
+        var=variable.handle, m=m.handle, v=v.handle, beta1_power=zero, beta2_power=zero, lr=lr,
+        beta1=tf.constant(self.beta_1, dtype), beta2=tf.constant(self.beta_2, dtype),
+        epsilon=tf.constant(self.epsilon, dtype), grad=gradient, use_locking=False)
 
   def get_config(self):
     config = super().get_config()

