@@ -1,6 +1,6 @@
 r"""The main job in one command: REALM + ORQA end to end on the embedded default world.
 
-  python run_demo.py [--output_dir=./runs/demo] [--num_entities=300] [--size=mini] [--seed=0]
+  python run_demo.py [--output_dir=./runs/demo] [--num_entities=600] [--size=mini] [--seed=0]
   bash scripts/run_demo.sh [same flags]          # the README command (creates/reuses .venv first)
 
 Stages (each a subprocess of the project's own CLI, progress streamed, full logs in OUTPUT/logs/):

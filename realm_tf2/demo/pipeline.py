@@ -61,13 +61,13 @@ class DemoConfig:
   """
   output_dir: str = "./runs/demo"
   seed: int = 0
-  num_entities: int = 300
+  num_entities: int = 600
   size: str = "mini"
   vocab_file: str = ""
   init_from: str = ""
   ict_steps: int = 1500
   realm_steps: int = 1500
-  orqa_steps: int = 2000
+  orqa_steps: int = 1250
   ict_batch_size: int = 32
   realm_batch_size: int = 8
   orqa_batch_size: int = 8
@@ -355,7 +355,7 @@ class Demo:
   def stage_orqa(self, retriever, reader):
     args = self._orqa_args(retriever, reader) + [
         "--mode=train_and_eval", f"--num_train_steps={self.c.orqa_steps}"]
-    interval = max(1, self.c.orqa_steps // 3)
+    interval = max(1, min(250, self.c.orqa_steps // 3))
     args += self._overrides("orqa", [f"trainer.validation_interval={interval}",
                                      f"trainer.checkpoint_interval={interval}"])
     self.run_cli("orqa", args)

@@ -1,6 +1,6 @@
 r"""Generates the default knowledge world: a fictional, deterministic-by-seed, scalable corpus + QA.
 
-  python -m realm_tf2.world.generator --output_dir=DIR [--num_entities=300] [--seed=0]
+  python -m realm_tf2.world.generator --output_dir=DIR [--num_entities=600] [--seed=0]
 
 Writes (all through tf.io.gfile, each file atomically, streamed entity by entity):
   DIR/knowledge.jsonl      {"title", "body"}: one encyclopedic document per entity (knowledge corpus).
@@ -34,7 +34,7 @@ from realm_tf2.world import render
 
 DATASET_NAME = "World"
 GENERATOR_VERSION = 1  # bump when the output for a given (num_entities, seed) changes
-DEFAULT_NUM_ENTITIES = 300
+DEFAULT_NUM_ENTITIES = 600
 DEFAULT_SEED = 0
 SPLITS = ("train", "dev", "test")
 _WORD_RE = re.compile(r"[A-Za-z]+")
@@ -160,7 +160,7 @@ def _define_flags():
   # (run_demo and others define their own --output_dir / --seed).
   flags.DEFINE_string("output_dir", None, "Where to write the world (local path or gs://).")
   flags.DEFINE_integer("num_entities", DEFAULT_NUM_ENTITIES,
-                       "Total entities (people, places, organisations, works); >= 10. 300 is the demo "
+                       "Total entities (people, places, organisations, works); >= 10. 600 is the demo "
                        "default (a few hundred blocks); 100000 is a large-scale world.")
   flags.DEFINE_integer("seed", DEFAULT_SEED, "RNG seed; same seed and size give byte-identical output.")
 
