@@ -38,6 +38,8 @@ def add_model_flags(ap: argparse.ArgumentParser):
   ap.add_argument("--dropout", type=float, default=0.1, help="hidden/attention/embedder dropout")
   ap.add_argument("--packed_dropout", action=argparse.BooleanOptionalAction, default=True,
                   help="16-bit dropout masks (BertConfig.packed_dropout); --no-packed_dropout = Keras'")
+  ap.add_argument("--float32_kernels", action=argparse.BooleanOptionalAction, default=True,
+                  help="GELU/LayerNorm with float32 closed-form gradients (BertConfig.float32_kernels)")
   ap.add_argument("--xla", action=argparse.BooleanOptionalAction, default=True)
   ap.add_argument("--precision", choices=("float32", "bfloat16"), default="float32")
   ap.add_argument("--steps", type=int, default=5)
@@ -51,7 +53,8 @@ def bert_config(a) -> configs.BertConfig:
                             num_attention_heads=a.heads,
                             intermediate_size=a.intermediate or 4 * a.hidden,
                             dropout_rate=a.dropout, attention_dropout_rate=a.dropout,
-                            packed_dropout=a.packed_dropout)
+                            packed_dropout=a.packed_dropout,
+                            float32_kernels=a.float32_kernels)
 
 
 def synthetic_batch(batch, k, q, c, j, m, vocab, seed=0):
@@ -124,7 +127,7 @@ def run(a):
       "intermediate": a.intermediate or 4 * a.hidden, "vocab": a.vocab_size, "batch": a.batch,
       "k": a.k, "query_len": a.query_len, "cand_len": a.cand_len, "joint_len": a.joint_len,
       "max_masks": a.max_masks, "xla": a.xla, "precision": a.precision, "dropout": a.dropout,
-      "packed_dropout": a.packed_dropout,
+      "packed_dropout": a.packed_dropout, "float32_kernels": a.float32_kernels,
       "steps": a.steps, "compile_s": compile_s, "loss": loss,
       "seconds_per_step_best": s["best"], "seconds_per_step_median": s["median"],
       "examples_per_s": a.batch / s["median"],

@@ -32,6 +32,7 @@ from official.nlp.modeling import layers as nlp_layers
 from official.nlp.modeling import networks
 
 from realm_tf2 import configs
+from realm_tf2.modeling import float32_kernels
 from realm_tf2.modeling import packed_dropout
 
 # Our feature names (the original signatures) -> Model Garden's encoder input names.
@@ -55,15 +56,16 @@ def resolve_vocab_size(bert_config: configs.BertConfig, vocab_size: Optional[int
   return int(size)
 
 
-def get_activation(name: str):
+def get_activation(name: str, fast: bool = False):
   """The activation a BertConfig names.
 
-  "gelu" is google-research/bert's tanh approximation (Model Garden's `activations.gelu`); "gelu_exact"
+  "gelu" is google-research/bert's tanh approximation (Model Garden's `activations.gelu`, or with
+  `fast` the same function with a float32 closed-form gradient, `float32_kernels.gelu_tanh`); "gelu_exact"
   is the erf form that Hugging Face checkpoints use (their config says "gelu"); other names resolve
   through tf_keras.
   """
   if name == "gelu":
-    return activations.gelu
+    return float32_kernels.gelu_tanh if fast else activations.gelu
   if name == "gelu_exact":
     return lambda x: tf.nn.gelu(x, approximate=False)
   return tf_keras.activations.get(name)
@@ -83,7 +85,7 @@ def build_bert_encoder(bert_config: configs.BertConfig,
     An unbuilt `BertEncoderV2`; call it with `to_encoder_inputs(features)`. Outputs a dict with
     `sequence_output` [B,T,H], `pooled_output` [B,H] (tanh pooler over [CLS]), `encoder_outputs`.
   """
-  activation = get_activation(bert_config.hidden_activation)
+  activation = get_activation(bert_config.hidden_activation, fast=bert_config.float32_kernels)
   kwargs = {} if name is None else {"name": name}
   return networks.BertEncoderV2(
       vocab_size=resolve_vocab_size(bert_config, vocab_size),
@@ -102,12 +104,15 @@ def build_bert_encoder(bert_config: configs.BertConfig,
 
 def finish_tower(tower: tf_keras.layers.Layer, bert_config: configs.BertConfig):
   """Called by each tower once it is built: switches its dropouts to 16-bit masks when
-  `bert_config.packed_dropout` (Model Garden creates the transformer's dropout layers in `build`).
+  `bert_config.packed_dropout`, and its LayerNorms to `float32_kernels` when
+  `bert_config.float32_kernels` (Model Garden creates these layers in `build`).
   Not under a TPUStrategy: TPUs draw random bits in hardware (nothing to gain) and their support
   for 16-bit unsigned integers is limited, so they keep Keras' dropout."""
   if bert_config.packed_dropout and not isinstance(tf.distribute.get_strategy(),
                                                    tf.distribute.TPUStrategy):
     packed_dropout.use_packed_dropout(tower)
+  if bert_config.float32_kernels:
+    float32_kernels.use_float32_layer_norm(tower)
 
 
 def build_masked_lm(encoder: networks.BertEncoderV2,
@@ -116,7 +121,7 @@ def build_masked_lm(encoder: networks.BertEncoderV2,
   """BERT's MLM head: dense(H, gelu) -> LayerNorm(1e-12) -> x·word_embeddings^T + output_bias."""
   return nlp_layers.MaskedLM(
       embedding_table=encoder.get_embedding_table(),
-      activation=get_activation(bert_config.hidden_activation),
+      activation=get_activation(bert_config.hidden_activation, fast=bert_config.float32_kernels),
       initializer=tf_keras.initializers.TruncatedNormal(stddev=bert_config.initializer_range),
       output="logits",
       name=name)
