@@ -205,7 +205,10 @@ class AdamWeightDecay(tf_keras.optimizers.Optimizer):
     v = self._adam_v[index]
     if self.do_weight_decay(variable.name):
       # Decoupled decay from the pre-update value: p - lr·(adam + wd·p) = (p - lr·wd·p) - lr·adam.
-      variable.assign_sub(lr * self.weight_decay_rate * variable)
+      # One fused kernel (var -= alpha·delta with delta = var) instead of read, multiply, assign.
+      tf.raw_ops.ResourceApplyGradientDescent(
+          var=variable.handle, alpha=lr * self.weight_decay_rate,
+          delta=tf.convert_to_tensor(variable), use_locking=False)
     # The Adam part in one fused kernel (one pass over p, m, v instead of ~10 elementwise ops;
     # XLA/TPU have it too). beta powers 0 make its built-in correction lr·sqrt(1-0)/(1-0) = lr, i.e.
     # none, as BERT; the optional correction is already in `lr` above.
