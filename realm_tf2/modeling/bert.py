@@ -33,6 +33,7 @@ from official.nlp.modeling import networks
 
 from realm_tf2 import configs
 from realm_tf2.modeling import float32_kernels
+from realm_tf2.modeling import fused_attention
 from realm_tf2.modeling import packed_dropout
 
 # Our feature names (the original signatures) -> Model Garden's encoder input names.
@@ -104,13 +105,15 @@ def build_bert_encoder(bert_config: configs.BertConfig,
 
 def finish_tower(tower: tf_keras.layers.Layer, bert_config: configs.BertConfig):
   """Called by each tower once it is built: switches its dropouts to 16-bit masks when
-  `bert_config.packed_dropout`, and its LayerNorms to `float32_kernels` when
+  `bert_config.packed_dropout` (and its attention layers to `fused_attention`, whose softmax +
+  dropout gradient is fused), and its LayerNorms to `float32_kernels` when
   `bert_config.float32_kernels` (Model Garden creates these layers in `build`).
   Not under a TPUStrategy: TPUs draw random bits in hardware (nothing to gain) and their support
   for 16-bit unsigned integers is limited, so they keep Keras' dropout."""
   if bert_config.packed_dropout and not isinstance(tf.distribute.get_strategy(),
                                                    tf.distribute.TPUStrategy):
     packed_dropout.use_packed_dropout(tower)
+    fused_attention.use_fused_attention(tower)  # its softmax+dropout backward needs packed masks
   if bert_config.float32_kernels:
     float32_kernels.use_float32_layer_norm(tower)
 

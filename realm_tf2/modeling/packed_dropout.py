@@ -27,6 +27,30 @@ from tf_keras.src import backend as keras_backend
 _LEVELS = 65536  # distinct values of a uint16
 
 
+def packed_keep_mask(shape, rate: float, dtype, seed=None) -> tf.Tensor:
+  """The scaled keep mask of `packed_bits_dropout`: 1/(1-q) with probability 1-q, else 0.
+
+  Args:
+    shape: 1-D int32 tensor or list, the mask's shape.
+    rate: Python float in (0, 1): drop probability (rounded to a multiple of 2^-16).
+    dtype: Float dtype of the mask.
+    seed: Optional int32 [2] seed of the stateless generator; None draws one per call.
+  Returns:
+    Tensor of `shape` and `dtype`.
+  """
+  threshold = int(round(rate * _LEVELS))
+  scale = _LEVELS / (_LEVELS - threshold)  # 1 / keep probability
+  shape = tf.convert_to_tensor(shape, tf.int32)
+  n = tf.reduce_prod(shape)
+  if seed is None:
+    seed = tf.random.uniform([2], minval=-2**31, maxval=2**31 - 1, dtype=tf.int32)
+  words = tf.random.stateless_uniform(tf.reshape((n + 1) // 2, [1]), seed=seed, minval=None,
+                                      maxval=None, dtype=tf.uint32)  # [ceil(n/2)]
+  halves = tf.reshape(tf.bitcast(words, tf.uint16), [-1])[:n]  # [n], two draws per word
+  keep = tf.reshape(halves >= tf.constant(threshold, tf.uint16), shape)  # P = 1 - q
+  return tf.cast(keep, dtype) * tf.constant(scale, dtype)
+
+
 def packed_bits_dropout(x: tf.Tensor, rate: float, seed=None) -> tf.Tensor:
   """Inverted dropout of `x` with a keep mask from 16-bit random integers.
 
@@ -39,21 +63,11 @@ def packed_bits_dropout(x: tf.Tensor, rate: float, seed=None) -> tf.Tensor:
   """
   if not 0.0 <= rate < 1.0:
     raise ValueError(f"dropout rate must be in [0, 1), got {rate}")
-  threshold = int(round(rate * _LEVELS))
-  if threshold == 0:
+  if int(round(rate * _LEVELS)) == 0:
     return tf.identity(x)
-  scale = _LEVELS / (_LEVELS - threshold)  # 1 / keep probability
-  n = tf.size(x)
-  if seed is None:
-    seed = tf.random.uniform([2], minval=-2**31, maxval=2**31 - 1, dtype=tf.int32)
-  words = tf.random.stateless_uniform(tf.reshape((n + 1) // 2, [1]), seed=seed, minval=None,
-                                      maxval=None, dtype=tf.uint32)  # [ceil(n/2)]
-  halves = tf.reshape(tf.bitcast(words, tf.uint16), [-1])[:n]  # [n], two draws per word
-  keep = tf.reshape(halves >= tf.constant(threshold, tf.uint16), tf.shape(x))  # P = 1 - q
   # One mask tensor in x's dtype: the forward pass is one multiply, and autodiff's backward of
   # `x * mask` reuses the same mask (one multiply).
-  mask = tf.cast(keep, x.dtype) * tf.constant(scale, x.dtype)
-  return x * mask
+  return x * packed_keep_mask(tf.shape(x), rate, x.dtype, seed)
 
 
 class PackedBitsRandomGenerator(keras_backend.RandomGenerator):
