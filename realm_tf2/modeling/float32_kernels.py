@@ -22,6 +22,8 @@ import realm_tf2  # noqa: F401
 import tensorflow as tf
 import tf_keras
 
+from realm_tf2.modeling import layer_swap
+
 _SQRT_2_OVER_PI = math.sqrt(2.0 / math.pi)
 _CUBIC = 0.044715
 
@@ -108,9 +110,4 @@ def use_float32_layer_norm(layer: tf_keras.layers.Layer) -> int:
   """Switches every plain Keras `LayerNormalization` under a BUILT `layer` to
   `Float32LayerNormalization` (changes the instances' class; variables and names are untouched).
   Returns how many were switched."""
-  count = 0
-  for sub in layer._flatten_layers(include_self=True, recursive=True):  # pylint: disable=protected-access
-    if type(sub) is tf_keras.layers.LayerNormalization:  # pylint: disable=unidiomatic-typecheck
-      sub.__class__ = Float32LayerNormalization
-      count += 1
-  return count
+  return layer_swap.swap_layer_class(layer, tf_keras.layers.LayerNormalization, Float32LayerNormalization)

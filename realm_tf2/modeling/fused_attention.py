@@ -20,6 +20,7 @@ import realm_tf2  # noqa: F401
 import tensorflow as tf
 import tf_keras
 
+from realm_tf2.modeling import layer_swap
 from realm_tf2.modeling import packed_dropout
 
 _MASK_NEGATIVE = -1e9  # Keras' additive mask value (float16 excepted, which falls back)
@@ -88,9 +89,5 @@ class FusedSoftmaxDropoutAttention(tf_keras.layers.MultiHeadAttention):
 def use_fused_attention(layer: tf_keras.layers.Layer) -> int:
   """Switches every plain Keras `MultiHeadAttention` under a BUILT `layer` to
   `FusedSoftmaxDropoutAttention` (changes the instances' class only). Returns how many."""
-  count = 0
-  for sub in layer._flatten_layers(include_self=True, recursive=True):  # pylint: disable=protected-access
-    if type(sub) is tf_keras.layers.MultiHeadAttention:  # pylint: disable=unidiomatic-typecheck
-      sub.__class__ = FusedSoftmaxDropoutAttention
-      count += 1
-  return count
+  return layer_swap.swap_layer_class(layer, tf_keras.layers.MultiHeadAttention,
+                                     FusedSoftmaxDropoutAttention)
