@@ -110,4 +110,5 @@ def use_float32_layer_norm(layer: tf_keras.layers.Layer) -> int:
   """Switches every plain Keras `LayerNormalization` under a BUILT `layer` to
   `Float32LayerNormalization` (changes the instances' class; variables and names are untouched).
   Returns how many were switched."""
-  return layer_swap.swap_layer_class(layer, tf_keras.layers.LayerNormalization, Float32LayerNormalization)
+  return layer_swap.swap_layer_class(layer, tf_keras.layers.LayerNormalization,
+                                     Float32LayerNormalization)
