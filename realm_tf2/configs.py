@@ -101,7 +101,7 @@ class OptimizerConfig(base_config.Config):
     learning_rate: Peak learning rate (REALM 3e-5, ICT 1e-4, ORQA 1e-5).
     num_warmup_steps: None means the original rule min(10000, max(100, train_steps // 10)).
     weight_decay_rate: Decoupled weight decay, not applied to LayerNorm parameters or biases.
-    beta_1 / beta_2 / epsilon: Adam moments (no bias correction, as the original).
+    beta_1 / beta_2 / epsilon: Adam moments (bias correction: `bias_correction` below).
     clip_norm: Global gradient-norm clip.
     bias_correction: Apply Adam's bias correction (lr·sqrt(1−β2^t)/(1−β1^t) at step t). Off in the
       original (BERT/REALM/ORQA), whose early updates are therefore (1−β1^t)/sqrt(1−β2^t) times

@@ -1,7 +1,7 @@
 """GELU and LayerNorm with hand-written gradients, computed in float32 (a CPU speed-up).
 
 Why this exists: in the REALM step on a CPU, after the matmuls, BERT's elementwise work dominates
-(profile in the README's benchmark row: LayerNorm forward+backward and GELU forward+backward about
+(profile in docs/scaling.md: LayerNorm forward+backward and GELU forward+backward about
 12 % of op time each, at mixed bfloat16). Two things make TensorFlow's versions slow there:
   * Keras' `LayerNormalization` with BERT's epsilon 1e-12 cannot use the fused kernel (which would
     raise epsilon to 1e-5), so it runs `tf.nn.moments` + `tf.nn.batch_normalization`, and autodiff

@@ -3,7 +3,7 @@
 Why this exists: on CPU, BERT's dropout is dominated by random-number generation. Keras' Dropout
 (`tf.nn.dropout`) draws one 32-bit uniform float per element; the attention-probability dropout alone
 is [B·K, heads, T, T] per layer (18.9M elements per layer of the 384-token joint encoder at B·K=32,
-4 heads), and it cost about a quarter of the REALM step on a 2-core CPU (README benchmarks). Here
+4 heads), and it cost about a quarter of the REALM step on a 2-core CPU (docs/scaling.md, docs/history.md). Here
 the keep mask comes from 16-bit integers: one 32-bit Philox word (`tf.random.stateless_uniform`,
 full-range uint32) is bitcast into two uint16 halves, so half as many random words are generated and
 no int->float conversion is needed. Neither Keras nor Model Garden offers this, hence the hand-written
