@@ -22,21 +22,43 @@ import tf_keras
 
 from realm_tf2.modeling import layer_swap
 from realm_tf2.modeling import packed_dropout
+from realm_tf2.ops import custom_kernels
 
 _MASK_NEGATIVE = -1e9  # Keras' additive mask value (float16 excepted, which falls back)
 
 
-def masked_softmax_dropout(scores: tf.Tensor, attention_mask, rate: float):
+def masked_softmax_dropout(scores: tf.Tensor, attention_mask, rate: float, use_kernel=None):
   """z = packed_dropout(softmax(scores + (1 - mask)·(-1e9)), rate) with a fused gradient.
+
+  On a CPU, the C++ kernel of `realm_tf2/ops/masked_softmax_dropout.cc` does the forward and the
+  backward pass in one sweep each (same maths; its keep mask comes from a counter-based generator
+  instead of Philox, with the same keep probability). Elsewhere, or when it cannot be built, the
+  TensorFlow ops below run.
 
   Args:
     scores: [B, N, T, S] attention logits.
     attention_mask: [B, 1, T, S] (or broadcastable) 0/1 mask, or None.
-    rate: Dropout rate in (0, 1).
+    rate: Dropout rate in [0, 1) (0: softmax alone).
+    use_kernel: None = the C++ kernel when `custom_kernels.active()` (traced inside
+      `custom_kernels.enabled()`, the kernels built) and the shapes suit it; False = TensorFlow ops;
+      True = the kernel or an error.
   Returns:
     (z [B, N, T, S] dropped-out probabilities, y [B, N, T, S] probabilities without a gradient).
   """
   dtype = scores.dtype
+  kernels = None
+  if use_kernel:
+    kernels = custom_kernels.load()
+  elif use_kernel is None:
+    kernels = custom_kernels.active()
+  if use_kernel and kernels is None:
+    raise RuntimeError("the masked_softmax_dropout C++ kernel is not available (see the log)")
+  if kernels is not None and _kernel_applies(scores, attention_mask):
+    return _masked_softmax_dropout_kernel(kernels, scores, attention_mask, rate)
+  if use_kernel:
+    raise ValueError(f"the C++ kernel takes rank-4 float32/bfloat16 scores and a rank-4 mask "
+                     f"broadcastable to them, got {scores.dtype.name} {scores.shape} and "
+                     f"{None if attention_mask is None else attention_mask.shape}")
   # Computed in float32 whatever the compute dtype: TensorFlow's CPU kernels run bfloat16
   # elementwise ops about 1.5-2x slower than float32 (each converts on load and store), and the
   # casts in and out cost less than that (forward+backward at [32, 4, 384, 384] on the 2-core VM:
@@ -64,8 +86,49 @@ def masked_softmax_dropout(scores: tf.Tensor, attention_mask, rate: float):
   return z, tf.stop_gradient(tf.cast(probabilities[0], dtype))
 
 
+def _kernel_applies(scores, attention_mask) -> bool:
+  if scores.dtype not in (tf.float32, tf.bfloat16) or scores.shape.rank != 4:
+    return False
+  if attention_mask is None:
+    return True
+  mask_shape, score_shape = attention_mask.shape, scores.shape
+  return mask_shape.rank == 4 and mask_shape[3] is not None and mask_shape[3] == score_shape[3] and all(
+      m == 1 or (m is not None and m == s) for m, s in zip(mask_shape[:3], score_shape[:3]))
+
+
+def _masked_softmax_dropout_kernel(kernels, scores, attention_mask, rate):
+  """`masked_softmax_dropout` with the C++ kernels: only y (in the scores' dtype) and the seed are
+  kept for the backward pass, which regenerates the keep mask."""
+  threshold = int(round(rate * packed_dropout.LEVELS))
+  scale = packed_dropout.LEVELS / (packed_dropout.LEVELS - threshold)
+  if attention_mask is None:
+    adder = tf.zeros([0], tf.float32)
+  else:
+    adder = (1.0 - tf.cast(attention_mask, tf.float32)) * _MASK_NEGATIVE  # [B, 1, T, S]
+  seed = tf.random.uniform([], minval=tf.int64.min, maxval=tf.int64.max, dtype=tf.int64)
+  probabilities = []
+
+  @tf.custom_gradient
+  def fused(s):
+    z, y = kernels.realm_masked_softmax_dropout(s, adder, seed, threshold=threshold, scale=scale)
+    probabilities.append(y)  # [B, N, T, S]
+
+    def grad(dz):
+      return kernels.realm_masked_softmax_dropout_grad(dz, y, seed, threshold=threshold,
+                                                       scale=scale)
+
+    return z, grad
+
+  z = fused(scores)
+  return z, tf.stop_gradient(probabilities[0])
+
+
 class FusedSoftmaxDropoutAttention(tf_keras.layers.MultiHeadAttention):
   """Keras `MultiHeadAttention` using `masked_softmax_dropout` when training with packed dropout.
+
+  At inference it runs the base class, except inside `custom_kernels.enabled()` (the corpus
+  re-embedding step without XLA), where the C++ kernel's softmax replaces Keras' mask add +
+  softmax. Opt-in, so that graphs traced for XLA or for export never contain the project's op.
 
   Same variables, config and outputs as the base class; existing layers are switched in place
   by `use_fused_attention`.
@@ -77,9 +140,18 @@ class FusedSoftmaxDropoutAttention(tf_keras.layers.MultiHeadAttention):
             and isinstance(generator, packed_dropout.PackedBitsRandomGenerator)
             and tuple(self._softmax.axis) in ((-1,), (rank - 1,)) and dtype != tf.float16)
 
+  def _inference_kernel_applies(self, rank: int, dtype, training) -> bool:
+    return (training in (None, False) and tuple(self._softmax.axis) in ((-1,), (rank - 1,))
+            and dtype != tf.float16 and custom_kernels.active() is not None)
+
   def _compute_attention(self, query, key, value, attention_mask=None, training=None):
     # query [B, T, N, H] has the rank of the scores [B, N, T, S].
-    if not self._fused_applies(query.shape.rank, query.dtype, training):
+    rank, dtype = query.shape.rank, query.dtype
+    if self._fused_applies(rank, dtype, training):
+      rate = float(self._dropout)
+    elif self._inference_kernel_applies(rank, dtype, training):
+      rate = 0.0  # the C++ kernel's softmax alone (no dropout at inference)
+    else:
       return super()._compute_attention(query, key, value, attention_mask, training)
     # Same scaling and einsums as the base class; only softmax + dropout differ.
     query = tf.multiply(query, 1.0 / math.sqrt(float(self._key_dim)))
@@ -87,7 +159,9 @@ class FusedSoftmaxDropoutAttention(tf_keras.layers.MultiHeadAttention):
     if attention_mask is not None:
       for _ in range(scores.shape.rank - attention_mask.shape.rank):  # [B, T, S] -> [B, 1, T, S]
         attention_mask = tf.expand_dims(attention_mask, axis=-len(self._attention_axes) * 2 - 1)
-    dropped, probabilities = masked_softmax_dropout(scores, attention_mask, float(self._dropout))
+    if rate == 0.0 and not _kernel_applies(scores, attention_mask):
+      return super()._compute_attention(query, key, value, attention_mask, training)
+    dropped, probabilities = masked_softmax_dropout(scores, attention_mask, rate)
     return tf.einsum(self._combine_equation, dropped, value), probabilities  # [B, T, N, H]
 
 

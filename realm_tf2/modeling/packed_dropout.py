@@ -24,7 +24,7 @@ import tensorflow as tf
 import tf_keras
 from tf_keras.src import backend as keras_backend
 
-_LEVELS = 65536  # distinct values of a uint16
+LEVELS = 65536  # distinct values of a uint16
 
 
 def packed_keep_mask(shape, rate: float, dtype, seed=None) -> tf.Tensor:
@@ -38,8 +38,8 @@ def packed_keep_mask(shape, rate: float, dtype, seed=None) -> tf.Tensor:
   Returns:
     Tensor of `shape` and `dtype`.
   """
-  threshold = int(round(rate * _LEVELS))
-  scale = _LEVELS / (_LEVELS - threshold)  # 1 / keep probability
+  threshold = int(round(rate * LEVELS))
+  scale = LEVELS / (LEVELS - threshold)  # 1 / keep probability
   shape = tf.convert_to_tensor(shape, tf.int32)
   n = tf.reduce_prod(shape)
   if seed is None:
@@ -63,7 +63,7 @@ def packed_bits_dropout(x: tf.Tensor, rate: float, seed=None) -> tf.Tensor:
   """
   if not 0.0 <= rate < 1.0:
     raise ValueError(f"dropout rate must be in [0, 1), got {rate}")
-  if int(round(rate * _LEVELS)) == 0:
+  if int(round(rate * LEVELS)) == 0:
     return tf.identity(x)
   # One mask tensor in x's dtype: the forward pass is one multiply, and autodiff's backward of
   # `x * mask` reuses the same mask (one multiply).

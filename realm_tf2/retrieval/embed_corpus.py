@@ -23,6 +23,7 @@ import numpy as np
 import tensorflow as tf
 
 from realm_tf2 import tokenization
+from realm_tf2.ops import custom_kernels
 from realm_tf2.retrieval import index as index_lib
 
 DEFAULT_BUCKETS = (64, 128, 192, 288)
@@ -340,17 +341,24 @@ def _get_step(embedder, embed_fn, global_batch, strategy, xla=True):
       # compile): one trace for every bucket (dynamic T).
       spec = {k: tf.TensorSpec([global_batch, None], tf.int32)
               for k in ("input_ids", "input_mask", "segment_ids")}
-      step = tf.function(lambda f: embed_fn(f), input_signature=[spec])
+      step = tf.function(lambda f: _embed_with_kernels(embed_fn, f), input_signature=[spec])
   else:
     @tf.function
     def step(dist_feats, dist_rows):
-      out = strategy.run(embed_fn, args=(dist_feats,))  # per replica [B/R, D]
+      out = strategy.run(lambda f: _embed_with_kernels(embed_fn, f), args=(dist_feats,))  # [B/R, D]
       # Concatenate the local replicas' results on the host (no cross-device collective needed,
       # which also keeps this safe when the caller's strategy runs other collectives).
       return (tf.concat(strategy.experimental_local_results(out), axis=0),  # [B, D]
               tf.concat(strategy.experimental_local_results(dist_rows), axis=0))  # [B]
   cache[key] = step
   return step
+
+
+def _embed_with_kernels(embed_fn, feats):
+  """embed_fn(feats) traced with the C++ attention-softmax kernel allowed at inference (CPU only;
+  this graph is never exported). Measured: see docs/scaling.md."""
+  with custom_kernels.enabled():
+    return embed_fn(feats)
 
 
 def _scatter(out, n, emb, rows, filled):

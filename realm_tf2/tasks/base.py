@@ -9,6 +9,7 @@ import tf_keras
 from official.core import base_task
 from official.core import config_definitions as cfg
 from realm_tf2 import configs
+from realm_tf2.ops import custom_kernels
 
 
 @dataclasses.dataclass
@@ -70,8 +71,15 @@ class RealmBaseTask(base_task.Task):
     """The (optionally XLA-compiled) forward/backward function `(model, inputs) -> grads, loss, logs`."""
     if self._grad_fn is None:
       jit = getattr(self.task_config, "jit_compile", False)
-      self._grad_fn = tf.function(self._forward_backward, jit_compile=jit) if jit else self._forward_backward
+      self._grad_fn = (tf.function(self._forward_backward, jit_compile=True) if jit
+                       else self._forward_backward_with_kernels)
     return self._grad_fn
+
+  def _forward_backward_with_kernels(self, model, inputs):
+    # Without XLA, layers may use the project's C++ CPU kernels (realm_tf2/ops; they have no XLA
+    # lowering, so the jit_compile path above never enters this).
+    with custom_kernels.enabled():
+      return self._forward_backward(model, inputs)
 
   def variable_lr_schedules(self, model: tf_keras.Model):
     """Per-variable learning-rate schedules for `optimization.create_optimizer`, or None.
