@@ -23,21 +23,41 @@ import tensorflow as tf
 import tf_keras
 
 from realm_tf2.modeling import layer_swap
+from realm_tf2.ops import custom_kernels
 
 _SQRT_2_OVER_PI = math.sqrt(2.0 / math.pi)
 _CUBIC = 0.044715
 
 
 @tf_keras.utils.register_keras_serializable(package="realm_tf2")
-@tf.custom_gradient
 def gelu_tanh(x):
   """BERT's tanh-approximate GELU, 0.5·x·(1 + tanh(√(2/π)·(x + 0.044715·x³))), in float32.
+
+  Traced inside `custom_kernels.enabled()` (the project's CPU training and re-embedding steps), it
+  runs the C++ kernels of `realm_tf2/ops/cpu_kernels.cc` (one pass forward, one backward); else
+  the TensorFlow ops below.
 
   Args:
     x: Float tensor of any shape and float dtype.
   Returns:
     Tensor like `x` (same dtype); the gradient is the closed form, also computed in float32.
   """
+  kernels = custom_kernels.active()
+  if kernels is not None and x.dtype in (tf.float32, tf.bfloat16):
+    return _gelu_tanh_kernel(kernels, x)
+  return _gelu_tanh_ops(x)
+
+
+def _gelu_tanh_kernel(kernels, x):
+  @tf.custom_gradient
+  def fn(x):
+    return kernels.realm_gelu_tanh(x), lambda dy: kernels.realm_gelu_tanh_grad(dy, x)
+  return fn(x)
+
+
+@tf.custom_gradient
+def _gelu_tanh_ops(x):
+  """`gelu_tanh` with TensorFlow ops and the closed-form gradient."""
   dtype = x.dtype
   xf = tf.cast(x, tf.float32)
   x2 = tf.square(xf)

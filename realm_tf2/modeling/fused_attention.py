@@ -30,7 +30,7 @@ _MASK_NEGATIVE = -1e9  # Keras' additive mask value (float16 excepted, which fal
 def masked_softmax_dropout(scores: tf.Tensor, attention_mask, rate: float, use_kernel=None):
   """z = packed_dropout(softmax(scores + (1 - mask)·(-1e9)), rate) with a fused gradient.
 
-  On a CPU, the C++ kernel of `realm_tf2/ops/masked_softmax_dropout.cc` does the forward and the
+  On a CPU, the C++ kernel of `realm_tf2/ops/cpu_kernels.cc` does the forward and the
   backward pass in one sweep each (same maths; its keep mask comes from a counter-based generator
   instead of Philox, with the same keep probability). Elsewhere, or when it cannot be built, the
   TensorFlow ops below run.
@@ -87,13 +87,16 @@ def masked_softmax_dropout(scores: tf.Tensor, attention_mask, rate: float, use_k
 
 
 def _kernel_applies(scores, attention_mask) -> bool:
+  """Rank-4 float32/bfloat16 scores and a rank-4 mask whose dims are 1 or the scores' (unknown
+  dims pass: the kernel checks them when it runs and names a mismatch)."""
   if scores.dtype not in (tf.float32, tf.bfloat16) or scores.shape.rank != 4:
     return False
   if attention_mask is None:
     return True
-  mask_shape, score_shape = attention_mask.shape, scores.shape
-  return mask_shape.rank == 4 and mask_shape[3] is not None and mask_shape[3] == score_shape[3] and all(
-      m == 1 or (m is not None and m == s) for m, s in zip(mask_shape[:3], score_shape[:3]))
+  if attention_mask.shape.rank != 4:
+    return False
+  dims = list(zip(attention_mask.shape, scores.shape))
+  return all(m is None or s is None or m == s or (m == 1 and i < 3) for i, (m, s) in enumerate(dims))
 
 
 def _masked_softmax_dropout_kernel(kernels, scores, attention_mask, rate):

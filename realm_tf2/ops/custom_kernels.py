@@ -1,6 +1,6 @@
 """Builds (once, on first use) and loads the project's C++ CPU kernels; Python fallbacks otherwise.
 
-Why this exists: one kernel (`masked_softmax_dropout.cc`, see its header) fuses work that
+Why this exists: the kernels of `cpu_kernels.cc` (see its header) fuse work that
 TensorFlow's CPU runtime does in many memory-bound passes. It is compiled against the installed
 TensorFlow with the compile/link flags of `tf.sysconfig` (as TensorFlow's custom-op guide does),
 on the machine that runs it, into a per-user cache:
@@ -34,7 +34,7 @@ from absl import logging
 import realm_tf2  # noqa: F401
 import tensorflow as tf
 
-_SOURCES = ("masked_softmax_dropout.cc",)
+_SOURCES = ("cpu_kernels.cc",)
 _LOCK = threading.Lock()
 _STATE = {"module": None, "tried": False}
 

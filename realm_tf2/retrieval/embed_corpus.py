@@ -29,7 +29,7 @@ from realm_tf2.retrieval import index as index_lib
 DEFAULT_BUCKETS = (64, 128, 192, 288)
 # `buckets="auto"`: `choose_buckets` picks at most this many lengths from the corpus itself.
 AUTO_BUCKETS = "auto"
-DEFAULT_MAX_BUCKETS = 8
+DEFAULT_MAX_BUCKETS = 16
 ENCODED_SUBDIR = "encoded"
 ENCODED_CKPT_NAME = "encoded.ckpt"
 

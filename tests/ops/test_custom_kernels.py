@@ -159,3 +159,27 @@ def test_failed_build_reports_the_compiler_output(tmp_path, monkeypatch):
     custom_kernels.library_path()
   leftovers = [p for p in tmp_path.rglob("*.so")]
   assert not leftovers  # nothing half-written stays in the cache
+
+
+@pytest.mark.parametrize("dtype,tol", [(tf.float32, 1e-5), (tf.bfloat16, 1e-2)])  # tanh: Eigen vs TF
+def test_gelu_kernel_matches_tensorflow_ops(kernels, dtype, tol):
+  from realm_tf2.modeling import float32_kernels  # pylint: disable=g-import-not-at-top
+  x = tf.cast(tf.random.stateless_normal([3, 1000 + 37], seed=[9, 9]) * 3.0, dtype)  # odd chunks
+  dy = tf.cast(tf.random.stateless_normal(x.shape, seed=[8, 8]), dtype)
+
+  def value_and_grad(on):
+    with tf.GradientTape() as tape:
+      tape.watch(x)
+      with custom_kernels.enabled(on):
+        y = float32_kernels.gelu_tanh(x)
+    return y, tape.gradient(y, x, output_gradients=dy)
+
+  y, g = value_and_grad(True)
+  y_ref, g_ref = value_and_grad(False)
+  assert y.dtype == g.dtype == dtype
+  as32 = lambda t: tf.cast(t, tf.float32).numpy()
+  np.testing.assert_allclose(as32(y), as32(y_ref), rtol=tol, atol=tol)
+  np.testing.assert_allclose(as32(g), as32(g_ref), rtol=tol, atol=tol)
+  assert "RealmGeluTanh" in _op_types(lambda v: value_and_grad(True), x)
+  assert "RealmGeluTanh" not in _op_types(lambda v: value_and_grad(False), x)
+  del kernels

@@ -1,4 +1,5 @@
-// Fused masked softmax + inverted dropout for attention probabilities, CPU kernels.
+// realm_tf2's CPU kernels: fused masked softmax + inverted dropout for attention probabilities,
+// and BERT's tanh-GELU, each with its gradient kernel.
 //
 // Why this exists: on a CPU the [B, heads, T, S] attention-probability tensor is the largest
 // activation of a BERT step (18.9M elements per layer of the REALM step's 384-token joint encoder),
@@ -14,6 +15,7 @@
 // (threshold = round(rate·65536)), kept values are scaled by `scale` = 65536/(65536 - threshold).
 // u_i is 16-bit lane (i mod 4) of splitmix64(key + (i div 4 + 1)·golden), key = splitmix64(seed):
 // a counter-based generator, so the backward pass recomputes the same mask from the seed alone.
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
@@ -114,6 +116,16 @@ template <typename Fn>
 void ForEachRowBlock(OpKernelContext* ctx, int64_t rows, int64_t cols, Fn fn) {
   auto* workers = ctx->device()->tensorflow_cpu_worker_threads();
   ::tensorflow::Shard(workers->num_threads, workers->workers, rows, 30 * cols, fn);
+}
+
+// Elementwise kernels: `n` elements in chunks of kChunk over the intra-op threads.
+constexpr int64_t kChunk = 1024;
+template <typename Fn>
+void ForEachChunk(OpKernelContext* ctx, int64_t n, Fn fn) {
+  auto* workers = ctx->device()->tensorflow_cpu_worker_threads();
+  const int64_t chunks = (n + kChunk - 1) / kChunk;
+  ::tensorflow::Shard(workers->num_threads, workers->workers, chunks, 40 * kChunk,
+                      [&](int64_t b, int64_t e) { fn(b * kChunk, std::min(n, e * kChunk)); });
 }
 
 // z, y = dropout(softmax(scores + adder)), softmax over the last axis.
@@ -257,6 +269,73 @@ class MaskedSoftmaxDropoutGradOp : public OpKernel {
   DropoutAttrs attrs_;
 };
 
+// GELU, tanh form (BERT's): y = 0.5·x·(1 + tanh(c·(x + 0.044715·x³))), c = √(2/π), computed in
+// float32 one element at a time (TensorFlow runs it as ~9 passes over [tokens, intermediate] with
+// casts under mixed bfloat16). The gradient kernel takes dy and x and recomputes tanh.
+constexpr float kSqrt2OverPi = 0.7978845608028654f;
+constexpr float kCubic = 0.044715f;
+
+template <typename T>
+class GeluTanhOp : public OpKernel {
+ public:
+  explicit GeluTanhOp(OpKernelConstruction* ctx) : OpKernel(ctx) {}
+
+  void Compute(OpKernelContext* ctx) override {
+    const Tensor& x = ctx->input(0);
+    Tensor* y_out = nullptr;
+    OP_REQUIRES_OK(ctx, ctx->allocate_output(0, x.shape(), &y_out));
+    const T* in = x.flat<T>().data();
+    T* out = y_out->flat<T>().data();
+    ForEachChunk(ctx, x.NumElements(), [&](int64_t begin, int64_t end) {
+      Eigen::ArrayXf v(kChunk);
+      for (int64_t c = begin; c < end; c += kChunk) {
+        const int64_t n = std::min<int64_t>(kChunk, end - c);
+        for (int64_t j = 0; j < n; ++j) v[j] = Io<T>::Load(in + c, j);
+        auto a = v.head(n);
+        Eigen::ArrayXf t = (a * (kSqrt2OverPi + (kSqrt2OverPi * kCubic) * a.square())).tanh();
+        Eigen::ArrayXf r = 0.5f * a * (1.0f + t);
+        for (int64_t j = 0; j < n; ++j) Io<T>::Store(out + c, j, r[j]);
+      }
+    });
+  }
+};
+
+template <typename T>
+class GeluTanhGradOp : public OpKernel {
+ public:
+  explicit GeluTanhGradOp(OpKernelConstruction* ctx) : OpKernel(ctx) {}
+
+  void Compute(OpKernelContext* ctx) override {
+    const Tensor& dy = ctx->input(0);
+    const Tensor& x = ctx->input(1);
+    OP_REQUIRES(ctx, dy.shape() == x.shape(),
+                InvalidArgument("dy ", dy.shape().DebugString(), " and x ",
+                                x.shape().DebugString(), " must have one shape"));
+    Tensor* dx_out = nullptr;
+    OP_REQUIRES_OK(ctx, ctx->allocate_output(0, x.shape(), &dx_out));
+    const T* g = dy.flat<T>().data();
+    const T* in = x.flat<T>().data();
+    T* out = dx_out->flat<T>().data();
+    ForEachChunk(ctx, x.NumElements(), [&](int64_t begin, int64_t end) {
+      Eigen::ArrayXf v(kChunk), d(kChunk);
+      for (int64_t c = begin; c < end; c += kChunk) {
+        const int64_t n = std::min<int64_t>(kChunk, end - c);
+        for (int64_t j = 0; j < n; ++j) {
+          v[j] = Io<T>::Load(in + c, j);
+          d[j] = Io<T>::Load(g + c, j);
+        }
+        auto a = v.head(n);
+        Eigen::ArrayXf a2 = a.square();
+        Eigen::ArrayXf t = (a * (kSqrt2OverPi + (kSqrt2OverPi * kCubic) * a2)).tanh();
+        // d/dx = 0.5·(1 + t) + 0.5·x·(1 - t²)·c·(1 + 3·0.044715·x²)
+        Eigen::ArrayXf r = d.head(n) * (0.5f + 0.5f * t + 0.5f * a * (1.0f - t.square()) *
+                                        (kSqrt2OverPi + (3.0f * kSqrt2OverPi * kCubic) * a2));
+        for (int64_t j = 0; j < n; ++j) Io<T>::Store(out + c, j, r[j]);
+      }
+    });
+  }
+};
+
 }  // namespace
 
 REGISTER_OP("RealmMaskedSoftmaxDropout")
@@ -287,13 +366,36 @@ REGISTER_OP("RealmMaskedSoftmaxDropoutGrad")
       return ::tensorflow::OkStatus();
     });
 
+REGISTER_OP("RealmGeluTanh")
+    .Input("x: T")
+    .Output("y: T")
+    .Attr("T: {float, bfloat16}")
+    .SetShapeFn([](::tensorflow::shape_inference::InferenceContext* c) {
+      c->set_output(0, c->input(0));
+      return ::tensorflow::OkStatus();
+    });
+
+REGISTER_OP("RealmGeluTanhGrad")
+    .Input("dy: T")
+    .Input("x: T")
+    .Output("dx: T")
+    .Attr("T: {float, bfloat16}")
+    .SetShapeFn([](::tensorflow::shape_inference::InferenceContext* c) {
+      c->set_output(0, c->input(1));
+      return ::tensorflow::OkStatus();
+    });
+
 #define REALM_REGISTER(T)                                                                 \
   REGISTER_KERNEL_BUILDER(                                                                \
       Name("RealmMaskedSoftmaxDropout").Device(DEVICE_CPU).TypeConstraint<T>("T"),        \
       MaskedSoftmaxDropoutOp<T>);                                                         \
   REGISTER_KERNEL_BUILDER(                                                                \
       Name("RealmMaskedSoftmaxDropoutGrad").Device(DEVICE_CPU).TypeConstraint<T>("T"),    \
-      MaskedSoftmaxDropoutGradOp<T>);
+      MaskedSoftmaxDropoutGradOp<T>);                                                     \
+  REGISTER_KERNEL_BUILDER(Name("RealmGeluTanh").Device(DEVICE_CPU).TypeConstraint<T>("T"),  \
+                          GeluTanhOp<T>);                                                   \
+  REGISTER_KERNEL_BUILDER(                                                                \
+      Name("RealmGeluTanhGrad").Device(DEVICE_CPU).TypeConstraint<T>("T"), GeluTanhGradOp<T>);
 REALM_REGISTER(float)
 REALM_REGISTER(Eigen::bfloat16)
 #undef REALM_REGISTER
