@@ -8,8 +8,11 @@
 // four in the backward pass. These kernels do one pass each way, a row (one query's S keys) at a
 // time while it sits in L1: forward reads the scores and writes the dropped-out probabilities z and
 // the probabilities y; backward reads dz and y, regenerates the keep mask from the seed and writes
-// ds = z·dz - y·Σ(z·dz). Neither TensorFlow, Keras nor Model Garden has such a kernel (XLA and TPUs
-// fuse this themselves; the Python fallback in realm_tf2/modeling/fused_attention.py is used there).
+// ds = z·dz - y·Σ(z·dz). GELU likewise: TensorFlow runs its tanh form as about nine passes over
+// the [tokens, intermediate] activations (with casts under mixed bfloat16); here one pass forward
+// and one backward, in float32. Neither TensorFlow, Keras nor Model Garden has such kernels (XLA and
+// TPUs fuse this themselves; the TensorFlow-op versions in realm_tf2/modeling/fused_attention.py and
+// float32_kernels.py run there and wherever these cannot be built).
 //
 // Dropout: element i of the flattened tensor is kept iff its 16-bit random value u_i >= threshold
 // (threshold = round(rate·65536)), kept values are scaled by `scale` = 65536/(65536 - threshold).
