@@ -30,7 +30,10 @@ def test_ict_kill9_sigterm_resume_matches_uninterrupted(tmp_path):
   ref = h.run(_cmd(d, f"{d}/ref"))
   assert ref.returncode == 0, ref.stderr[-3000:]
   ref_loss = {r["step"]: r["training_loss"] for r in h.metrics(f"{d}/ref")}
-  assert ref_loss[5] != pytest.approx(ref_loss[STEPS], abs=1e-3)  # it does learn
+  # Training moves the weights (so the comparison below means something). Not "the loss at step 40
+  # is lower": this tiny run sits near ln(4) (batch 4) for most of its 40 steps, and whether it has
+  # left that plateau by step 40 changes with rounding (TensorFlow's vs the C++ kernels' tanh).
+  assert max(ref_loss.values()) - min(ref_loss.values()) > 1e-2, ref_loss
 
   run_dir = f"{d}/run"
   # 1) kill -9 once the first checkpoint exists.
