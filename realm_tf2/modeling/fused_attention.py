@@ -63,9 +63,7 @@ def masked_softmax_dropout(scores: tf.Tensor, attention_mask, rate: float, use_k
   # elementwise ops about 1.5-2x slower than float32 (each converts on load and store), and the
   # casts in and out cost less than that (forward+backward at [32, 4, 384, 384] on the 2-core VM:
   # 118 ms in bfloat16, 95 ms with float32 inside).
-  adder = None
-  if attention_mask is not None:
-    adder = (1.0 - tf.cast(attention_mask, tf.float32)) * _MASK_NEGATIVE
+  adder = None if attention_mask is None else _mask_adder(attention_mask)
   probabilities = []
 
   @tf.custom_gradient
@@ -86,6 +84,11 @@ def masked_softmax_dropout(scores: tf.Tensor, attention_mask, rate: float, use_k
   return z, tf.stop_gradient(tf.cast(probabilities[0], dtype))
 
 
+def _mask_adder(attention_mask):
+  """float32 (1 - mask)·(-1e9), the mask's shape ([B, 1, T, S])."""
+  return (1.0 - tf.cast(attention_mask, tf.float32)) * _MASK_NEGATIVE
+
+
 def _kernel_applies(scores, attention_mask) -> bool:
   """Rank-4 float32/bfloat16 scores and a rank-4 mask whose dims are 1 or the scores' (unknown
   dims pass: the kernel checks them when it runs and names a mismatch)."""
@@ -102,12 +105,8 @@ def _kernel_applies(scores, attention_mask) -> bool:
 def _masked_softmax_dropout_kernel(kernels, scores, attention_mask, rate):
   """`masked_softmax_dropout` with the C++ kernels: only y (in the scores' dtype) and the seed are
   kept for the backward pass, which regenerates the keep mask."""
-  threshold = int(round(rate * packed_dropout.LEVELS))
-  scale = packed_dropout.LEVELS / (packed_dropout.LEVELS - threshold)
-  if attention_mask is None:
-    adder = tf.zeros([0], tf.float32)
-  else:
-    adder = (1.0 - tf.cast(attention_mask, tf.float32)) * _MASK_NEGATIVE  # [B, 1, T, S]
+  threshold, scale = packed_dropout.threshold_and_scale(rate)
+  adder = tf.zeros([0], tf.float32) if attention_mask is None else _mask_adder(attention_mask)
   seed = tf.random.uniform([], minval=tf.int64.min, maxval=tf.int64.max, dtype=tf.int64)
   probabilities = []
 
@@ -137,15 +136,18 @@ class FusedSoftmaxDropoutAttention(tf_keras.layers.MultiHeadAttention):
   by `use_fused_attention`.
   """
 
+  def _last_axis_softmax(self, rank: int, dtype) -> bool:
+    return tuple(self._softmax.axis) in ((-1,), (rank - 1,)) and dtype != tf.float16
+
   def _fused_applies(self, rank: int, dtype, training) -> bool:
     generator = getattr(self._dropout_layer, "_random_generator", None)
     return (training is True and 0.0 < float(self._dropout) < 1.0
             and isinstance(generator, packed_dropout.PackedBitsRandomGenerator)
-            and tuple(self._softmax.axis) in ((-1,), (rank - 1,)) and dtype != tf.float16)
+            and self._last_axis_softmax(rank, dtype))
 
   def _inference_kernel_applies(self, rank: int, dtype, training) -> bool:
-    return (training in (None, False) and tuple(self._softmax.axis) in ((-1,), (rank - 1,))
-            and dtype != tf.float16 and custom_kernels.active() is not None)
+    return (training in (None, False) and self._last_axis_softmax(rank, dtype)
+            and custom_kernels.active() is not None)
 
   def _compute_attention(self, query, key, value, attention_mask=None, training=None):
     # query [B, T, N, H] has the rank of the scores [B, N, T, S].
@@ -157,12 +159,13 @@ class FusedSoftmaxDropoutAttention(tf_keras.layers.MultiHeadAttention):
     else:
       return super()._compute_attention(query, key, value, attention_mask, training)
     # Same scaling and einsums as the base class; only softmax + dropout differ.
-    query = tf.multiply(query, 1.0 / math.sqrt(float(self._key_dim)))
-    scores = tf.einsum(self._dot_product_equation, key, query)  # [B, N, T, S]
+    scaled_query = tf.multiply(query, 1.0 / math.sqrt(float(self._key_dim)))
+    scores = tf.einsum(self._dot_product_equation, key, scaled_query)  # [B, N, T, S]
     if attention_mask is not None:
       for _ in range(scores.shape.rank - attention_mask.shape.rank):  # [B, T, S] -> [B, 1, T, S]
         attention_mask = tf.expand_dims(attention_mask, axis=-len(self._attention_axes) * 2 - 1)
     if rate == 0.0 and not _kernel_applies(scores, attention_mask):
+      # The unscaled query: the base class scales it itself (the unused einsum above is pruned).
       return super()._compute_attention(query, key, value, attention_mask, training)
     dropped, probabilities = masked_softmax_dropout(scores, attention_mask, rate)
     return tf.einsum(self._combine_equation, dropped, value), probabilities  # [B, T, N, H]

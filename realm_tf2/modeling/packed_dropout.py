@@ -27,6 +27,13 @@ from tf_keras.src import backend as keras_backend
 LEVELS = 65536  # distinct values of a uint16
 
 
+def threshold_and_scale(rate: float):
+  """(threshold, scale) of the 16-bit keep test: keep iff u >= threshold = round(rate·65536), kept
+  values times scale = 1/(1 - q), q = threshold/65536 (also the C++ kernels' attributes)."""
+  threshold = int(round(rate * LEVELS))
+  return threshold, LEVELS / (LEVELS - threshold)
+
+
 def packed_keep_mask(shape, rate: float, dtype, seed=None) -> tf.Tensor:
   """The scaled keep mask of `packed_bits_dropout`: 1/(1-q) with probability 1-q, else 0.
 
@@ -38,8 +45,7 @@ def packed_keep_mask(shape, rate: float, dtype, seed=None) -> tf.Tensor:
   Returns:
     Tensor of `shape` and `dtype`.
   """
-  threshold = int(round(rate * LEVELS))
-  scale = LEVELS / (LEVELS - threshold)  # 1 / keep probability
+  threshold, scale = threshold_and_scale(rate)
   shape = tf.convert_to_tensor(shape, tf.int32)
   n = tf.reduce_prod(shape)
   if seed is None:
@@ -63,7 +69,7 @@ def packed_bits_dropout(x: tf.Tensor, rate: float, seed=None) -> tf.Tensor:
   """
   if not 0.0 <= rate < 1.0:
     raise ValueError(f"dropout rate must be in [0, 1), got {rate}")
-  if int(round(rate * LEVELS)) == 0:
+  if threshold_and_scale(rate)[0] == 0:
     return tf.identity(x)
   # One mask tensor in x's dtype: the forward pass is one multiply, and autodiff's backward of
   # `x * mask` reuses the same mask (one multiply).

@@ -183,3 +183,18 @@ def test_gelu_kernel_matches_tensorflow_ops(kernels, dtype, tol):
   assert "RealmGeluTanh" in _op_types(lambda v: value_and_grad(True), x)
   assert "RealmGeluTanh" not in _op_types(lambda v: value_and_grad(False), x)
   del kernels
+
+
+def test_inference_fallback_inside_enabled_matches_keras(kernels):
+  """Inside `enabled()`, attention the kernel does not take (float64 here) runs Keras' own
+  computation, with the query scaled once."""
+  del kernels
+  layer = tf_keras.layers.MultiHeadAttention(num_heads=2, key_dim=4, dropout=0.2, dtype="float64")
+  x = tf.random.stateless_normal([2, 6, 8], seed=[3, 8], dtype=tf.float64)
+  mask = tf.ones([2, 6, 6], tf.int32)
+  reference = layer(x, x, attention_mask=mask, training=False)
+  fused_attention.use_fused_attention(layer)
+  packed_dropout.use_packed_dropout(layer)
+  with custom_kernels.enabled():
+    out = layer(x, x, attention_mask=mask, training=False)
+  np.testing.assert_allclose(out.numpy(), reference.numpy(), rtol=1e-12)
