@@ -278,6 +278,12 @@ class MaskedSoftmaxDropoutGradOp : public OpKernel {
 constexpr float kSqrt2OverPi = 0.7978845608028654f;
 constexpr float kCubic = 0.044715f;
 
+// c·(x + 0.044715·x³), the argument of GELU's tanh, as an Eigen expression.
+template <typename A>
+auto TanhArgument(const A& a) {
+  return a * (kSqrt2OverPi + (kSqrt2OverPi * kCubic) * a.square());
+}
+
 template <typename T>
 class GeluTanhOp : public OpKernel {
  public:
@@ -290,13 +296,13 @@ class GeluTanhOp : public OpKernel {
     const T* in = x.flat<T>().data();
     T* out = y_out->flat<T>().data();
     ForEachChunk(ctx, x.NumElements(), [&](int64_t begin, int64_t end) {
-      Eigen::ArrayXf v(kChunk);
+      Eigen::ArrayXf v(kChunk), t(kChunk), r(kChunk);  // per thread, reused by every chunk
       for (int64_t c = begin; c < end; c += kChunk) {
         const int64_t n = std::min<int64_t>(kChunk, end - c);
         for (int64_t j = 0; j < n; ++j) v[j] = Io<T>::Load(in + c, j);
         auto a = v.head(n);
-        Eigen::ArrayXf t = (a * (kSqrt2OverPi + (kSqrt2OverPi * kCubic) * a.square())).tanh();
-        Eigen::ArrayXf r = 0.5f * a * (1.0f + t);
+        t.head(n) = TanhArgument(a).tanh();
+        r.head(n) = 0.5f * a * (1.0f + t.head(n));
         for (int64_t j = 0; j < n; ++j) Io<T>::Store(out + c, j, r[j]);
       }
     });
@@ -320,7 +326,8 @@ class GeluTanhGradOp : public OpKernel {
     const T* in = x.flat<T>().data();
     T* out = dx_out->flat<T>().data();
     ForEachChunk(ctx, x.NumElements(), [&](int64_t begin, int64_t end) {
-      Eigen::ArrayXf v(kChunk), d(kChunk);
+      // Per thread, reused by every chunk.
+      Eigen::ArrayXf v(kChunk), d(kChunk), t(kChunk), r(kChunk);
       for (int64_t c = begin; c < end; c += kChunk) {
         const int64_t n = std::min<int64_t>(kChunk, end - c);
         for (int64_t j = 0; j < n; ++j) {
@@ -328,11 +335,11 @@ class GeluTanhGradOp : public OpKernel {
           d[j] = Io<T>::Load(g + c, j);
         }
         auto a = v.head(n);
-        Eigen::ArrayXf a2 = a.square();
-        Eigen::ArrayXf t = (a * (kSqrt2OverPi + (kSqrt2OverPi * kCubic) * a2)).tanh();
+        t.head(n) = TanhArgument(a).tanh();
+        auto th = t.head(n);
         // d/dx = 0.5·(1 + t) + 0.5·x·(1 - t²)·c·(1 + 3·0.044715·x²)
-        Eigen::ArrayXf r = d.head(n) * (0.5f + 0.5f * t + 0.5f * a * (1.0f - t.square()) *
-                                        (kSqrt2OverPi + (3.0f * kSqrt2OverPi * kCubic) * a2));
+        r.head(n) = d.head(n) * (0.5f + 0.5f * th + 0.5f * a * (1.0f - th.square()) *
+                                 (kSqrt2OverPi + (3.0f * kSqrt2OverPi * kCubic) * a.square()));
         for (int64_t j = 0; j < n; ++j) Io<T>::Store(out + c, j, r[j]);
       }
     });
@@ -340,6 +347,13 @@ class GeluTanhGradOp : public OpKernel {
 };
 
 }  // namespace
+
+// Shape function: every output has the shape of input I.
+template <int I>
+::tensorflow::Status OutputsShapedLikeInput(::tensorflow::shape_inference::InferenceContext* c) {
+  for (int o = 0; o < c->num_outputs(); ++o) c->set_output(o, c->input(I));
+  return ::tensorflow::OkStatus();
+}
 
 REGISTER_OP("RealmMaskedSoftmaxDropout")
     .Input("scores: T")
@@ -350,11 +364,7 @@ REGISTER_OP("RealmMaskedSoftmaxDropout")
     .Attr("T: {float, bfloat16}")
     .Attr("threshold: int")
     .Attr("scale: float")
-    .SetShapeFn([](::tensorflow::shape_inference::InferenceContext* c) {
-      c->set_output(0, c->input(0));
-      c->set_output(1, c->input(0));
-      return ::tensorflow::OkStatus();
-    });
+    .SetShapeFn(OutputsShapedLikeInput<0>);
 
 REGISTER_OP("RealmMaskedSoftmaxDropoutGrad")
     .Input("dz: T")
@@ -364,29 +374,20 @@ REGISTER_OP("RealmMaskedSoftmaxDropoutGrad")
     .Attr("T: {float, bfloat16}")
     .Attr("threshold: int")
     .Attr("scale: float")
-    .SetShapeFn([](::tensorflow::shape_inference::InferenceContext* c) {
-      c->set_output(0, c->input(1));
-      return ::tensorflow::OkStatus();
-    });
+    .SetShapeFn(OutputsShapedLikeInput<1>);
 
 REGISTER_OP("RealmGeluTanh")
     .Input("x: T")
     .Output("y: T")
     .Attr("T: {float, bfloat16}")
-    .SetShapeFn([](::tensorflow::shape_inference::InferenceContext* c) {
-      c->set_output(0, c->input(0));
-      return ::tensorflow::OkStatus();
-    });
+    .SetShapeFn(OutputsShapedLikeInput<0>);
 
 REGISTER_OP("RealmGeluTanhGrad")
     .Input("dy: T")
     .Input("x: T")
     .Output("dx: T")
     .Attr("T: {float, bfloat16}")
-    .SetShapeFn([](::tensorflow::shape_inference::InferenceContext* c) {
-      c->set_output(0, c->input(1));
-      return ::tensorflow::OkStatus();
-    });
+    .SetShapeFn(OutputsShapedLikeInput<1>);
 
 #define REALM_REGISTER(T)                                                                 \
   REGISTER_KERNEL_BUILDER(                                                                \
