@@ -20,7 +20,7 @@ setuptools.setup(
     version="0.1.0",
     description="REALM pre-training and ORQA fine-tuning for TensorFlow 2 / Keras and Cloud TPUs",
     packages=setuptools.find_packages(include=["realm_tf2", "realm_tf2.*", "data_prep", "data_prep.*"]),
-    package_data={"realm_tf2.ops": ["*.cc"]},  # C++ kernels, compiled on first use
+    package_data={"realm_tf2.accel": ["*.cc"]},  # C++ CPU kernels, compiled on first use
     py_modules=["run_pretrain", "run_finetune", "run_demo"],
     python_requires=">=3.10,<3.13",
     install_requires=RUNTIME,

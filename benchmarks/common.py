@@ -12,8 +12,8 @@ Two counts of a step are reported: `issue` (the issue's definition: every encode
 position, MLM head at masked positions only) and `required` (the same, except that the LAST layer
 only needs the rows that are read: [CLS] for the embedders, the query part for the joint encoder —
 `transformer_layer_flops(..., rows=r)`). The model computes exactly the `required` work
-(`realm_tf2.modeling.bert.call_encoder`), so `required` is the honest numerator; `issue` is kept for
-comparison with the target's definition.
+(Model Garden's `output_range`, `realm_tf2.modeling.bert.build_bert_encoder`), so `required` is the
+honest numerator; `issue` is kept for comparison with the target's definition.
 """
 import contextlib
 import json

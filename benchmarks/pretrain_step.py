@@ -23,7 +23,9 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 from benchmarks import common  # noqa: E402
+from realm_tf2 import accel  # noqa: E402
 from realm_tf2 import configs  # noqa: E402
+from realm_tf2.accel import custom_kernels  # noqa: E402
 from realm_tf2 import optimization  # noqa: E402
 from realm_tf2.tasks import realm_task  # noqa: E402
 
@@ -36,10 +38,12 @@ def add_model_flags(ap: argparse.ArgumentParser):
   ap.add_argument("--vocab_size", type=int, default=30522)
   ap.add_argument("--projection", type=int, default=128)
   ap.add_argument("--dropout", type=float, default=0.1, help="hidden/attention/embedder dropout")
-  ap.add_argument("--packed_dropout", action=argparse.BooleanOptionalAction, default=True,
-                  help="16-bit dropout masks (BertConfig.packed_dropout); --no-packed_dropout = Keras'")
-  ap.add_argument("--float32_kernels", action=argparse.BooleanOptionalAction, default=True,
-                  help="GELU/LayerNorm with float32 closed-form gradients (BertConfig.float32_kernels)")
+  ap.add_argument("--cpu_accel", choices=accel.MODES, default="auto",
+                  help="realm_tf2.accel CPU speed-ups (applied only without XLA, as in training)")
+  ap.add_argument("--accel_pieces", default=",".join(accel.PIECES),
+                  help=f"comma-separated subset of {accel.PIECES} applied when cpu_accel is on")
+  ap.add_argument("--cpp_kernels", action=argparse.BooleanOptionalAction, default=True,
+                  help="the C++ kernels of realm_tf2/accel (--no-cpp_kernels: their TF-op versions)")
   ap.add_argument("--xla", action=argparse.BooleanOptionalAction, default=True)
   ap.add_argument("--precision", choices=("float32", "bfloat16"), default="float32")
   ap.add_argument("--steps", type=int, default=5)
@@ -52,9 +56,7 @@ def bert_config(a) -> configs.BertConfig:
   return configs.BertConfig(vocab_size=a.vocab_size, hidden_size=a.hidden, num_layers=a.layers,
                             num_attention_heads=a.heads,
                             intermediate_size=a.intermediate or 4 * a.hidden,
-                            dropout_rate=a.dropout, attention_dropout_rate=a.dropout,
-                            packed_dropout=a.packed_dropout,
-                            float32_kernels=a.float32_kernels)
+                            dropout_rate=a.dropout, attention_dropout_rate=a.dropout)
 
 
 def synthetic_batch(batch, k, q, c, j, m, vocab, seed=0):
@@ -94,6 +96,8 @@ def build(a):
   cfg.model.joint_seq_len = a.joint_len
   task = realm_task.RealmTask(cfg)
   model = task.build_model()
+  if accel.is_enabled(a.cpu_accel, a.xla):  # as training/driver.py does
+    accel.apply(model, pieces=accel_pieces(a))
   opt = optimization.create_optimizer(configs.OptimizerConfig(num_warmup_steps=10), 1000)
   batch = synthetic_batch(a.batch, a.k, a.query_len, a.cand_len, a.joint_len, a.max_masks,
                           a.vocab_size)
@@ -101,7 +105,13 @@ def build(a):
   return task, model, opt, batch, step
 
 
+def accel_pieces(a):
+  return tuple(p for p in a.accel_pieces.split(",") if p)
+
+
 def run(a):
+  # Read when the kernels are first loaded (realm_tf2/accel/custom_kernels.py).
+  os.environ["REALM_TF2_CUSTOM_KERNELS"] = "1" if a.cpp_kernels else "0"
   common.set_threads(a.intra_op)
   tracker = common.PeakTracker(tuple(int(s) for s in a.peak_sizes.split(",")), repeats=3)
   _, model, _, batch, step = build(a)
@@ -127,7 +137,9 @@ def run(a):
       "intermediate": a.intermediate or 4 * a.hidden, "vocab": a.vocab_size, "batch": a.batch,
       "k": a.k, "query_len": a.query_len, "cand_len": a.cand_len, "joint_len": a.joint_len,
       "max_masks": a.max_masks, "xla": a.xla, "precision": a.precision, "dropout": a.dropout,
-      "packed_dropout": a.packed_dropout, "float32_kernels": a.float32_kernels,
+      "cpu_accel": accel.is_enabled(a.cpu_accel, a.xla),
+      "accel_pieces": list(accel_pieces(a)) if accel.is_enabled(a.cpu_accel, a.xla) else [],
+      "cpp_kernels": custom_kernels.load() is not None,
       "steps": a.steps, "compile_s": compile_s, "loss": loss,
       "seconds_per_step_best": s["best"], "seconds_per_step_median": s["median"],
       "examples_per_s": a.batch / s["median"],

@@ -30,12 +30,6 @@ class BertConfig(base_config.Config):
     max_position_embeddings: Maximum sequence length the position table supports (512 for BERT).
     type_vocab_size: Segment types (2 for BERT).
     initializer_range: Stddev of the truncated-normal initializer.
-    packed_dropout: Draw dropout keep-masks from 16-bit random integers
-      (`modeling.packed_dropout`: same Bernoulli(rate) semantics to within 2^-17, about half the CPU
-      cost of Keras' 32-bit float masks); False = Keras' `tf.nn.dropout`.
-    float32_kernels: BERT's tanh-GELU and LayerNorm with closed-form gradients computed in float32
-      (`modeling.float32_kernels`: same maths, faster on CPU, most under mixed bfloat16); False =
-      Model Garden's GELU and Keras' LayerNormalization with autodiff.
   """
   vocab_size: int = 30522
   hidden_size: int = 768
@@ -48,8 +42,6 @@ class BertConfig(base_config.Config):
   max_position_embeddings: int = 512
   type_vocab_size: int = 2
   initializer_range: float = 0.02
-  packed_dropout: bool = True
-  float32_kernels: bool = True
 
 
 @dataclasses.dataclass

@@ -138,7 +138,9 @@ def test_transfer_into_all_towers_matches_hub(hub_dir, hub_model):
   emb = embedder_lib.RealmEmbedder(_bert_config(), projection_size=16)
   init_utils.init_embedder(emb, hub_dir)
   enc_out = emb.encoder(bert_lib.to_encoder_inputs(feats), training=False)
-  np.testing.assert_allclose(enc_out["sequence_output"].numpy(), hub_seq, atol=1e-5)
+  # The embedder's encoder computes its last layer for [CLS] only (output_range=1).
+  np.testing.assert_allclose(enc_out["sequence_output"].numpy(), hub_seq[:, :1], atol=1e-5)
+  np.testing.assert_allclose(enc_out["pooled_output"].numpy(), hub_pooled, atol=1e-5)
 
   bare = bert_lib.build_bert_encoder(_bert_config())
   bare(bert_lib.to_encoder_inputs(feats))
@@ -171,9 +173,10 @@ def test_ict_task_initialize_from_hub_flag_path(hub_dir, hub_model, tmp_path):
   model = task.build_model()
   task.initialize(model)
   feats = _features(seed=1)
-  np.testing.assert_allclose(
-      model.encoder(bert_lib.to_encoder_inputs(feats), training=False)["sequence_output"].numpy(),
-      _hub_outputs(hub_model, feats)[1], atol=1e-5)
+  out = model.encoder(bert_lib.to_encoder_inputs(feats), training=False)
+  hub_pooled, hub_seq = _hub_outputs(hub_model, feats)
+  np.testing.assert_allclose(out["pooled_output"].numpy(), hub_pooled, atol=1e-5)
+  np.testing.assert_allclose(out["sequence_output"].numpy(), hub_seq[:, :1], atol=1e-5)  # [CLS]
 
 
 def test_our_bert_export_in_keras_layer(our_bert_export):

@@ -39,7 +39,8 @@ class BertExportModule(common.ExportModule):
 
 def export_bert(knowledge_encoder, vocab_file: str, do_lower_case: bool, export_dir: str) -> str:
   """Writes the "bert" export (e.g. `model_dir/export/<step>/bert`) atomically; returns export_dir."""
-  module = BertExportModule(knowledge_encoder, vocab_file, do_lower_case)
+  # `tokens` returns every row, which a training model with an output_range does not compute.
+  module = BertExportModule(knowledge_encoder.with_full_output(), vocab_file, do_lower_case)
   signatures = {"tokens": module.tokens.get_concrete_function(),
                 "mlm": module.mlm.get_concrete_function(),
                 "tokenization_info": module.tokenization_info.get_concrete_function()}

@@ -21,7 +21,6 @@ Variable layout of `BertEncoderV2` (what checkpoint converters map TF1 `bert/...
 MaskedLM (`build_masked_lm`): transform/dense, transform/LayerNorm, output_bias/bias
                                           <- cls/predictions/transform/{dense,LayerNorm}, output_bias
 """
-import threading
 from typing import Mapping, Optional
 
 import realm_tf2  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow is imported)
@@ -32,9 +31,6 @@ from official.nlp.modeling import layers as nlp_layers
 from official.nlp.modeling import networks
 
 from realm_tf2 import configs
-from realm_tf2.modeling import float32_kernels
-from realm_tf2.modeling import fused_attention
-from realm_tf2.modeling import packed_dropout
 
 # Our feature names (the original signatures) -> Model Garden's encoder input names.
 _INPUT_NAME_MAP = (("input_ids", "input_word_ids"),
@@ -57,16 +53,15 @@ def resolve_vocab_size(bert_config: configs.BertConfig, vocab_size: Optional[int
   return int(size)
 
 
-def get_activation(name: str, fast: bool = False):
+def get_activation(name: str):
   """The activation a BertConfig names.
 
-  "gelu" is google-research/bert's tanh approximation (Model Garden's `activations.gelu`, or with
-  `fast` the same function with a float32 closed-form gradient, `float32_kernels.gelu_tanh`); "gelu_exact"
-  is the erf form that Hugging Face checkpoints use (their config says "gelu"); other names resolve
-  through tf_keras.
+  "gelu" is google-research/bert's tanh approximation (Model Garden's `activations.gelu`);
+  "gelu_exact" is the erf form that Hugging Face checkpoints use (their config says "gelu");
+  other names resolve through tf_keras.
   """
   if name == "gelu":
-    return float32_kernels.gelu_tanh if fast else activations.gelu
+    return activations.gelu
   if name == "gelu_exact":
     return lambda x: tf.nn.gelu(x, approximate=False)
   return tf_keras.activations.get(name)
@@ -74,19 +69,24 @@ def get_activation(name: str, fast: bool = False):
 
 def build_bert_encoder(bert_config: configs.BertConfig,
                        vocab_size: Optional[int] = None,
-                       name: Optional[str] = None) -> networks.BertEncoderV2:
+                       name: Optional[str] = None,
+                       output_range: Optional[int] = None) -> networks.BertEncoderV2:
   """Builds a Model Garden `BertEncoderV2` with google-research/bert semantics.
 
   Args:
     bert_config: Architecture (hidden size, layers, heads, dropouts, initializer range, ...).
     vocab_size: Overrides `bert_config.vocab_size` (needed when that is 0).
     name: Optional Keras layer name.
+    output_range: Model Garden's `output_range`: the LAST layer computes only rows
+      [0, output_range) (it still attends over every key/value), so those rows and
+      `pooled_output` equal a full call's and `sequence_output` is [B, output_range, H]. For towers
+      that read only [CLS] (the embedders, 1) or only the first rows (REALM's masked query).
 
   Returns:
     An unbuilt `BertEncoderV2`; call it with `to_encoder_inputs(features)`. Outputs a dict with
     `sequence_output` [B,T,H], `pooled_output` [B,H] (tanh pooler over [CLS]), `encoder_outputs`.
   """
-  activation = get_activation(bert_config.hidden_activation, fast=bert_config.float32_kernels)
+  activation = get_activation(bert_config.hidden_activation)
   kwargs = {} if name is None else {"name": name}
   return networks.BertEncoderV2(
       vocab_size=resolve_vocab_size(bert_config, vocab_size),
@@ -100,22 +100,8 @@ def build_bert_encoder(bert_config: configs.BertConfig,
       output_dropout=bert_config.dropout_rate,
       attention_dropout=bert_config.attention_dropout_rate,
       initializer=tf_keras.initializers.TruncatedNormal(stddev=bert_config.initializer_range),
+      output_range=output_range,
       **kwargs)
-
-
-def finish_tower(tower: tf_keras.layers.Layer, bert_config: configs.BertConfig):
-  """Called by each tower once it is built: switches its dropouts to 16-bit masks when
-  `bert_config.packed_dropout` (and its attention layers to `fused_attention`, whose softmax +
-  dropout gradient is fused), and its LayerNorms to `float32_kernels` when
-  `bert_config.float32_kernels` (Model Garden creates these layers in `build`).
-  Not under a TPUStrategy: TPUs draw random bits in hardware (nothing to gain) and their support
-  for 16-bit unsigned integers is limited, so they keep Keras' dropout."""
-  if bert_config.packed_dropout and not isinstance(tf.distribute.get_strategy(),
-                                                   tf.distribute.TPUStrategy):
-    packed_dropout.use_packed_dropout(tower)
-    fused_attention.use_fused_attention(tower)  # its softmax+dropout backward needs packed masks
-  if bert_config.float32_kernels:
-    float32_kernels.use_float32_layer_norm(tower)
 
 
 def build_masked_lm(encoder: networks.BertEncoderV2,
@@ -124,44 +110,10 @@ def build_masked_lm(encoder: networks.BertEncoderV2,
   """BERT's MLM head: dense(H, gelu) -> LayerNorm(1e-12) -> x·word_embeddings^T + output_bias."""
   return nlp_layers.MaskedLM(
       embedding_table=encoder.get_embedding_table(),
-      activation=get_activation(bert_config.hidden_activation, fast=bert_config.float32_kernels),
+      activation=get_activation(bert_config.hidden_activation),
       initializer=tf_keras.initializers.TruncatedNormal(stddev=bert_config.initializer_range),
       output="logits",
       name=name)
-
-
-_RANGE_LOCKS = {}
-_RANGE_LOCKS_GUARD = threading.Lock()
-
-
-def call_encoder(encoder: networks.BertEncoderV2, encoder_inputs: Mapping[str, tf.Tensor],
-                 training=None, output_range: Optional[int] = None) -> dict:
-  """Calls `encoder`, computing its LAST layer only for rows [0, output_range) when given.
-
-  `BertEncoderV2` supports this only as a constructor argument (`output_range`), but the same encoder
-  must also serve full `sequence_output`s (exports, hub checks), so it is switched for this call only.
-  All other layers still run over every token and the last layer attends over all keys/values, so the
-  first `output_range` rows and `pooled_output` are exactly those of a full call; `sequence_output`
-  is then [B, output_range, H]. Work saved: the last layer's query/output projections, attention and
-  feed-forward for the skipped rows (the [CLS]-only embedders skip ~(T-1)/T of it).
-
-  Args:
-    encoder: A Model Garden `BertEncoderV2`.
-    encoder_inputs: Model Garden input dict (`to_encoder_inputs`).
-    training: Keras training flag.
-    output_range: None = all rows.
-  """
-  if output_range is None:
-    return encoder(encoder_inputs, training=training)
-  with _RANGE_LOCKS_GUARD:
-    lock = _RANGE_LOCKS.setdefault(id(encoder), threading.Lock())
-  with lock:  # the switch is a Python attribute read at trace/eager time: one caller at a time
-    saved = encoder._output_range  # pylint: disable=protected-access
-    encoder._output_range = int(output_range)  # pylint: disable=protected-access
-    try:
-      return encoder(encoder_inputs, training=training)
-    finally:
-      encoder._output_range = saved  # pylint: disable=protected-access
 
 
 def to_encoder_inputs(features: Mapping[str, tf.Tensor]) -> dict:

@@ -45,7 +45,8 @@ class RealmEmbedder(tf_keras.Model):
     super().__init__(name=name, **kwargs)
     self._bert_config = bert_config
     self.projection_size = projection_size
-    self.encoder = bert.build_bert_encoder(bert_config, vocab_size, name="encoder")
+    # Only [CLS] feeds the pooler, so the last layer computes that row alone (output_range=1).
+    self.encoder = bert.build_bert_encoder(bert_config, vocab_size, name="encoder", output_range=1)
     self.projection = tf_keras.layers.Dense(
         projection_size, kernel_initializer="glorot_uniform", bias_initializer="zeros",
         name="dense")
@@ -53,12 +54,9 @@ class RealmEmbedder(tf_keras.Model):
         axis=-1, epsilon=layer_norm_epsilon, name="layer_norm")
     self.dropout = tf_keras.layers.Dropout(dropout_rate)
     self(bert.dummy_features(), training=False)  # Build all weights now.
-    bert.finish_tower(self, bert_config)
 
   def call(self, inputs: Mapping[str, tf.Tensor], training=None) -> tf.Tensor:
-    # Only [CLS] feeds the pooler: the last layer computes that row alone (exact, see call_encoder).
-    pooled = bert.call_encoder(self.encoder, bert.to_encoder_inputs(inputs), training=training,
-                               output_range=1)["pooled_output"]
+    pooled = self.encoder(bert.to_encoder_inputs(inputs), training=training)["pooled_output"]
     x = self.projection(pooled)  # [B, D]
     x = self.layer_norm(x)  # [B, D]
     x = self.dropout(x, training=training)  # [B, D]

@@ -86,7 +86,6 @@ class OrqaReader(tf_keras.Model):
     dummy_len = min(seq_len, bert_config.max_position_embeddings)
     self(bert.dummy_features(seq_len=dummy_len,
                              block_mask=tf.ones([1, dummy_len], tf.int32)), training=False)
-    bert.finish_tower(self, bert_config)
 
   def call(self, inputs: Mapping[str, tf.Tensor], training=None) -> dict:
     if "block_mask" not in inputs:

@@ -1,8 +1,9 @@
 """Embeds every block of the retrieval corpus -> `block_emb` float32 [N, 128] -> `encoded/encoded.ckpt`.
 
 Input layout is the document layout of §1.2: `[CLS] title [SEP] body [SEP]`, at most 288, title kept
-first (`tokenization.bert_pack`). Blocks are **bucketed by packed length** (by default up to 8 lengths
-chosen from the corpus by `choose_buckets`; or fixed ones, e.g. 64/128/192/288) so a
+first (`tokenization.bert_pack`). Blocks are **bucketed by packed length** (by default up to
+`DEFAULT_MAX_BUCKETS` lengths chosen from the corpus by `choose_buckets`; or fixed ones, e.g.
+64/128/192/288) so a
 short block is not padded to 288 — transformer cost is ~linear-to-quadratic in T, so on a corpus of
 mostly short blocks this is several times faster. One tf.data pipeline feeds static-shape batches
 ([global_batch, bucket_len], the one part-filled batch padded with a repeated row flagged invalid, as
@@ -22,16 +23,15 @@ from absl import logging
 import numpy as np
 import tensorflow as tf
 
+from realm_tf2 import accel
 from realm_tf2 import tokenization
-from realm_tf2.ops import custom_kernels
 from realm_tf2.retrieval import index as index_lib
 
 DEFAULT_BUCKETS = (64, 128, 192, 288)
 # `buckets="auto"`: `choose_buckets` picks at most this many lengths from the corpus itself.
 AUTO_BUCKETS = "auto"
 # Where each bucket is compiled (XLA, a strategy), the per-bucket penalty keeps the count lower;
-# the non-XLA step traces once for all lengths, and 16 instead of 8 cut padding from 1.13x to
-# 1.08x of the real tokens (2048 synthetic blocks, batch 128; docs/scaling.md).
+# the non-XLA step traces once for all lengths, so more buckets only cut padding (docs/scaling.md).
 DEFAULT_MAX_BUCKETS = 16
 ENCODED_SUBDIR = "encoded"
 ENCODED_CKPT_NAME = "encoded.ckpt"
@@ -221,9 +221,7 @@ def _dataset(store, plan, global_batch, cls_id, sep_id, seq_len):
   ds = tf.data.Dataset.from_generator(gen, output_signature=sig)
   ds = ds.map(pack, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
   # One private tf.data thread: packing is cheap next to the encoder, and tf.data's shared pool
-  # competing with the compute threads put some runs into a slow mode. Measured (4L/256, 2048 blocks,
-  # batch 128, 2 cores, fresh processes): shared pool 98 / 97 / 49 / 96 blocks/s, one private thread
-  # 103 / 102 / 89 / 100 / 102 / 105.
+  # competing with the compute threads slows some runs down by up to half (docs/scaling.md).
   options = tf.data.Options()
   options.threading.private_threadpool_size = 1
   return ds.prefetch(2).with_options(options)
@@ -231,7 +229,8 @@ def _dataset(store, plan, global_batch, cls_id, sep_id, seq_len):
 
 def embed_blocks(store, embedder, cls_id, sep_id, batch_size=128,
                  seq_len=tokenization.CANDIDATE_SEQ_LEN, buckets=AUTO_BUCKETS, strategy=None,
-                 stats=None, xla=None, max_buckets=DEFAULT_MAX_BUCKETS, bucket_penalty_tokens=None):
+                 stats=None, xla=None, max_buckets=DEFAULT_MAX_BUCKETS, bucket_penalty_tokens=None,
+                 cpu_accel="auto"):
   """Embeds all blocks of `store`.
 
   Args:
@@ -250,13 +249,14 @@ def embed_blocks(store, embedder, cls_id, sep_id, batch_size=128,
       first_batch_seconds and steady_blocks_per_sec (after the first batch).
     xla: Compile one XLA program per bucket (Keras embedders, no strategy). None = only for corpora
       of at least `XLA_MIN_BLOCKS` blocks: the refresher embeds with a NEW embedder per snapshot, so
-      each refresh pays the compiles again, which a small corpus does not win back (measured: a
-      13-block demo corpus refreshed every 10 steps fell behind). The threshold is a conservative
-      choice, not a measured crossover: at 4L/256 and 1024 blocks the compiled steady state is 3.4x
-      faster, so large models gain from `xla=True` well below it.
+      each refresh pays the compiles again, which a small corpus does not win back. The threshold
+      is a conservative choice, not a measured crossover (docs/scaling.md): large models gain
+      from `xla=True` well below it.
     max_buckets: At most this many buckets with `buckets="auto"`.
     bucket_penalty_tokens: `choose_buckets`'s cost of one more bucket; None = two full-length
       batches where every bucket is compiled (XLA or a strategy), else 0.
+    cpu_accel: Mode of `realm_tf2.accel` for the step without XLA ("auto", "on", "off"): a Keras
+      embedder gets the CPU speed-ups (`accel.apply`) where `accel.is_enabled` allows.
 
   Returns:
     float32 [N, D] in corpus order.
@@ -274,9 +274,8 @@ def embed_blocks(store, embedder, cls_id, sep_id, batch_size=128,
       raise ValueError(f"buckets must be a sequence of lengths or {AUTO_BUCKETS!r}, got {buckets!r}")
     if bucket_penalty_tokens is None:
       # Each shape is one XLA compile (or one trace per replica under a strategy); the dynamic-T
-      # tf.function traces once for all. Penalty: two full-length batches per bucket. Measured on
-      # a 2-core VM (4L/256, XLA, 2048 blocks, batch 128): 1.1-1.5 s of compile per bucket against
-      # ~31k token slots/s, i.e. 34-46k slots; 2 x 128 x 288 = 74k errs towards fewer compiles.
+      # tf.function traces once for all. Penalty: two full-length batches per bucket, a little
+      # more than one compile costs in token slots (docs/scaling.md), erring towards fewer.
       compiled_per_shape = (use_xla and _is_keras_embedder(embedder)) or strategy is not None
       bucket_penalty_tokens = 2 * global_batch * seq_len if compiled_per_shape else 0
     buckets = choose_buckets(lengths, global_batch, seq_len, max_buckets,
@@ -284,6 +283,8 @@ def embed_blocks(store, embedder, cls_id, sep_id, batch_size=128,
   buckets = tuple(sorted({int(b) for b in buckets if b < seq_len})) + (seq_len,)
   embed_fn = make_embed_fn(embedder)
   which = assign_buckets(lengths, buckets)
+  if _is_keras_embedder(embedder):
+    accel.apply_if_enabled(embedder, cpu_accel, use_xla, strategy)
   step = _get_step(embedder, embed_fn, global_batch, strategy, use_xla)
   out = None
   filled = np.zeros(n, np.int64)
@@ -336,19 +337,17 @@ def _get_step(embedder, embed_fn, global_batch, strategy, xla=True):
     if xla and _is_keras_embedder(embedder):
       # XLA, one program per bucket length (static [B, T]; at most len(buckets) compiles per
       # embedder object; the refresher builds a new embedder per snapshot, so it compiles again).
-      # Measured (scaling_budget.measure_refresh, 4L/256, 1024 blocks, batch 64, idle 2-core VM):
-      # 82 blocks/s = 62 % of the paired matmul rate on real tokens, against 24 % (12.1 blocks/s, loaded VM) for the dynamic-T tf.function below.
       step = tf.function(lambda f: embed_fn(f), jit_compile=True)
     else:
       # No XLA (a small corpus, `xla=False`, or a SavedModel signature, whose graph is not ours to
       # compile): one trace for every bucket (dynamic T).
       spec = {k: tf.TensorSpec([global_batch, None], tf.int32)
               for k in ("input_ids", "input_mask", "segment_ids")}
-      step = tf.function(lambda f: _embed_with_kernels(embed_fn, f), input_signature=[spec])
+      step = tf.function(lambda f: _embed_in_kernels_scope(embed_fn, f), input_signature=[spec])
   else:
     @tf.function
     def step(dist_feats, dist_rows):
-      out = strategy.run(lambda f: _embed_with_kernels(embed_fn, f), args=(dist_feats,))  # [B/R, D]
+      out = strategy.run(lambda f: _embed_in_kernels_scope(embed_fn, f), args=(dist_feats,))  # [B/R, D]
       # Concatenate the local replicas' results on the host (no cross-device collective needed,
       # which also keeps this safe when the caller's strategy runs other collectives).
       return (tf.concat(strategy.experimental_local_results(out), axis=0),  # [B, D]
@@ -357,11 +356,10 @@ def _get_step(embedder, embed_fn, global_batch, strategy, xla=True):
   return step
 
 
-def _embed_with_kernels(embed_fn, feats):
-  """embed_fn(feats) traced inside `custom_kernels.enabled()`: the C++ GELU and attention-softmax
-  kernels run at inference too (CPU only; this graph is never exported). Measured: 200 -> 242
-  blocks/s at 4L/256 bf16 (docs/scaling.md)."""
-  with custom_kernels.enabled():
+def _embed_in_kernels_scope(embed_fn, feats):
+  """embed_fn(feats) traced inside `accel.kernels_scope()`: an embedder switched by `accel.apply`
+  runs the C++ GELU and attention-softmax kernels at inference too (this graph is never exported)."""
+  with accel.kernels_scope():
     return embed_fn(feats)
 
 

@@ -8,8 +8,8 @@ import tf_keras
 
 from official.core import base_task
 from official.core import config_definitions as cfg
+from realm_tf2 import accel
 from realm_tf2 import configs
-from realm_tf2.ops import custom_kernels
 
 
 @dataclasses.dataclass
@@ -22,12 +22,15 @@ class RealmTaskConfig(cfg.TaskConfig):
     vocab_file: WordPiece vocab (also exported as the `tokenization_info` asset).
     do_lower_case: Lower-case and strip accents before WordPiece.
     jit_compile: Compile forward+backward with XLA (`tf.function(jit_compile=True)`).
+    cpu_accel: "auto" | "on" | "off": the CPU speed-ups of `realm_tf2.accel` for training and
+      re-embedding without XLA ("auto" and "on" apply them only where `accel.is_enabled` allows).
   """
   model: configs.ModelConfig = dataclasses.field(default_factory=configs.ModelConfig)
   optimizer: configs.OptimizerConfig = dataclasses.field(default_factory=configs.OptimizerConfig)
   vocab_file: str = ""
   do_lower_case: bool = True
   jit_compile: bool = True
+  cpu_accel: str = "auto"
 
 
 class RealmBaseTask(base_task.Task):
@@ -72,13 +75,13 @@ class RealmBaseTask(base_task.Task):
     if self._grad_fn is None:
       jit = getattr(self.task_config, "jit_compile", False)
       self._grad_fn = (tf.function(self._forward_backward, jit_compile=True) if jit
-                       else self._forward_backward_with_kernels)
+                       else self._forward_backward_in_kernels_scope)
     return self._grad_fn
 
-  def _forward_backward_with_kernels(self, model, inputs):
-    # Without XLA, layers may use the project's C++ CPU kernels (realm_tf2/ops; they have no XLA
-    # lowering, so the jit_compile path above never enters this).
-    with custom_kernels.enabled():
+  def _forward_backward_in_kernels_scope(self, model, inputs):
+    # Without XLA, layers that `accel.apply` switched may trace the C++ CPU kernels here (they have
+    # no XLA lowering, so the jit_compile path above never enters this scope).
+    with accel.kernels_scope():
       return self._forward_backward(model, inputs)
 
   def variable_lr_schedules(self, model: tf_keras.Model):

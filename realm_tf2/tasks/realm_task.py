@@ -94,11 +94,12 @@ class RealmPretrainModel(tf_keras.Model):
     self.embedder, doc = embedder_lib.build_embedders(model_config, vocab_size)
     if doc is not self.embedder:
       self.doc_embedder = doc
-    self.bert = knowledge_encoder.KnowledgeAugmentedEncoder(model_config.bert, vocab_size=vocab_size)
     # Masked positions lie in the query part of the joint input (< query_seq_len - 1: the pipeline
     # skips records whose mask is at/after query_seq_len - 2, +1 for [CLS]), so the encoder's last
     # layer only computes those rows.
-    self.mlm_output_range = min(model_config.query_seq_len - 1, model_config.joint_seq_len)
+    self.bert = knowledge_encoder.KnowledgeAugmentedEncoder(
+        model_config.bert, vocab_size=vocab_size,
+        output_range=min(model_config.query_seq_len - 1, model_config.joint_seq_len))
 
   @property
   def document_embedder(self):
@@ -125,8 +126,7 @@ class RealmPretrainModel(tf_keras.Model):
              "input_mask": flat(inputs["joint_input_mask"], j),
              "segment_ids": flat(inputs["joint_segment_ids"], j),
              "mlm_positions": positions}  # [B*K, J]
-    logits = self.bert(joint, training=training,
-                       output_range=self.mlm_output_range)["mlm_logits"]  # [B*K, M, V]
+    logits = self.bert(joint, training=training)["mlm_logits"]  # [B*K, M, V]
     logits = tf.reshape(logits, [-1, k, m, logits.shape[-1]])  # [B, K, M, V]
     del batch
     return {"retrieval_scores": scores, "mlm_logits": logits}

@@ -21,6 +21,7 @@ from official.core import config_definitions
 from official.core import train_lib
 from official.core import train_utils
 from official.modeling import performance
+from realm_tf2 import accel
 from realm_tf2 import optimization
 from realm_tf2.training import actions as actions_lib
 from realm_tf2.training import checkpoint_guard
@@ -85,6 +86,11 @@ def build_trainer(params: config_definitions.ExperimentConfig, task, strategy: t
   checkpoint_guard.quarantine_unreadable_checkpoints(model_dir)
   with strategy.scope():
     model = task.build_model()
+    task_config = params.task
+    if accel.apply_if_enabled(model, getattr(task_config, "cpu_accel", "off"),
+                              getattr(task_config, "jit_compile", False), strategy):
+      logging.info("CPU speed-ups of realm_tf2.accel applied to the model (task.cpu_accel=%s)",
+                   task_config.cpu_accel)
     optimizer = optimization.create_optimizer(
         params.task.optimizer, params.trainer.train_steps,
         variable_lr_schedules=task.variable_lr_schedules(model))

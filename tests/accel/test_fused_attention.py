@@ -8,8 +8,8 @@ import tf_keras
 
 from realm_tf2 import configs
 from realm_tf2.modeling import embedder
-from realm_tf2.modeling import fused_attention
-from realm_tf2.modeling import packed_dropout
+from realm_tf2.accel import fused_attention
+from realm_tf2.accel import packed_dropout
 
 BERT = configs.BertConfig(vocab_size=100, hidden_size=32, num_layers=2, num_attention_heads=2,
                           intermediate_size=37, dropout_rate=0.1, attention_dropout_rate=0.1)
@@ -56,12 +56,3 @@ def test_layer_uses_fused_path_only_when_training_with_packed_dropout():
   grads = tape.gradient(loss, layer.trainable_variables)
   assert out.shape == (2, 6, 8) and all(g is not None for g in grads)
   assert not np.allclose(out.numpy(), ref_eval.numpy())  # dropout acted
-
-
-def test_towers_switch_by_config():
-  kinds = lambda m: {type(l) for l in m._flatten_layers()  # pylint: disable=protected-access
-                     if isinstance(l, tf_keras.layers.MultiHeadAttention)}
-  assert kinds(embedder.RealmEmbedder(BERT, projection_size=8)) == {
-      fused_attention.FusedSoftmaxDropoutAttention}
-  assert kinds(embedder.RealmEmbedder(BERT.replace(packed_dropout=False), projection_size=8)) == {
-      tf_keras.layers.MultiHeadAttention}

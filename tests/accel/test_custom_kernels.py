@@ -8,9 +8,9 @@ import realm_tf2  # noqa: F401
 import tensorflow as tf
 import tf_keras
 
-from realm_tf2.modeling import fused_attention
-from realm_tf2.modeling import packed_dropout
-from realm_tf2.ops import custom_kernels
+from realm_tf2.accel import fused_attention
+from realm_tf2.accel import packed_dropout
+from realm_tf2.accel import custom_kernels
 
 RATE = 0.3
 THRESHOLD = int(round(RATE * packed_dropout.LEVELS))
@@ -163,7 +163,7 @@ def test_failed_build_reports_the_compiler_output(tmp_path, monkeypatch):
 
 @pytest.mark.parametrize("dtype,tol", [(tf.float32, 1e-5), (tf.bfloat16, 1e-2)])  # tanh: Eigen vs TF
 def test_gelu_kernel_matches_tensorflow_ops(kernels, dtype, tol):
-  from realm_tf2.modeling import float32_kernels  # pylint: disable=g-import-not-at-top
+  from realm_tf2.accel import float32_kernels  # pylint: disable=g-import-not-at-top
   x = tf.cast(tf.random.stateless_normal([3, 1000 + 37], seed=[9, 9]) * 3.0, dtype)  # odd chunks
   dy = tf.cast(tf.random.stateless_normal(x.shape, seed=[8, 8]), dtype)
 

@@ -9,7 +9,7 @@ import tf_keras
 from realm_tf2 import configs
 from realm_tf2.modeling import bert
 from realm_tf2.modeling import embedder
-from realm_tf2.modeling import packed_dropout
+from realm_tf2.accel import packed_dropout
 
 BERT = configs.BertConfig(vocab_size=100, hidden_size=32, num_layers=2, num_attention_heads=2,
                           intermediate_size=37, dropout_rate=0.1, attention_dropout_rate=0.1)
@@ -56,20 +56,8 @@ def _dropouts(layer):
   return [l for l in layer._flatten_layers() if isinstance(l, tf_keras.layers.Dropout)]  # pylint: disable=protected-access
 
 
-def test_towers_switch_by_config():
-  packed = embedder.RealmEmbedder(BERT, projection_size=8, dropout_rate=0.1)
-  assert _dropouts(packed) and all(
-      isinstance(l._random_generator, packed_dropout.PackedBitsRandomGenerator)  # pylint: disable=protected-access
-      for l in _dropouts(packed))
-  plain = embedder.RealmEmbedder(BERT.replace(packed_dropout=False), projection_size=8,
-                                 dropout_rate=0.1)
-  assert not any(isinstance(l._random_generator, packed_dropout.PackedBitsRandomGenerator)  # pylint: disable=protected-access
-                 for l in _dropouts(plain))
-
-
 def test_switch_inside_a_bert_tower():
-  tower = embedder.RealmEmbedder(BERT.replace(packed_dropout=False), projection_size=8,
-                                 dropout_rate=0.1)
+  tower = embedder.RealmEmbedder(BERT, projection_size=8, dropout_rate=0.1)
   names_before = sorted(v.name for v in tower.variables)
   switched = packed_dropout.use_packed_dropout(tower)
   # Embedding dropout + per layer: attention probabilities, attention output, feed-forward output

@@ -10,7 +10,7 @@ from official.modeling import activations
 
 from realm_tf2 import configs
 from realm_tf2.modeling import embedder
-from realm_tf2.modeling import float32_kernels
+from realm_tf2.accel import float32_kernels
 
 BERT = configs.BertConfig(vocab_size=100, hidden_size=32, num_layers=2, num_attention_heads=2,
                           intermediate_size=37)
@@ -83,20 +83,3 @@ def test_layer_norm_other_axis_falls_back_and_xla_compiles():
 
   y, g = step(tf.random.stateless_normal([4, 8], seed=[1, 1]))
   assert y.shape == g.shape == (4, 8) and np.isfinite(g.numpy()).all()
-
-
-def test_towers_switch_by_config_and_keep_variables():
-  fast = embedder.RealmEmbedder(BERT, projection_size=8)
-  plain = embedder.RealmEmbedder(BERT.replace(float32_kernels=False), projection_size=8)
-  norms = lambda m: [l for l in m._flatten_layers()  # pylint: disable=protected-access
-                     if isinstance(l, tf_keras.layers.LayerNormalization)]
-  # Embedding LayerNorm, two per layer, the embedder's own.
-  assert len(norms(fast)) == 1 + 2 * BERT.num_layers + 1
-  assert all(isinstance(l, float32_kernels.Float32LayerNormalization) for l in norms(fast))
-  assert not any(isinstance(l, float32_kernels.Float32LayerNormalization) for l in norms(plain))
-  assert sorted(v.name for v in fast.variables) == sorted(v.name for v in plain.variables)
-  plain.set_weights(fast.get_weights())
-  feats = {"input_ids": tf.constant([[2, 5, 6, 7, 3]] * 2), "input_mask": tf.ones([2, 5], tf.int32),
-           "segment_ids": tf.zeros([2, 5], tf.int32)}
-  np.testing.assert_allclose(fast(feats, training=False).numpy(), plain(feats, training=False).numpy(),
-                             rtol=1e-4, atol=1e-5)

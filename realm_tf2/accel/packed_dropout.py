@@ -3,7 +3,7 @@
 Why this exists: on CPU, BERT's dropout is dominated by random-number generation. Keras' Dropout
 (`tf.nn.dropout`) draws one 32-bit uniform float per element; the attention-probability dropout alone
 is [B·K, heads, T, T] per layer (18.9M elements per layer of the 384-token joint encoder at B·K=32,
-4 heads), and it cost about a quarter of the REALM step on a 2-core CPU (docs/scaling.md, docs/history.md). Here
+4 heads), a large share of a CPU REALM step (docs/scaling.md). Here
 the keep mask comes from 16-bit integers: one 32-bit Philox word (`tf.random.stateless_uniform`,
 full-range uint32) is bitcast into two uint16 halves, so half as many random words are generated and
 no int->float conversion is needed. Neither Keras nor Model Garden offers this, hence the hand-written
@@ -13,7 +13,7 @@ Semantics: element kept with probability 1 - q, q = round(rate·65536)/65536 (|q
 q = 0.1000061 for rate 0.1), kept values scaled by 1/(1 - q), so E[output] = input exactly. Fresh
 randomness on every call (the seed pair is drawn from a stateful RNG), as Keras' default dropout.
 
-`use_packed_dropout(layer)` switches every Keras `Dropout` inside a built layer/model (Model Garden's
+`use_packed_dropout(layer)` (called by `accel.apply`) switches every Keras `Dropout` inside a built layer/model (Model Garden's
 BertEncoderV2: embedding, attention-probability, attention-output and feed-forward dropouts) to this
 mask. Dropout layers own no variables, so checkpoints and exports are unchanged.
 """

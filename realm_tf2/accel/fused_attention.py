@@ -20,9 +20,9 @@ import realm_tf2  # noqa: F401
 import tensorflow as tf
 import tf_keras
 
-from realm_tf2.modeling import layer_swap
-from realm_tf2.modeling import packed_dropout
-from realm_tf2.ops import custom_kernels
+from realm_tf2.accel import layer_swap
+from realm_tf2.accel import packed_dropout
+from realm_tf2.accel import custom_kernels
 
 _MASK_NEGATIVE = -1e9  # Keras' additive mask value (float16 excepted, which falls back)
 
@@ -30,7 +30,7 @@ _MASK_NEGATIVE = -1e9  # Keras' additive mask value (float16 excepted, which fal
 def masked_softmax_dropout(scores: tf.Tensor, attention_mask, rate: float, use_kernel=None):
   """z = packed_dropout(softmax(scores + (1 - mask)·(-1e9)), rate) with a fused gradient.
 
-  On a CPU, the C++ kernel of `realm_tf2/ops/cpu_kernels.cc` does the forward and the
+  On a CPU, the C++ kernel of `realm_tf2/accel/cpu_kernels.cc` does the forward and the
   backward pass in one sweep each (same maths; its keep mask comes from a counter-based generator
   instead of Philox, with the same keep probability). Elsewhere, or when it cannot be built, the
   TensorFlow ops below run.
@@ -60,9 +60,8 @@ def masked_softmax_dropout(scores: tf.Tensor, attention_mask, rate: float, use_k
                      f"broadcastable to them, got {scores.dtype.name} {scores.shape} and "
                      f"{None if attention_mask is None else attention_mask.shape}")
   # Computed in float32 whatever the compute dtype: TensorFlow's CPU kernels run bfloat16
-  # elementwise ops about 1.5-2x slower than float32 (each converts on load and store), and the
-  # casts in and out cost less than that (forward+backward at [32, 4, 384, 384] on the 2-core VM:
-  # 118 ms in bfloat16, 95 ms with float32 inside).
+  # elementwise ops slower than float32 (each converts on load and store), and the casts in and
+  # out cost less than that (docs/scaling.md).
   adder = None if attention_mask is None else _mask_adder(attention_mask)
   probabilities = []
 

@@ -11,7 +11,7 @@
 // ds = z·dz - y·Σ(z·dz). GELU likewise: TensorFlow runs its tanh form as about nine passes over
 // the [tokens, intermediate] activations (with casts under mixed bfloat16); here one pass forward
 // and one backward, in float32. Neither TensorFlow, Keras nor Model Garden has such kernels (XLA and
-// TPUs fuse this themselves; the TensorFlow-op versions in realm_tf2/modeling/fused_attention.py and
+// TPUs fuse this themselves; the TensorFlow-op versions in realm_tf2/accel/fused_attention.py and
 // float32_kernels.py run there and wherever these cannot be built).
 //
 // Dropout: element i of the flattened tensor is kept iff its 16-bit random value u_i >= threshold

@@ -12,9 +12,8 @@ Here both have a closed-form backward pass (`tf.custom_gradient`) with the few t
 saved from the forward pass, all in float32; outputs and input gradients are cast back to the
 input dtype. The maths is the same as Model Garden's tanh-GELU (google-research/bert's) and Keras'
 LayerNormalization (same epsilon, biased variance): float32 results agree to rounding (tests).
-Measured on the 2-core VM, [12288, 1024] GELU / [12288, 256] LayerNorm forward+backward at mixed
-bfloat16: 70 vs 114 ms and 16 vs 26 ms (`benchmarks/pretrain_step.py` gives the step-level effect).
-Neither Model Garden nor Keras offers these, hence the hand-written pieces. They compile under XLA.
+What they save is in docs/scaling.md. Neither Model Garden nor Keras offers these, hence the
+hand-written pieces. They compile under XLA, but `realm_tf2.accel` uses them only without it.
 """
 import math
 
@@ -22,8 +21,8 @@ import realm_tf2  # noqa: F401
 import tensorflow as tf
 import tf_keras
 
-from realm_tf2.modeling import layer_swap
-from realm_tf2.ops import custom_kernels
+from realm_tf2.accel import layer_swap
+from realm_tf2.accel import custom_kernels
 
 _SQRT_2_OVER_PI = math.sqrt(2.0 / math.pi)
 _CUBIC = 0.044715
@@ -33,8 +32,8 @@ _CUBIC = 0.044715
 def gelu_tanh(x):
   """BERT's tanh-approximate GELU, 0.5·x·(1 + tanh(√(2/π)·(x + 0.044715·x³))), in float32.
 
-  Traced inside `custom_kernels.enabled()` (the project's CPU training and re-embedding steps), it
-  runs the C++ kernels of `realm_tf2/ops/cpu_kernels.cc` (one pass forward, one backward); else
+  Traced inside `custom_kernels.enabled()` (`accel.kernels_scope()`: CPU training and re-embedding), it
+  runs the C++ kernels of `realm_tf2/accel/cpu_kernels.cc` (one pass forward, one backward); else
   the TensorFlow ops below.
 
   Args:
