@@ -20,7 +20,6 @@ import os
 import pickle
 import re
 import shlex
-import uuid
 from typing import Callable, Iterator, Sequence
 
 import tensorflow as tf
@@ -66,19 +65,13 @@ def process_file(state, chunk_fn: Callable, index: int, path: str, tmp_dir: str,
   counters = io_utils.Counters()
   docs = common.iter_documents(path, counters, input_format, skip_bad_lines,
                                apply_title_filter=title_filter)
-  final = part_path(tmp_dir, index)
-  tmp = f"{final}.tmp-{uuid.uuid4().hex[:8]}"
   chunks = 0
-  try:
+  with io_utils.atomic_path(part_path(tmp_dir, index)) as tmp:
     with tf.io.TFRecordWriter(tmp) as writer:
       for chunk in common.chunked(((d.title, d.body) for d in docs), chunk_size):
         writer.write(pickle.dumps(chunk_fn(state, chunk), protocol=pickle.HIGHEST_PROTOCOL))
         chunks += 1
       writer.write(pickle.dumps(([], counters), protocol=pickle.HIGHEST_PROTOCOL))
-    tf.io.gfile.rename(tmp, final, overwrite=True)
-  finally:
-    if tf.io.gfile.exists(tmp):
-      tf.io.gfile.remove(tmp)
   return chunks
 
 

@@ -86,6 +86,26 @@ class ModelConfig(base_config.Config):
 
 
 @dataclasses.dataclass
+class ScannConfig(base_config.Config):
+  """ScaNN index settings; None = chosen from the corpus size by `index.scann_settings_for` (tree
+  with ~sqrt(N) leaves from 100k rows, asymmetric hashing from 20k, exact reordering).
+
+  Attributes:
+    num_leaves / num_leaves_to_search / training_sample_size: the partitioning tree (0 = no tree).
+    dimensions_per_block / anisotropic_quantization_threshold: asymmetric hashing.
+    reorder: candidates re-scored exactly (0 = none).
+    scoring: "ah" (asymmetric hashing) or "brute_force".
+  """
+  num_leaves: Optional[int] = None
+  num_leaves_to_search: Optional[int] = None
+  training_sample_size: Optional[int] = None
+  dimensions_per_block: Optional[int] = None
+  anisotropic_quantization_threshold: Optional[float] = None
+  reorder: Optional[int] = None
+  scoring: Optional[str] = None
+
+
+@dataclasses.dataclass
 class OptimizerConfig(base_config.Config):
   """BERT's AdamWeightDecay recipe (reference §1.1).
 

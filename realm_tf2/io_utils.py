@@ -14,8 +14,57 @@ import tensorflow as tf
 _INT63_MASK = (1 << 63) - 1
 
 
-def _tmp_name(path):
-  return f"{path}.tmp-{uuid.uuid4().hex}"
+def staging_name(path):
+  """`<path>.tmp-<uuid>`: where a file or directory is written before it is renamed to `path`
+  (never all digits, so step-directory scanners ignore it)."""
+  return f"{path.rstrip('/')}.tmp-{uuid.uuid4().hex}"
+
+
+@contextlib.contextmanager
+def atomic_path(path):
+  """Yields a staging path beside `path` for a writer that opens files itself (TFRecordWriter,
+  SaveV2, ...); on success the staged file is renamed over `path`, on error it is deleted."""
+  parent = os.path.dirname(path)
+  if parent and not tf.io.gfile.exists(parent):
+    tf.io.gfile.makedirs(parent)
+  tmp = staging_name(path)
+  try:
+    yield tmp
+    tf.io.gfile.rename(tmp, path, overwrite=True)
+  finally:
+    if tf.io.gfile.exists(tmp):
+      tf.io.gfile.remove(tmp)
+
+
+@contextlib.contextmanager
+def atomic_dir(target_dir):
+  """Yields a new, empty staging directory beside `target_dir`, to be filled by the caller.
+
+  On success the staging directory becomes `target_dir`: an existing `target_dir` is first renamed
+  aside and deleted after, so readers see the old or the new directory, never a partial one. On
+  error the staging directory is deleted and `target_dir` is untouched. The one directory writer of
+  the project (exports, `encoded/`, index snapshots, init checkpoints).
+  """
+  target_dir = target_dir.rstrip("/")
+  staging = staging_name(target_dir)
+  tf.io.gfile.makedirs(staging)
+  try:
+    yield staging
+    old = None
+    if tf.io.gfile.exists(target_dir):
+      old = staging_name(target_dir) + ".old"
+      tf.io.gfile.rename(target_dir, old)
+    try:
+      tf.io.gfile.rename(staging, target_dir)
+    except BaseException:
+      if old is not None:
+        tf.io.gfile.rename(old, target_dir)  # put the previous directory back
+      raise
+    if old is not None:
+      tf.io.gfile.rmtree(old)
+  finally:
+    if tf.io.gfile.exists(staging):
+      tf.io.gfile.rmtree(staging)
 
 
 @contextlib.contextmanager
@@ -27,18 +76,9 @@ def atomic_open(path, mode="w"):
   """
   if mode not in ("w", "wb"):
     raise ValueError(f"atomic_open mode must be 'w' or 'wb', got {mode!r}")
-  parent = os.path.dirname(path)
-  if parent and not tf.io.gfile.exists(parent):
-    tf.io.gfile.makedirs(parent)
-  tmp = _tmp_name(path)
-  try:
+  with atomic_path(path) as tmp:
     with tf.io.gfile.GFile(tmp, mode) as f:
       yield f
-    tf.io.gfile.rename(tmp, path, overwrite=True)
-  except BaseException:
-    if tf.io.gfile.exists(tmp):
-      tf.io.gfile.remove(tmp)
-    raise
 
 
 def atomic_write_bytes(path, data):

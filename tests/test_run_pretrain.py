@@ -225,7 +225,8 @@ def _realm_attempt(d, realm_dir, ict_export, ranks0, seed):
               "--num_eval_shards=1", f"--num_train_steps={REALM_STEPS}", "--batch_size=8",
               f"--seed={seed}",
               f"--refresh_every_steps={REFRESH_EVERY}", "--refresh_poll_secs=0.5"])
-  assert f"[realm] done at step {REALM_STEPS}" in out
+  with open(f"{realm_dir}/TRAINING_DONE") as f:
+    assert int(f.read()) == REALM_STEPS
   train = _records(f"{realm_dir}/metrics.jsonl", "train")
   assert [r["step"] for r in train] == list(range(LOOP, REALM_STEPS + 1, LOOP))
   versions = [r["index_version"] for r in train]

@@ -210,7 +210,7 @@ class AtomicRecordWriter:
     if parent:
       tf.io.gfile.makedirs(parent)
     self.path = path
-    self.tmp = io_utils._tmp_name(path)  # pylint: disable=protected-access
+    self.tmp = io_utils.staging_name(path)
     self._w = tf.io.TFRecordWriter(self.tmp, options=tf.io.TFRecordOptions(compression_type=compression))
     self.count = 0
     self._closed = False

@@ -9,15 +9,18 @@ inputs and returns a dict.
 import os
 import shutil
 import tempfile
-import uuid
 from typing import Dict, Optional
 
 import realm_tf2  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow is imported)
 import tensorflow as tf
 
+from realm_tf2 import io_utils
+
 EXPORT_SUBDIR = "export"
 BEST_SUBDIR = "best"
 ENCODED_CKPT_RELPATH = os.path.join("encoded", "encoded.ckpt")
+# `export/<step>/doc_embedder`: the document tower of a run with separate towers, beside `embedder`.
+DOC_EMBEDDER_SUBDIR = "doc_embedder"
 
 
 def step_export_dir(model_dir: str, step: int) -> str:
@@ -95,17 +98,6 @@ def _copy_checkpoint(src_prefix: str, dst_prefix: str):
     tf.io.gfile.copy(f, dst_prefix + f[len(src_prefix):], overwrite=True)
 
 
-def _replace_dir(tmp_dir: str, export_dir: str):
-  """Renames `tmp_dir` to `export_dir`, replacing an existing export (old one removed after)."""
-  old = None
-  if tf.io.gfile.exists(export_dir):
-    old = f"{export_dir}.old-{uuid.uuid4().hex}"
-    tf.io.gfile.rename(export_dir, old)
-  tf.io.gfile.rename(tmp_dir, export_dir)
-  if old is not None:
-    tf.io.gfile.rmtree(old)
-
-
 def save_atomically(module: tf.Module, export_dir: str, signatures: Dict[str, object],
                     encoded_checkpoint: Optional[str] = None) -> str:
   """Saves `module` as a SavedModel into a temp dir beside `export_dir`, then renames it.
@@ -120,20 +112,14 @@ def save_atomically(module: tf.Module, export_dir: str, signatures: Dict[str, ob
     export_dir.
   """
   export_dir = export_dir.rstrip("/")
-  parent = os.path.dirname(export_dir)
-  if parent:
-    tf.io.gfile.makedirs(parent)
-  tmp_dir = f"{export_dir}.tmp-{uuid.uuid4().hex}"
   try:
-    tf.saved_model.save(module, tmp_dir, signatures=signatures,
-                        options=tf.saved_model.SaveOptions(experimental_custom_gradients=False))
-    if encoded_checkpoint:
-      _copy_checkpoint(encoded_checkpoint, encoded_checkpoint_path(tmp_dir))
-    _replace_dir(tmp_dir, export_dir)
+    with io_utils.atomic_dir(export_dir) as tmp_dir:
+      tf.saved_model.save(module, tmp_dir, signatures=signatures,
+                          options=tf.saved_model.SaveOptions(experimental_custom_gradients=False))
+      if encoded_checkpoint:
+        _copy_checkpoint(encoded_checkpoint, encoded_checkpoint_path(tmp_dir))
   finally:
     staged = getattr(module, "_staged_vocab_dir", None)
     if staged:
       shutil.rmtree(staged, ignore_errors=True)
-    if tf.io.gfile.exists(tmp_dir):
-      tf.io.gfile.rmtree(tmp_dir)
   return export_dir

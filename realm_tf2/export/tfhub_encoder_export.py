@@ -23,7 +23,6 @@ directory / checkpoint prefix (the first tower of `init_utils.BERT_ENCODER_ROOTS
 """
 import os
 import shutil
-import uuid
 from typing import Optional
 
 import realm_tf2  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow is imported)
@@ -36,6 +35,7 @@ from official.modeling import activations
 from official.nlp.modeling import models
 
 from realm_tf2 import configs
+from realm_tf2 import io_utils
 from realm_tf2.modeling import bert as bert_lib
 from realm_tf2.modeling import hub_init
 from realm_tf2.modeling import init_utils
@@ -123,23 +123,10 @@ def export_tfhub_encoder(source: str, export_dir: str, with_mlm: bool = False,
   core_model.vocab_file = tf.saved_model.Asset(_staged_vocab(vocab_file))
   core_model.do_lower_case = tf.Variable(bool(do_lower_case if do_lower_case is not None else True),
                                          trainable=False)
-  export_dir = export_dir.rstrip("/")
-  parent = os.path.dirname(export_dir)
-  if parent:
-    tf.io.gfile.makedirs(parent)
-  tmp_dir = f"{export_dir}.tmp-{uuid.uuid4().hex}"
   try:
-    core_model.save(tmp_dir, include_optimizer=False, save_format="tf")
-    old = None
-    if tf.io.gfile.exists(export_dir):
-      old = f"{export_dir}.old-{uuid.uuid4().hex}"
-      tf.io.gfile.rename(export_dir, old)
-    tf.io.gfile.rename(tmp_dir, export_dir)
-    if old:
-      tf.io.gfile.rmtree(old)
+    with io_utils.atomic_dir(export_dir) as tmp_dir:
+      core_model.save(tmp_dir, include_optimizer=False, save_format="tf")
   finally:
-    if tf.io.gfile.exists(tmp_dir):
-      tf.io.gfile.rmtree(tmp_dir)
     shutil.rmtree(_STAGE.pop(vocab_file, ""), ignore_errors=True)
   logging.info("Wrote TF Hub-format encoder %s (%s)", export_dir, hub_init.infer_bert_architecture(
       {hub_init.canonical_name(v.name): tuple(v.shape) for v in encoder.variables}))

@@ -16,7 +16,6 @@ import realm_tf2  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow is i
 
 import os
 import time
-import uuid
 import weakref
 
 from absl import logging
@@ -24,6 +23,7 @@ import numpy as np
 import tensorflow as tf
 
 from realm_tf2 import accel
+from realm_tf2 import io_utils
 from realm_tf2 import tokenization
 from realm_tf2.retrieval import index as index_lib
 
@@ -35,6 +35,9 @@ AUTO_BUCKETS = "auto"
 DEFAULT_MAX_BUCKETS = 16
 ENCODED_SUBDIR = "encoded"
 ENCODED_CKPT_NAME = "encoded.ckpt"
+# Beside encoded.ckpt: a ScaNN index of the same rows (`MipsIndex.save`), written by the standalone
+# refresher so that trainers load it instead of rebuilding it.
+INDEX_SUBDIR = "index"
 
 
 # embedder -> {(global_batch, strategy id, xla): compiled step}; reused across refreshes/warm-ups of the
@@ -374,7 +377,7 @@ def _scatter(out, n, emb, rows, filled):
 def write_encoded(parent_dir, block_emb, expected_rows=None):
   """Writes `parent_dir/encoded/encoded.ckpt` (key `block_emb`) atomically; returns the prefix.
 
-  Staged in `parent_dir/.tmp-encoded-<uuid>/` and renamed to `parent_dir/encoded`.
+  Staged beside `parent_dir/encoded` and renamed into place (`io_utils.atomic_dir`).
 
   Args:
     parent_dir: Usually an embedder export dir (`.../embedder`).
@@ -385,28 +388,26 @@ def write_encoded(parent_dir, block_emb, expected_rows=None):
   if expected_rows is not None and block_emb.shape[0] != expected_rows:
     raise ValueError(f"block_emb has {block_emb.shape[0]} rows but the corpus has {expected_rows}")
   target = os.path.join(parent_dir, ENCODED_SUBDIR)
-  staging = os.path.join(parent_dir, f".tmp-{ENCODED_SUBDIR}-{uuid.uuid4().hex}")
   created_parent = not tf.io.gfile.exists(parent_dir)
-  tf.io.gfile.makedirs(staging)
   try:
-    index_lib.write_block_emb_checkpoint(os.path.join(staging, ENCODED_CKPT_NAME), block_emb)
-    if tf.io.gfile.exists(target):
-      tf.io.gfile.rmtree(target)
-    tf.io.gfile.rename(staging, target, overwrite=True)
+    with io_utils.atomic_dir(target) as staging:
+      index_lib.write_block_emb_checkpoint(os.path.join(staging, ENCODED_CKPT_NAME), block_emb)
   except Exception:
     # A failed write (e.g. ENOSPC) must not leave an empty `<step>/` that looks like a snapshot.
     if created_parent and tf.io.gfile.exists(parent_dir):
       tf.io.gfile.rmtree(parent_dir)
     raise
-  finally:
-    if tf.io.gfile.exists(staging):
-      tf.io.gfile.rmtree(staging)
   return os.path.join(target, ENCODED_CKPT_NAME)
 
 
 def encoded_path(parent_dir):
   """`parent_dir/encoded/encoded.ckpt`."""
   return os.path.join(parent_dir, ENCODED_SUBDIR, ENCODED_CKPT_NAME)
+
+
+def index_path(parent_dir):
+  """`parent_dir/encoded/index`: the saved MIPS index of `encoded.ckpt`'s rows, if any."""
+  return os.path.join(parent_dir, ENCODED_SUBDIR, INDEX_SUBDIR)
 
 
 def embed_corpus(store, embedder, output_dir, cls_id=None, sep_id=None, vocab_file=None, **kwargs):

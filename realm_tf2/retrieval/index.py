@@ -22,10 +22,11 @@ import math
 import os
 import shutil
 import tempfile
-import uuid
 
 import numpy as np
 import tensorflow as tf
+
+from realm_tf2 import io_utils
 
 _META = "index_meta.json"
 _EMB_CKPT = "emb.ckpt"
@@ -69,23 +70,6 @@ def read_block_emb_checkpoint(path):
   if emb.ndim != 2:
     raise ValueError(f"{path}: '{BLOCK_EMB_KEY}' has shape {emb.shape}, expected [N, D]")
   return emb.astype(np.float32, copy=False)
-
-
-def _atomic_dir_write(target_dir, write_fn):
-  """Calls write_fn(staging_dir) then renames staging_dir to target_dir (replacing it)."""
-  parent = os.path.dirname(target_dir.rstrip("/")) or "."
-  tf.io.gfile.makedirs(parent)
-  staging = os.path.join(parent, f".tmp-{os.path.basename(target_dir.rstrip('/'))}-{uuid.uuid4().hex}")
-  tf.io.gfile.makedirs(staging)
-  try:
-    write_fn(staging)
-    if tf.io.gfile.exists(target_dir):
-      tf.io.gfile.rmtree(target_dir)
-    tf.io.gfile.rename(staging, target_dir, overwrite=True)
-  except BaseException:
-    if tf.io.gfile.exists(staging):
-      tf.io.gfile.rmtree(staging)
-    raise
 
 
 def _write_meta(directory, meta):
@@ -365,7 +349,8 @@ class BruteForceIndex(MipsIndex):
       _write_meta(staging, {"kind": self.kind, "num_rows": self.num_rows, "dim": self.dim,
                             "rows_per_chunk": self.rows_per_chunk,
                             "use_bfloat16": self.use_bfloat16})
-    _atomic_dir_write(directory, write)
+    with io_utils.atomic_dir(directory) as staging:
+      write(staging)
 
   @classmethod
   def load(cls, directory, strategy=None, **kwargs):
@@ -575,7 +560,8 @@ class ScannIndex(MipsIndex):
         module = self._searcher.serialize_to_module()
         tf.train.Checkpoint(scann=module).write(os.path.join(staging, "scann_state", "ckpt"))
       _write_meta(staging, meta)
-    _atomic_dir_write(directory, write)
+    with io_utils.atomic_dir(directory) as staging:
+      write(staging)
 
   @classmethod
   def load(cls, directory, **kwargs):
@@ -624,3 +610,53 @@ def build_index(emb, kind="brute_force", **kwargs):
   if kind not in _KINDS:
     raise ValueError(f"unknown index kind {kind!r}; known: {sorted(_KINDS)}")
   return _KINDS[kind](**kwargs).build(emb)
+
+
+MIPS_CHOICES = ("brute_force", "scann", "auto")
+# `mips="auto"` builds ScaNN from this many rows on: from there ScaNN answers REALM's queries several
+# times faster than exact search at recall@8 >= 0.99 (benchmarks/mips.py, docs/scaling.md "MIPS");
+# below it brute force is fast enough and exact.
+AUTO_SCANN_MIN_ROWS = 50000
+
+
+def resolve_mips(mips: str, num_rows: int) -> str:
+  """The index kind `mips` ("brute_force" | "scann" | "auto") means for `num_rows` rows."""
+  if mips not in MIPS_CHOICES:
+    raise ValueError(f"mips must be one of {MIPS_CHOICES}, got {mips!r}")
+  if mips == "auto":
+    return ScannIndex.kind if num_rows >= AUTO_SCANN_MIN_ROWS else BruteForceIndex.kind
+  return mips
+
+
+class IndexFactory:
+  """Builds (or loads) the `MipsIndex` of the kind `mips` resolves to for a corpus size.
+
+  Args:
+    mips: "brute_force", "scann" or "auto" (`resolve_mips`).
+    scann_settings: Overrides of `scann_settings_for(N)` (None values are left to it).
+
+  Call: `factory(block_emb float32 [N, D])` -> a built index.
+  """
+
+  def __init__(self, mips: str = "brute_force", scann_settings=None):
+    resolve_mips(mips, 0)  # validates the name
+    self.mips = mips
+    self.scann_settings = {k: v for k, v in dict(scann_settings or {}).items() if v is not None}
+
+  def kind_for(self, num_rows: int) -> str:
+    return resolve_mips(self.mips, num_rows)
+
+  def __call__(self, emb):
+    if self.kind_for(int(np.shape(emb)[0])) == ScannIndex.kind:
+      return ScannIndex(settings=self.scann_settings).build(emb)
+    return BruteForceIndex().build(emb)
+
+  def load_or_build(self, directory, emb):
+    """The index saved in `directory` (by `MipsIndex.save`) when it is of the kind this factory
+    builds for `emb` and has its shape, else a new one built from `emb`."""
+    if directory and tf.io.gfile.exists(os.path.join(directory, _META)):
+      meta = _read_meta(directory)
+      if (meta.get("kind") == self.kind_for(emb.shape[0]) and meta.get("num_rows") == emb.shape[0]
+          and meta.get("dim") == emb.shape[1]):
+        return load_index(directory)
+    return self(emb)

@@ -6,7 +6,7 @@ newest export writes a versioned snapshot
   model_dir/export/encoded/<step>/embedder/...                 copy of the embedder export
   model_dir/export/encoded/<step>/embedder/encoded/encoded.ckpt  block_emb float32 [N, 128]
 
-staged in `model_dir/export/encoded/.tmp-<step>-<uuid>/` and renamed into place when complete, so
+staged in `model_dir/export/encoded/<step>.tmp-<uuid>/` (`io_utils.atomic_dir`) and renamed into place when complete, so
 readers (`IndexRefresher(mode="external")`) never see a partial snapshot. Keeps the newest
 `--keep` snapshots. Exits when `model_dir/TRAINING_DONE` exists (after a last check), or after one
 refresh with `--once`.
@@ -23,15 +23,18 @@ import json
 import os
 import sys
 import time
-import uuid
 
 from absl import app
 from absl import flags
 from absl import logging
 import tensorflow as tf
+import yaml
 
+from realm_tf2 import io_utils
+from realm_tf2.export import common as export_common
 from realm_tf2.retrieval import block_store as block_store_lib
 from realm_tf2.retrieval import embed_corpus
+from realm_tf2.retrieval import index as index_lib
 from realm_tf2.retrieval import refresher as refresher_lib
 
 FLAGS = flags.FLAGS
@@ -65,6 +68,22 @@ def define_flags(fv=FLAGS):
                      "(0 = wait forever).", **d)
   flags.DEFINE_string("distribution_strategy", "off", "off | one_device | mirrored | tpu.", **d)
   flags.DEFINE_string("tpu", "", "TPU name/address for --distribution_strategy=tpu.", **d)
+  flags.DEFINE_enum("mips", None, list(index_lib.MIPS_CHOICES),
+                    "Index saved beside each encoded.ckpt for the trainer to load: scann saves a "
+                    "ScaNN index, brute_force none (trainers build it), auto = scann from "
+                    "index.AUTO_SCANN_MIN_ROWS blocks. Default: the run's task.mips in "
+                    "model_dir/params.yaml (ScaNN settings from its task.scann), else auto.", **d)
+
+
+def run_index_factory(model_dir, mips=None):
+  """The `IndexFactory` of the training run: `task.mips` / `task.scann` of `model_dir/params.yaml`
+  (written by the trainer at start), `mips` overriding the kind."""
+  task = {}
+  path = os.path.join(model_dir, "params.yaml")
+  if tf.io.gfile.exists(path):
+    with tf.io.gfile.GFile(path) as f:
+      task = (yaml.safe_load(f) or {}).get("task", {}) or {}
+  return index_lib.IndexFactory(mips or task.get("mips") or "auto", task.get("scann"))
 
 
 ENCODED_SUBDIR = "encoded"
@@ -107,34 +126,41 @@ def parse_buckets(values):
   return buckets
 
 
+def _load(path, strategy):
+  # Under a strategy the SavedModel's variables are created in its scope (mirrored / on TPU).
+  if strategy is None:
+    return tf.saved_model.load(path)
+  with strategy.scope():
+    return tf.saved_model.load(path)
+
+
 def refresh_once(model_dir, store, step, embedder_dir, batch_size=128,
                  buckets=embed_corpus.AUTO_BUCKETS, seq_len=288, strategy=None, keep=3,
-                 max_buckets=embed_corpus.DEFAULT_MAX_BUCKETS):
-  """Writes `export/encoded/<step>` for the embedder export at `embedder_dir`; returns (dir, stats)."""
+                 max_buckets=embed_corpus.DEFAULT_MAX_BUCKETS, index_factory=None):
+  """Writes `export/encoded/<step>` for the embedder export at `embedder_dir`; returns (dir, stats).
+
+  The snapshot holds the query tower (`embedder`, copied) with `encoded/encoded.ckpt`: the corpus
+  embedded by the document tower (`export/<step>/doc_embedder` beside `embedder_dir` when the run has
+  a separate one, else the embedder itself), and, when `index_factory` builds ScaNN for this corpus,
+  the index in `encoded/index` (ScaNN's own serialisation), which trainers load instead of rebuilding.
+  """
   root = encoded_root(model_dir)
   final = os.path.join(root, str(step))
-  staging = os.path.join(root, f".tmp-{step}-{uuid.uuid4().hex}")
   stats = {}
-  try:
+  with io_utils.atomic_dir(final) as staging:
     staged_embedder = os.path.join(staging, "embedder")
     copy_tree(embedder_dir, staged_embedder)
-    # Under a strategy the SavedModel's variables are created in its scope (mirrored / on TPU).
-    if strategy is not None:
-      with strategy.scope():
-        loaded = tf.saved_model.load(staged_embedder)
-    else:
-      loaded = tf.saved_model.load(staged_embedder)
-    embed_corpus.embed_corpus(store, loaded, staged_embedder, batch_size=batch_size,
-                              buckets=buckets, seq_len=seq_len, strategy=strategy, stats=stats,
-                              max_buckets=max_buckets)
+    doc_dir = os.path.join(os.path.dirname(embedder_dir.rstrip("/")),
+                           export_common.DOC_EMBEDDER_SUBDIR)
+    has_doc_tower = tf.io.gfile.exists(os.path.join(doc_dir, "saved_model.pb"))
+    doc_embedder = _load(doc_dir if has_doc_tower else staged_embedder, strategy)
+    _, emb = embed_corpus.embed_corpus(store, doc_embedder, staged_embedder, batch_size=batch_size,
+                                       buckets=buckets, seq_len=seq_len, strategy=strategy,
+                                       stats=stats, max_buckets=max_buckets)
+    if index_factory is not None and index_factory.kind_for(emb.shape[0]) != "brute_force":
+      index_factory(emb).save(embed_corpus.index_path(staged_embedder))
     with tf.io.gfile.GFile(os.path.join(staging, "global_step.txt"), "w") as f:
       f.write(f"{step}\n")
-    if tf.io.gfile.exists(final):
-      tf.io.gfile.rmtree(final)
-    tf.io.gfile.rename(staging, final)
-  finally:
-    if tf.io.gfile.exists(staging):
-      tf.io.gfile.rmtree(staging)
   refresher_lib.prune_step_dirs(root, keep)
   return final, stats
 
@@ -169,7 +195,7 @@ def main(argv, fv=FLAGS):
       try:
         path, stats = refresh_once(FLAGS.model_dir, store, step, embedder_dir, FLAGS.batch_size,
                                    buckets, FLAGS.candidate_seq_len, strategy, FLAGS.keep,
-                                   FLAGS.max_buckets)
+                                   FLAGS.max_buckets, run_index_factory(FLAGS.model_dir, FLAGS.mips))
         print(json.dumps({"step": step, "snapshot": path, "blocks": stats["blocks"],
                           "blocks_per_sec": round(stats["blocks_per_sec"], 2),
                           "seconds": round(stats["seconds"], 2),

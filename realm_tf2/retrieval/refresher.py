@@ -27,6 +27,7 @@ from absl import logging
 import numpy as np
 import tensorflow as tf
 
+from realm_tf2.export import common as export_common
 from realm_tf2.retrieval import embed_corpus
 from realm_tf2.retrieval import index as index_lib
 
@@ -165,9 +166,15 @@ class IndexRefresher(threading.Thread):
     source: internal mode only: "checkpoint" (training checkpoints in model_dir, CheckpointManager
       naming `ckpt-<step>`; needs `embedder_factory`) or "export" (`model_dir/export/<step>/embedder`).
     embedder_factory: () -> a NEW built embedder with the retriever's architecture (checkpoint source).
-    checkpoint_embedder_path: Object path of the embedder in the training checkpoint.
+    checkpoint_embedder_path: Object path of the (query) embedder in the training checkpoint.
+    checkpoint_doc_embedder_path: Object path of a SEPARATE document tower in the training
+      checkpoint (`share_embedders=False`: ("model", "doc_embedder")), or None when the query
+      embedder also embeds the documents. The corpus is embedded with this tower; queries are
+      embedded with the query tower (the snapshot's `query_embedder`).
     cls_id, sep_id: Special ids for packing documents (internal mode).
-    index_factory: (block_emb float32 [N,D]) -> MipsIndex. Default: exact `BruteForceIndex`.
+    index_factory: (block_emb float32 [N,D]) -> MipsIndex. Default: exact `BruteForceIndex`. An
+      `index.IndexFactory` also loads the index the standalone refresher saved beside
+      `encoded.ckpt` (external mode) instead of rebuilding it.
     embed_fn: (embedder, block_store) -> float32 [N,D]. Default: `embed_corpus.embed_blocks`.
     embed_kwargs: Extra kwargs of `embed_corpus.embed_blocks` (batch_size, buckets, strategy, ...).
     current_step_fn: () -> the trainer's current step, for staleness.
@@ -181,6 +188,7 @@ class IndexRefresher(threading.Thread):
                mode: str = "internal", source: str = "checkpoint",
                embedder_factory: Optional[Callable[[], Any]] = None,
                checkpoint_embedder_path=("model", "embedder"),
+               checkpoint_doc_embedder_path=None,
                cls_id: Optional[int] = None, sep_id: Optional[int] = None,
                index_factory: Optional[Callable[[np.ndarray], Any]] = None,
                embed_fn: Optional[Callable[[Any, Any], np.ndarray]] = None,
@@ -207,6 +215,8 @@ class IndexRefresher(threading.Thread):
     self.source = source
     self.embedder_factory = embedder_factory
     self.checkpoint_embedder_path = tuple(checkpoint_embedder_path)
+    self.checkpoint_doc_embedder_path = (tuple(checkpoint_doc_embedder_path)
+                                         if checkpoint_doc_embedder_path else None)
     self.cls_id, self.sep_id = cls_id, sep_id
     self.index_factory = index_factory or (lambda emb: index_lib.BruteForceIndex().build(emb))
     self.embed_fn = embed_fn or self._default_embed
@@ -313,12 +323,17 @@ class IndexRefresher(threading.Thread):
     if self.source == "checkpoint":
       embedder = restore_embedder_from_checkpoint(self.embedder_factory(), path,
                                                   self.checkpoint_embedder_path)
+      doc_embedder = embedder
+      if self.checkpoint_doc_embedder_path:
+        doc_embedder = restore_embedder_from_checkpoint(self.embedder_factory(), path,
+                                                        self.checkpoint_doc_embedder_path)
     else:
-      embedder = tf.saved_model.load(path)
-      if "projected" not in embedder.signatures:
-        raise ValueError(f"{path}: embedder export has no 'projected' signature")
+      embedder = _load_embedder_export(path)
+      doc_path = os.path.join(os.path.dirname(path.rstrip("/")), export_common.DOC_EMBEDDER_SUBDIR)
+      doc_embedder = (_load_embedder_export(doc_path)
+                      if tf.io.gfile.exists(os.path.join(doc_path, "saved_model.pb")) else embedder)
     wall_time = _mtime(path)
-    emb = np.asarray(self.embed_fn(embedder, self.block_store), np.float32)  # [N, D]
+    emb = np.asarray(self.embed_fn(doc_embedder, self.block_store), np.float32)  # [N, D]
     if emb.ndim != 2 or emb.shape[0] != self.block_store.num_blocks:
       raise ValueError(f"embedding returned {emb.shape}, expected [{self.block_store.num_blocks}, D]")
     index = self.index_factory(emb)
@@ -341,7 +356,9 @@ class IndexRefresher(threading.Thread):
     if self.block_store is not None and emb.shape[0] != self.block_store.num_blocks:
       raise ValueError(f"{ckpt}: {emb.shape[0]} rows but the corpus has "
                        f"{self.block_store.num_blocks} blocks")
-    index = self.index_factory(emb)
+    load_or_build = getattr(self.index_factory, "load_or_build", None)
+    index = (load_or_build(embed_corpus.index_path(embedder_dir), emb)
+             if load_or_build else self.index_factory(emb))
     embedder = tf.saved_model.load(embedder_dir)
     return embedder, index, wall_time
 
@@ -364,6 +381,13 @@ class IndexRefresher(threading.Thread):
     out["step"] = None if snap is None else snap.step
     out["staleness"] = self.staleness()
     return out
+
+
+def _load_embedder_export(path: str):
+  embedder = tf.saved_model.load(path)
+  if "projected" not in embedder.signatures:
+    raise ValueError(f"{path}: embedder export has no 'projected' signature")
+  return embedder
 
 
 def prune_step_dirs(parent: str, keep: int):

@@ -14,6 +14,7 @@ import tf_keras
 
 from official.core import config_definitions as cfg
 from official.core import task_factory
+from realm_tf2 import configs
 from realm_tf2 import io_utils
 from realm_tf2 import optimization
 from realm_tf2 import tokenization
@@ -51,6 +52,9 @@ class RealmPretrainTaskConfig(base.RealmTaskConfig):
   Attributes:
     train_data / validation_data: `RealmDataConfig`s.
     retrieval_corpus_path: Glob of the retrieval corpus shards (index rows).
+    mips: Index the input pipeline searches: "brute_force" (exact), "scann", or "auto" (ScaNN from
+      `index.AUTO_SCANN_MIN_ROWS` rows on); built with every snapshot, swapped with it.
+    scann: ScaNN settings (None fields: chosen from the corpus size).
     embedder_init: Embedder source (ICT export / converter output / checkpoint); "" = random.
     bert_init: Knowledge-augmented encoder source (`bert` export / converter output / checkpoint).
     retriever_warmup_steps: For this many optimizer steps the retriever's learning rate is 0 (it
@@ -74,6 +78,8 @@ class RealmPretrainTaskConfig(base.RealmTaskConfig):
   validation_data: RealmDataConfig = dataclasses.field(
       default_factory=lambda: RealmDataConfig(is_training=False, shuffle_buffer_size=0))
   retrieval_corpus_path: str = ""
+  mips: str = "auto"
+  scann: configs.ScannConfig = dataclasses.field(default_factory=configs.ScannConfig)
   embedder_init: str = ""
   bert_init: str = ""
   retriever_warmup_steps: int = 0

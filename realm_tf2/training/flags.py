@@ -3,8 +3,11 @@
 Precedence (lowest first): the experiment's defaults → each `--config_file` YAML in order →
 `--params_override` → explicitly given original-style flags (`--num_train_steps`, `--learning_rate`, ...).
 Unknown YAML keys are an error (strict override), so a typo fails at start-up, not hours later.
+
+A flag maps to one config path or to several (a tuple: e.g. `--batch_size` sets the train and the
+validation batch); only flags given on the command line override the config.
 """
-from typing import Any, Dict, Mapping
+from typing import Any, Dict, Mapping, Sequence, Union
 
 import realm_tf2  # noqa: F401
 from absl import flags
@@ -30,8 +33,15 @@ COMMON_FLAG_PATHS = {
     "strategy": "runtime.distribution_strategy",
     "tpu": "runtime.tpu",
     "xla": "task.jit_compile",
-    "init_checkpoint": "task.init_checkpoint",
+    "cpu_accel": "task.cpu_accel",
 }
+
+BOTH_SPLITS = ("task.train_data", "task.validation_data")
+
+
+def on_splits(field: str, splits: Sequence[str] = BOTH_SPLITS):
+  """The config paths of `field` in the train and validation data configs."""
+  return tuple(f"{split}.{field}" for split in splits)
 
 
 def define_common_flags():
@@ -58,7 +68,9 @@ def define_common_flags():
   flags.DEFINE_bool("do_lower_case", None, "Lower-case input text.")
   flags.DEFINE_enum("mixed_precision", None, ["float32", "bfloat16", "float16"], "Compute dtype policy.")
   flags.DEFINE_bool("xla", None, "Compile the train step with XLA (jit_compile=True).")
-  flags.DEFINE_string("init_checkpoint", None, "Checkpoint to initialise from (when model_dir is empty).")
+  flags.DEFINE_enum("cpu_accel", None, ["auto", "on", "off"],
+                    "CPU speed-ups of realm_tf2.accel for training/re-embedding without XLA "
+                    "(default from the config: auto).")
 
 
 def _set_path(overrides: Dict[str, Any], path: str, value: Any):
@@ -69,13 +81,15 @@ def _set_path(overrides: Dict[str, Any], path: str, value: Any):
   node[keys[-1]] = value
 
 
-def build_params(default_params, flag_paths: Mapping[str, str] = COMMON_FLAG_PATHS,
+def build_params(default_params,
+                 flag_paths: Mapping[str, Union[str, Sequence[str]]] = COMMON_FLAG_PATHS,
                  extra_overrides: Mapping[str, Any] | None = None):
   """Applies --config_file, --params_override and explicitly-set flags to `default_params`.
 
   Args:
     default_params: The experiment's default `ExperimentConfig`.
-    flag_paths: Flag name -> dotted config path, for flags given on the command line.
+    flag_paths: Flag name -> dotted config path (or a tuple of paths), for flags given on the
+      command line.
     extra_overrides: Dotted path -> value applied last (script-specific derived values).
 
   Returns:
@@ -92,9 +106,10 @@ def build_params(default_params, flag_paths: Mapping[str, str] = COMMON_FLAG_PAT
     params = params_dict.override_params_dict(params, path, is_strict=True)
   params = params_dict.override_params_dict(params, FLAGS.params_override, is_strict=True)
   overrides: Dict[str, Any] = {}
-  for flag_name, path in flag_paths.items():
+  for flag_name, paths in flag_paths.items():
     if flag_name in FLAGS and FLAGS[flag_name].present:
-      _set_path(overrides, path, FLAGS[flag_name].value)
+      for path in ((paths,) if isinstance(paths, str) else paths):
+        _set_path(overrides, path, FLAGS[flag_name].value)
   if FLAGS.tpu and not FLAGS["strategy"].present:
     _set_path(overrides, "runtime.distribution_strategy", "tpu")
   for path, value in (extra_overrides or {}).items():

@@ -8,11 +8,12 @@ import json
 import math
 import os
 import threading
-import uuid
 
 import realm_tf2  # noqa: F401
 import numpy as np
 import tensorflow as tf
+
+from realm_tf2 import io_utils
 
 
 def _to_number(value):
@@ -69,11 +70,7 @@ class MetricsJsonlWriter:
         record[key] = number
     with self._lock:
       self._lines.append(json.dumps(record, sort_keys=True))
-      tmp = f"{self.path}.tmp-{uuid.uuid4().hex}"
-      tf.io.gfile.makedirs(os.path.dirname(self.path) or ".")
-      with tf.io.gfile.GFile(tmp, "w") as f:
-        f.write("\n".join(self._lines) + "\n")
-      tf.io.gfile.rename(tmp, self.path, overwrite=True)
+      io_utils.atomic_write_text(self.path, "\n".join(self._lines) + "\n")
     return record
 
 

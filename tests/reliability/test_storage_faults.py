@@ -111,16 +111,15 @@ def test_periodic_export_enospc_is_logged_and_training_continues(tmp_path, monke
   """A full disk during a periodic `export/<step>` does not end the run: the failure is logged and
   counted (`export_failures` in metrics.jsonl), no partial `<step>/` is visible, and the next train
   loop retries; a failing FINAL export still raises."""
-  import run_pretrain  # pylint: disable=g-import-not-at-top
+  from realm_tf2.training import export_actions  # pylint: disable=g-import-not-at-top
   bert = configs.BertConfig(vocab_size=0, hidden_size=32, num_layers=2, num_attention_heads=2,
                             intermediate_size=37)
   model = embedder_lib.RealmEmbedder(bert, 16, vocab_size=100)
   model({k: tf.ones([1, 4], tf.int32) for k in ("input_ids", "input_mask", "segment_ids")})
   step = tf.Variable(0, dtype=tf.int64)
   model_dir = str(tmp_path / "run")
-  action = run_pretrain.ExportAction(model_dir, step, every=10, embedder_fn=lambda: model,
-                                     bert_fn=None, vocab_file=tiny_vocab_file, do_lower_case=True,
-                                     total_steps=30)
+  towers = export_actions.TowerExporter(lambda: model, None, tiny_vocab_file, do_lower_case=True)
+  action = export_actions.ExportAction(model_dir, step, every=10, towers=towers, total_steps=30)
   real_save = tf.saved_model.save
 
   step.assign(10)

@@ -138,3 +138,26 @@ def test_scann_recall_100k():
   # Search-time overrides take effect without a rebuild: 1 leaf of 316 loses recall.
   ids1, _ = index.set_search_params(num_leaves_to_search=1, reorder=8).search(q, 8)
   assert np.mean([len(set(a) & set(b)) / 8 for a, b in zip(ids1, want_ids)]) < recall
+
+
+def test_index_factory_kinds_auto_threshold_and_saved_index(tmp_path):
+  assert index_lib.resolve_mips("auto", index_lib.AUTO_SCANN_MIN_ROWS - 1) == "brute_force"
+  assert index_lib.resolve_mips("auto", index_lib.AUTO_SCANN_MIN_ROWS) == "scann"
+  assert index_lib.resolve_mips("scann", 10) == "scann"
+  with pytest.raises(ValueError, match="mips must be one of"):
+    index_lib.IndexFactory("faiss")
+  emb = _clustered(2000, 16, seed=2)  # easy: ScaNN scores small corpora exactly
+  q = emb[:20] + 0.05
+  bf = index_lib.IndexFactory("brute_force")(emb)
+  factory = index_lib.IndexFactory("scann", {"reorder": None, "scoring": "brute_force"})
+  sc = factory(emb)
+  assert bf.kind == "brute_force" and sc.kind == "scann" and sc.settings["scoring"] == "brute_force"
+  np.testing.assert_array_equal(sc.search(q, 8)[0], bf.search(q, 8)[0])  # same top-k
+  sc.save(str(tmp_path / "index"))
+  loaded = factory.load_or_build(str(tmp_path / "index"), emb)
+  assert loaded is not sc and loaded.kind == "scann" and loaded.num_rows == 2000
+  # A saved index of another kind, or of other rows, is not used: the factory builds anew.
+  assert index_lib.IndexFactory("brute_force").load_or_build(str(tmp_path / "index"), emb).kind == \
+      "brute_force"
+  assert factory.load_or_build(str(tmp_path / "index"), emb[:1000]).num_rows == 1000
+  assert factory.load_or_build(str(tmp_path / "missing"), emb).num_rows == 2000

@@ -276,3 +276,40 @@ def test_internal_mode_from_embedder_exports_with_default_embedding(tmp_path):
   assert refresher.poll_once() and holder.get().step == 6  # newest export only
   np.testing.assert_allclose(holder.get().index.embeddings, np.full([N, D], 6.0))
   assert not refresher.poll_once()
+
+
+class TwoTowerTrainer(Trainer):
+  """Also saves a separate document tower `model/doc_embedder` whose scale is `doc_scale(step)`."""
+
+  def __init__(self, model_dir, doc_scale):
+    super().__init__(model_dir)
+    self.doc_embedder = StandInEmbedder()
+    self.doc_scale = doc_scale
+    self.ckpt = tf.train.Checkpoint(model=tf.train.Checkpoint(embedder=self.embedder,
+                                                              doc_embedder=self.doc_embedder))
+    self.manager = tf.train.CheckpointManager(self.ckpt, model_dir, max_to_keep=10)
+
+  def save(self, step):
+    self.doc_embedder.scale.assign(float(self.doc_scale(step)))
+    return super().save(step)
+
+
+def test_separate_document_tower_embeds_the_corpus(tmp_path):
+  """With `share_embedders=False` the corpus is embedded by the document tower and queries by the
+  query tower: a checkpoint in which only the document tower changed changes block_emb."""
+  model_dir = str(tmp_path)
+  trainer = TwoTowerTrainer(model_dir, doc_scale=lambda step: 100 + (step > 5))
+  holder = refresher_lib.IndexHolder()
+  r = _refresher(holder, model_dir, checkpoint_doc_embedder_path=("model", "doc_embedder"))
+  trainer.save(5)
+  assert r.poll_once()
+  snap = holder.get()
+  assert float(snap.query_embedder.scale.numpy()) == 5.0  # the query tower
+  np.testing.assert_allclose(snap.index.embeddings, BASE * 100)  # the document tower
+  trainer.embedder.scale.assign(5.0)
+  trainer.step = 6
+  trainer.doc_embedder.scale.assign(101.0)
+  trainer.manager.save(checkpoint_number=6)  # query tower unchanged, document tower moved
+  assert r.poll_once()
+  np.testing.assert_allclose(holder.get().index.embeddings, BASE * 101)
+  assert float(holder.get().query_embedder.scale.numpy()) == 5.0
