@@ -15,7 +15,6 @@ records "<step> <exact_match>".
 """
 import json
 import os
-import uuid
 
 import realm_tf2  # noqa: F401
 from absl import app
@@ -204,9 +203,8 @@ def export_best(task, model, model_dir: str, step: int):
       encoded_checkpoint=orqa_task.check_retriever_export(tc.retriever_module_path))
   reader_export.export_reader(model.reader, task.vocab_file, tc.do_lower_case,
                               os.path.join(best_dir, "reader"))
-  tmp = os.path.join(best_dir, f"checkpoint.tmp-{uuid.uuid4().hex}")
-  tf.train.Checkpoint(model=model).write(os.path.join(tmp, f"model.ckpt-{step}"))
-  export_common._replace_dir(tmp, os.path.join(best_dir, "checkpoint"))  # pylint: disable=protected-access
+  with io_utils.atomic_dir(os.path.join(best_dir, "checkpoint")) as tmp:
+    tf.train.Checkpoint(model=model).write(os.path.join(tmp, f"model.ckpt-{step}"))
 
 
 def export_serving_model(task, model, model_dir: str) -> str:

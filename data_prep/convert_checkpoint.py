@@ -24,7 +24,6 @@ Init checkpoints are object-based: `tf.train.Checkpoint(model=m).read(DIR/<tower
 """
 import json
 import os
-import uuid
 from typing import Dict, List, Optional
 
 from absl import app
@@ -37,6 +36,7 @@ import tensorflow as tf
 from data_prep import checkpoint_names as names_lib
 from data_prep import checkpoint_sources
 from realm_tf2 import configs
+from realm_tf2 import io_utils
 from realm_tf2.export import common as export_common
 from realm_tf2.export import bert_export
 from realm_tf2.export import embedder_export
@@ -237,18 +237,11 @@ def list_skipped(source: checkpoint_sources.VariableSource, specs: List[names_li
 
 def _write_init_checkpoint(model, config: dict, ckpt_dir: str):
   """Object-based `tf.train.Checkpoint(model=model)` at `ckpt_dir/ckpt` + config.json, atomically."""
-  ckpt_dir = ckpt_dir.rstrip("/")
-  tmp = f"{ckpt_dir}.tmp-{uuid.uuid4().hex}"
-  tf.io.gfile.makedirs(tmp)
-  try:
+  with io_utils.atomic_dir(ckpt_dir) as tmp:
     tf.train.Checkpoint(model=model).write(os.path.join(tmp, "ckpt"))
     tf.compat.v1.train.update_checkpoint_state(tmp, "ckpt")  # relative path: stays valid after the rename
     with tf.io.gfile.GFile(os.path.join(tmp, "config.json"), "w") as f:
       json.dump(config, f, indent=2, sort_keys=True)
-    export_common._replace_dir(tmp, ckpt_dir)  # pylint: disable=protected-access
-  finally:
-    if tf.io.gfile.exists(tmp):
-      tf.io.gfile.rmtree(tmp)
 
 
 def build_model_from_config(config: dict):
