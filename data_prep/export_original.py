@@ -211,8 +211,7 @@ def tower_layout(kind: str) -> TowerLayout:
   """Layout of "embedder" (`RealmEmbedder`), "bert" (`KnowledgeAugmentedEncoder`) or "reader"
   (`OrqaReader`), read off a tiny instance (names do not depend on sizes)."""
   tiny = configs.BertConfig(vocab_size=8, hidden_size=4, num_layers=1, num_attention_heads=1,
-                            intermediate_size=4, max_position_embeddings=8, packed_dropout=False,
-                            float32_kernels=False)
+                            intermediate_size=4, max_position_embeddings=8)
   name = f"layout_{kind}"
   if kind == "embedder":
     model = embedder_lib.RealmEmbedder(tiny, projection_size=2, name=name)

@@ -1,11 +1,11 @@
 """data_prep.export_original: ours -> original names -> convert_checkpoint -> the same model.
 
 Tiny BERT (vocab ~170, hidden 32, 2 layers, 2 heads), random weights everywhere (LayerNorm
-gammas and biases too, so a swapped or mis-shaped variable shows). Each source is written by our own
-code (exporters, `tf.train.CheckpointManager`, `export_best`'s layout), exported under the original
-names and converted back by `convert_checkpoint.convert`. The converted model must hold bit-identical
-weights and give the original outputs to 1e-6 (exports compared with exports, Keras towers with
-Keras towers: those two execution paths differ by float rounding).
+gammas and biases too, so a swapped or mis-shaped variable shows). Each source is written by our
+own code (exporters, `tf.train.CheckpointManager`, `export_best`'s layout), exported under the
+original names and converted back by `convert_checkpoint.convert`. The converted model must hold
+bit-identical weights and give the original outputs to 1e-6 (exports compared with exports, Keras
+towers with Keras towers: those two execution paths differ by float rounding).
 """
 import json
 import os
