@@ -548,20 +548,12 @@ def write_name_keyed_checkpoint(prefix: str, arrays: Dict[str, np.ndarray]):
 def _write_module_dir(out_dir: str, arrays: Dict[str, np.ndarray], vocab: str,
                       encoded: Optional[str]):
   """`out_dir/variables/variables.*`, `assets/vocab.txt` (+ `encoded/encoded.ckpt`), atomically."""
-  out_dir = out_dir.rstrip("/")
-  tmp = f"{out_dir}.tmp-{uuid.uuid4().hex}"
-  try:
+  with io_utils.atomic_dir(out_dir) as tmp:
     write_name_keyed_checkpoint(os.path.join(tmp, "variables", "variables"), arrays)
     tf.io.gfile.makedirs(os.path.join(tmp, "assets"))
     tf.io.gfile.copy(vocab, os.path.join(tmp, "assets", "vocab.txt"), overwrite=True)
-    # pylint: disable=protected-access
     if encoded:
-      export_common._copy_checkpoint(encoded, export_common.encoded_checkpoint_path(tmp))
-    export_common._replace_dir(tmp, out_dir)
-    # pylint: enable=protected-access
-  finally:
-    if tf.io.gfile.exists(tmp):
-      tf.io.gfile.rmtree(tmp)
+      export_common.copy_checkpoint(encoded, export_common.encoded_checkpoint_path(tmp))
 
 
 def _write_orqa_checkpoint(output_dir: str, arrays: Dict[str, np.ndarray], vocab: str) -> str:

@@ -88,7 +88,7 @@ class ExportModule(tf.Module):
             "do_lower_case": tf.constant(self._do_lower_case)}
 
 
-def _copy_checkpoint(src_prefix: str, dst_prefix: str):
+def copy_checkpoint(src_prefix: str, dst_prefix: str):
   """Copies all files of a checkpoint prefix (`.index`, `.data-*`)."""
   files = tf.io.gfile.glob(src_prefix + ".*")
   if not any(f.endswith(".index") for f in files):
@@ -117,7 +117,7 @@ def save_atomically(module: tf.Module, export_dir: str, signatures: Dict[str, ob
       tf.saved_model.save(module, tmp_dir, signatures=signatures,
                           options=tf.saved_model.SaveOptions(experimental_custom_gradients=False))
       if encoded_checkpoint:
-        _copy_checkpoint(encoded_checkpoint, encoded_checkpoint_path(tmp_dir))
+        copy_checkpoint(encoded_checkpoint, encoded_checkpoint_path(tmp_dir))
   finally:
     staged = getattr(module, "_staged_vocab_dir", None)
     if staged:
