@@ -84,6 +84,7 @@ if __name__ == "__main__":
 
 from absl import app  # noqa: E402
 from absl import flags  # noqa: E402
+import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 from data_prep import common  # noqa: E402
@@ -124,7 +125,7 @@ def define_flags():
   flags.DEFINE_integer("num_buckets", 100000, "Hash buckets of the split (ORQA: 100000).")
 
 
-# --- dictd reading ---------------------------------------------------------------------------------
+# --- dictd reading --------------------------------------------------------------------------------
 
 _B64 = {c: i for i, c in enumerate(
     "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/")}
@@ -161,7 +162,8 @@ def read_dictd(index_path: str, dict_path: str, counters: io_utils.Counters
         continue
       parts = line.split("\t")
       if len(parts) < 3:
-        raise io_utils.BadLineError(f"{index_path}:{line_no}: expected 'headword\\toffset\\tlength'")
+        raise io_utils.BadLineError(
+            f"{index_path}:{line_no}: expected 'headword<TAB>offset<TAB>length'")
       try:
         span = (decode_dictd_number(parts[1]), decode_dictd_number(parts[2]))
       except ValueError as e:
@@ -402,8 +404,8 @@ def parse_discovery(prose: str) -> Tuple[Tuple[str, ...], Optional[str]]:
   """(discoverer full names, year) from the first sentence of `prose` saying "discovered".
 
   Names are what follows "by" up to " in ", " of PLACE", " via " or the sentence end, split on ","
-  and " and ", keeping parts whose last word is capitalised, with "Sir" dropped; the year is the sentence's first 4-digit year. Missing parts are
-  () / None.
+  and " and ", keeping parts whose last word is capitalised, with "Sir" dropped; the year is the
+  sentence's first 4-digit year. Missing parts are () / None.
   """
   for sent in sentence_splitter.split_sentences_text(prose):
     if not re.search(r"\bdiscovered\b", sent, re.IGNORECASE):
@@ -627,8 +629,11 @@ class CorpusWriter:
     self.pending = []
 
 
+def _jsonl_text(rows: Iterable[Dict]) -> str:
+  return "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
+
+
 def _percentiles(values: Sequence[int]) -> Dict[str, float]:
-  import numpy as np  # pylint: disable=g-import-not-at-top
   if not values:
     return {}
   v = np.asarray(values)
@@ -659,7 +664,7 @@ def build_proxy(source_dir: str, output_dir: str, vocab_file: str, do_lower_case
   for e in dictd_entries("elements", fact_c):
     el = parse_element(e.text)
     if el is None:
-      fact_c.skip("element_unparsed")
+      fact_c.skip("element_without_symbol_or_number")  # alias entries: "cuprum", "wolfram"
     else:
       elements.append(el)
   facts += element_facts(elements)
@@ -675,6 +680,7 @@ def build_proxy(source_dir: str, output_dir: str, vocab_file: str, do_lower_case
   corpus_c = io_utils.Counters("corpus")
   docs_path = os.path.join(output_dir, "docs.jsonl")
   with io_utils.atomic_open(docs_path, "w") as f:
+    f.write("")  # gfile creates the file on the first write, even an empty one
     writer = CorpusWriter(f, blocker, support, max_blocks_per_entry, corpus_c)
     for e in dictd_entries("foldoc", corpus_c):
       if not in_fraction(e.headwords[0], foldoc_fraction):
@@ -736,19 +742,16 @@ def build_proxy(source_dir: str, output_dir: str, vocab_file: str, do_lower_case
     meta.append({"question": question, "type": fact.qtype, "subject": fact.subject,
                  "key": fact.key, "split": split, "support_rows": support.support[i][:20],
                  "num_support_rows": len(support.support[i])})
-  for split, exs in out.items():
-    path = os.path.join(output_dir, f"{dataset_name}.resplit.{split}.jsonl")
-    with io_utils.atomic_open(path, "w") as f:
-      for ex in exs:
-        f.write(json.dumps(ex, ensure_ascii=False) + "\n")
+  for split, exs in out.items():  # (a split may be empty: the file is still written)
+    io_utils.atomic_write_text(os.path.join(output_dir, f"{dataset_name}.resplit.{split}.jsonl"),
+                               _jsonl_text(exs))
   qa_c.written = sum(len(v) for v in out.values())
-  with io_utils.atomic_open(os.path.join(output_dir, "questions_meta.jsonl"), "w") as f:
-    for m in meta:
-      f.write(json.dumps(m, ensure_ascii=False) + "\n")
+  io_utils.atomic_write_text(os.path.join(output_dir, "questions_meta.jsonl"), _jsonl_text(meta))
 
   # 4. Second pre-training source: the Jargon File.
   jargon_c = io_utils.Counters("pretrain_extra_jargon")
   with io_utils.atomic_open(os.path.join(output_dir, "pretrain_extra_jargon.jsonl"), "w") as f:
+    f.write("")  # gfile creates the file on the first write, even an empty one
     for e in dictd_entries("jargon", jargon_c):
       doc = clean_jargon(e)
       if doc is None:
