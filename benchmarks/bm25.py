@@ -27,17 +27,25 @@ import realm_tf2  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow is i
 
 import os
 import re
+import sys
 from typing import Dict, List, Sequence
 
-from absl import app
-from absl import flags
-import numpy as np
-from scipy import sparse
+if __name__ == "__main__":
+  # Run as a file: make `benchmarks` importable (and keep this directory's data_prep.py from
+  # shadowing the data_prep package).
+  _HERE = os.path.dirname(os.path.abspath(__file__))
+  sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != _HERE]
+  sys.path.insert(0, os.path.dirname(_HERE))
 
-from benchmarks import common as bench_common
-from realm_tf2.data import corpus_format as cf
-from realm_tf2.data import qa_pipeline
-from realm_tf2.evaluation import answers as answers_lib
+from absl import app  # noqa: E402
+from absl import flags  # noqa: E402
+import numpy as np  # noqa: E402
+from scipy import sparse  # noqa: E402
+
+from benchmarks import common as bench_common  # noqa: E402
+from realm_tf2.data import corpus_format as cf  # noqa: E402
+from realm_tf2.data import qa_pipeline  # noqa: E402
+from realm_tf2.evaluation import answers as answers_lib  # noqa: E402
 
 FLAGS = flags.FLAGS
 
