@@ -78,6 +78,7 @@ def atomic_open(path, mode="w"):
     raise ValueError(f"atomic_open mode must be 'w' or 'wb', got {mode!r}")
   with atomic_path(path) as tmp:
     with tf.io.gfile.GFile(tmp, mode) as f:
+      f.write(b"" if mode == "wb" else "")  # gfile creates the file on the first write only
       yield f
 
 

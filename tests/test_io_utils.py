@@ -91,3 +91,13 @@ def test_sha1_uids():
   assert io_utils.NULL_DOC_UID == int(hashlib.sha1(b" <sep> ").hexdigest(), 16)
   assert 0 <= io_utils.NULL_DOC_UID63 < 2 ** 63
   assert io_utils.uid_to_int63(full) == io_utils.sha1_uid63("Paris", "Paris is a city.")
+
+
+def test_atomic_open_with_nothing_written_creates_an_empty_file(tmp_path):
+  path = str(tmp_path / "sub" / "empty.jsonl")
+  with io_utils.atomic_open(path):
+    pass
+  assert open(path).read() == ""
+  with io_utils.atomic_open(path, "wb"):
+    pass
+  assert open(path, "rb").read() == b""
