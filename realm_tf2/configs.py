@@ -53,6 +53,8 @@ class ModelConfig(base_config.Config):
     projection_size: Retriever embedding width (dense after the pooled [CLS]).
     embedder_layer_norm_epsilon: 1e-12 for released REALM embedders, 1e-3 for ICT-derived ones.
     embedder_dropout_rate: Dropout after the projection LayerNorm, training only.
+    embedder_pooling: "cls" (the original: BERT's pooler over [CLS]) or "mean" (mean of the last
+      layer over the real tokens, for encoders trained with mean pooling, e.g. sentence-transformers).
     share_embedders: One embedder for queries and documents (REALM default).
     num_candidates: k, retrieved documents per REALM query, including the null document.
     max_masks: Masked tokens predicted per REALM query.
@@ -69,6 +71,7 @@ class ModelConfig(base_config.Config):
   projection_size: int = 128
   embedder_layer_norm_epsilon: float = 1e-12
   embedder_dropout_rate: float = 0.1
+  embedder_pooling: str = "cls"
   share_embedders: bool = True
   num_candidates: int = 8
   max_masks: int = 10

@@ -71,10 +71,8 @@ class IctTask(base.RealmBaseTask):
     self.eval_stats = pipeline_stats.PipelineStats("ict_eval")
 
   def build_model(self) -> tf_keras.Model:
-    m = self.task_config.model
-    return embedder_lib.RealmEmbedder(
-        m.bert, projection_size=m.projection_size, layer_norm_epsilon=m.embedder_layer_norm_epsilon,
-        dropout_rate=m.embedder_dropout_rate, vocab_size=vocab_size_of(self.task_config))
+    return embedder_lib.embedder_from_config(self.task_config.model,
+                                             vocab_size_of(self.task_config))
 
   def initialize(self, model: tf_keras.Model):
     source = self.task_config.bert_init or self.task_config.init_checkpoint

@@ -129,10 +129,8 @@ def run_ict(params, model_dir: str, options: PretrainOptions) -> str:
 
 def new_embedder_fn(params):
   """() -> a fresh `RealmEmbedder` with the run's retriever architecture (snapshot embedders)."""
-  m = params.task.model
   vocab_size = ict_task.vocab_size_of(params.task)
-  return lambda: embedder_lib.RealmEmbedder(m.bert, m.projection_size, m.embedder_layer_norm_epsilon,
-                                            m.embedder_dropout_rate, vocab_size=vocab_size)
+  return lambda: embedder_lib.embedder_from_config(params.task.model, vocab_size)
 
 
 def index_factory(params) -> index_lib.IndexFactory:

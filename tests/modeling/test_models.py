@@ -130,3 +130,21 @@ def test_mixed_bfloat16_policy_outputs_float32():
     assert r["logits"].dtype == tf.float32
   finally:
     tf_keras.mixed_precision.set_global_policy("float32")
+
+
+def test_embedder_mean_pooling():
+  """pooling="mean": the masked mean of the last layer feeds the projection (same variables)."""
+  cfg = configs.BertConfig(vocab_size=50, hidden_size=16, num_layers=2, num_attention_heads=2,
+                           intermediate_size=24, dropout_rate=0.0, attention_dropout_rate=0.0)
+  mean = embedder.RealmEmbedder(cfg, projection_size=8, pooling="mean")
+  cls = embedder.RealmEmbedder(cfg, projection_size=8)
+  assert [v.name for v in mean.variables] == [v.name for v in cls.variables]
+  feats = {"input_ids": tf.constant([[2, 5, 6, 3, 0, 0], [2, 7, 3, 0, 0, 0]]),
+           "input_mask": tf.constant([[1, 1, 1, 1, 0, 0], [1, 1, 1, 0, 0, 0]]),
+           "segment_ids": tf.zeros([2, 6], tf.int32)}
+  seq = mean.encoder(bert.to_encoder_inputs(feats), training=False)["sequence_output"].numpy()
+  want_pooled = np.stack([seq[0, :4].mean(0), seq[1, :3].mean(0)])
+  want = mean.layer_norm(mean.projection(tf.constant(want_pooled))).numpy()
+  np.testing.assert_allclose(mean(feats, training=False).numpy(), want, atol=1e-5)
+  with pytest.raises(ValueError, match="pooling"):
+    embedder.RealmEmbedder(cfg, projection_size=8, pooling="max")
