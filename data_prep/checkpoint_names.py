@@ -41,6 +41,7 @@ _EMBEDDING_NAMES = (
     "bert/embeddings/LayerNorm/beta",
 )
 _POOLER_NAMES = ("bert/pooler/dense/kernel", "bert/pooler/dense/bias")
+POOLER_NAMES = _POOLER_NAMES
 
 # BERT MLM head (canonical name -> attribute path on Model Garden's `layers.MaskedLM`).
 MLM_HEAD_NAMES = {
@@ -214,3 +215,12 @@ def hf_to_canonical(hf_name: str) -> Tuple[Optional[str], bool]:
   if leaf not in _HF_LEAF:
     return None, False
   return "/".join(out + [_HF_LEAF[leaf]]), leaf == "weight"
+
+
+def hf_skip_reason(hf_name: str) -> Optional[str]:
+  """Why a Hugging Face tensor that is not a model weight here is not loaded, else None."""
+  if hf_name.endswith((".position_ids", ".token_type_ids")):
+    return "buffer, not a weight"
+  if hf_name.startswith("cls.predictions.decoder."):
+    return ("MLM decoder: ours is tied to the word embeddings, its bias is cls.predictions.bias")
+  return None

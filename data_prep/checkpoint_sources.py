@@ -1,13 +1,21 @@
 """Readers for source checkpoints: TF1 variables (no graph) and Hugging Face BERT directories.
 
-Both expose the same `VariableSource`: a name -> shape map, lazy `get(name)` returning a numpy array, and
+Hugging Face directories come in several layouts (`locate_hf_bert`): a `transformers` save
+(`BertModel`, `BertForMaskedLM`, `BertForPreTraining`, ...) or a sentence-transformers model whose
+transformer module sits at the top level or in a sub-directory named by `modules.json`
+(`0_Transformer/`). Their vocab is `vocab.txt` or the WordPiece table inside `tokenizer.json`
+(`vocab_from_tokenizer_json`), their lower-casing `tokenizer_config.json` / the `tokenizer.json`
+normalizer (`hf_do_lower_case`).
+
+Both source kinds expose the same `VariableSource`: a name -> shape map, lazy `get(name)` returning a numpy array, and
 bookkeeping of which names were consumed, so the converter can list everything it did not load.
 Safetensors files are parsed with numpy (header length, JSON header, raw little-endian buffers) so no
 PyTorch is needed; `pytorch_model.bin` is read only when torch is importable.
 """
+import dataclasses
 import json
 import os
-from typing import Callable, Dict, Tuple
+from typing import Callable, Dict, List, Optional, Tuple
 
 import numpy as np
 import tensorflow as tf
@@ -122,6 +130,192 @@ def write_safetensors(path: str, tensors: Dict[str, np.ndarray], dtype: str = "F
   hb += b" " * (-len(hb) % 8)
   with tf.io.gfile.GFile(path, "wb") as f:
     f.write(np.array([len(hb)], dtype="<u8").tobytes() + hb + b"".join(chunks))
+
+
+# ---- Hugging Face directory layouts.
+
+_ST_TRANSFORMER_TYPE = "sentence_transformers.models.Transformer"
+_ST_POOLING_TYPE = "sentence_transformers.models.Pooling"
+_HF_WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
+
+
+@dataclasses.dataclass(frozen=True)
+class HfBertLayout:
+  """Where the parts of a Hugging Face BERT directory are.
+
+  Attributes:
+    root: The directory given (`--source`).
+    model_dir: Directory holding `config.json` and the weights (`root` itself, or the
+      sentence-transformers Transformer module's directory, e.g. `root/0_Transformer`).
+    config_json: `model_dir/config.json`, None if absent.
+    vocab_txt: `vocab.txt` in `model_dir` or `root`, None if neither has one.
+    tokenizer_json: `tokenizer.json` in `model_dir` or `root`, None if absent.
+    tokenizer_config_json: `tokenizer_config.json` in `model_dir` or `root`, None if absent.
+    pooling_config_json: The sentence-transformers Pooling module's `config.json` (how the model's
+      authors pool token vectors into a sentence vector), None if there is none.
+  """
+  root: str
+  model_dir: str
+  config_json: Optional[str]
+  vocab_txt: Optional[str]
+  tokenizer_json: Optional[str]
+  tokenizer_config_json: Optional[str]
+  pooling_config_json: Optional[str] = None
+
+
+def _has_weights(directory: str) -> bool:
+  return any(tf.io.gfile.exists(os.path.join(directory, f)) for f in _HF_WEIGHT_FILES)
+
+
+def _read_json(path: str):
+  with tf.io.gfile.GFile(path) as f:
+    try:
+      return json.load(f)
+    except ValueError as e:
+      raise ValueError(f"{path}: not valid JSON: {e}") from e
+
+
+def _sentence_transformers_modules(root: str) -> Optional[Dict[str, str]]:
+  """Module type -> directory from a sentence-transformers `modules.json`; None without one."""
+  path = os.path.join(root, "modules.json")
+  if not tf.io.gfile.exists(path):
+    return None
+  modules = _read_json(path)
+  if not isinstance(modules, list):
+    raise ValueError(f"{path}: expected a JSON list of modules, got {type(modules).__name__}")
+  dirs = {}
+  for i, module in enumerate(modules):
+    if not isinstance(module, dict) or "path" not in module or "type" not in module:
+      raise ValueError(f"{path}: module #{i} lacks a 'path' or 'type' field")
+    dirs.setdefault(module["type"], os.path.join(root, module["path"]) if module["path"] else root)
+  if _ST_TRANSFORMER_TYPE not in dirs:
+    raise ValueError(f"{path}: no module of type {_ST_TRANSFORMER_TYPE} (the BERT) listed")
+  return dirs
+
+
+def _first_file(name: str, *dirs: str) -> Optional[str]:
+  for d in dirs:
+    path = os.path.join(d, name)
+    if tf.io.gfile.exists(path):
+      return path
+  return None
+
+
+def locate_hf_bert(source: str) -> HfBertLayout:
+  """Finds config, weights and tokenizer files of a Hugging Face BERT directory.
+
+  The weights directory is, in order: the Transformer module named by `modules.json`
+  (sentence-transformers; path "" = top level), `source` itself when it holds weights, else
+  `source/0_Transformer` (older sentence-transformers saves without `modules.json`). Tokenizer files
+  are looked up in the weights directory first, then in `source`.
+
+  Raises:
+    FileNotFoundError: naming the directory when it holds no weights.
+  """
+  root = source.rstrip("/")
+  if not tf.io.gfile.isdir(root):
+    raise FileNotFoundError(f"--source {source}: not a directory (hf_bert reads a Hugging Face "
+                            "model directory)")
+  modules = _sentence_transformers_modules(root)
+  pooling_dir = None
+  if modules is not None:
+    model_dir = modules[_ST_TRANSFORMER_TYPE]
+    pooling_dir = modules.get(_ST_POOLING_TYPE)
+  else:
+    nested = os.path.join(root, "0_Transformer")
+    model_dir = root if _has_weights(root) or not tf.io.gfile.isdir(nested) else nested
+    if model_dir == nested and tf.io.gfile.isdir(os.path.join(root, "1_Pooling")):
+      pooling_dir = os.path.join(root, "1_Pooling")
+  if not _has_weights(model_dir):
+    raise FileNotFoundError(f"{model_dir}: neither model.safetensors nor pytorch_model.bin found")
+  dirs = (model_dir, root) if model_dir != root else (root,)
+  return HfBertLayout(root=root, model_dir=model_dir,
+                      config_json=_first_file("config.json", model_dir),
+                      vocab_txt=_first_file("vocab.txt", *dirs),
+                      tokenizer_json=_first_file("tokenizer.json", *dirs),
+                      tokenizer_config_json=_first_file("tokenizer_config.json", *dirs),
+                      pooling_config_json=pooling_dir and _first_file("config.json", pooling_dir))
+
+
+def vocab_from_tokenizer_json(path: str) -> List[str]:
+  """The WordPiece vocab of a Hugging Face `tokenizer.json`, as the lines of a vocab.txt.
+
+  `model.vocab` (token -> id) plus the `added_tokens` (id, content) are laid out in id order; the ids
+  must be exactly 0..N-1 (no gap, no id given to two different tokens) and no token may be empty or
+  contain a line break (vocab.txt is one token per line).
+
+  Raises:
+    ValueError: naming the file and the offending id / token.
+  """
+  tok = _read_json(path)
+  model = tok.get("model") if isinstance(tok, dict) else None
+  if not isinstance(model, dict) or not isinstance(model.get("vocab"), dict):
+    raise ValueError(f"{path}: no 'model.vocab' token -> id table")
+  if model.get("type", "WordPiece") != "WordPiece":
+    raise ValueError(f"{path}: model.type is {model.get('type')!r}; BERT needs a WordPiece vocab")
+  by_id: Dict[int, str] = {}
+
+  def put(token, token_id, where):
+    if not isinstance(token_id, int) or token_id < 0:
+      raise ValueError(f"{path}: {where}: token {token!r} has invalid id {token_id!r}")
+    if not token or "\n" in token or "\r" in token:
+      raise ValueError(f"{path}: {where}: token {token!r} (id {token_id}) cannot be a vocab.txt line")
+    if by_id.get(token_id, token) != token:
+      raise ValueError(f"{path}: {where}: id {token_id} is given to both {by_id[token_id]!r} and "
+                       f"{token!r}")
+    by_id[token_id] = token
+
+  for token, token_id in model["vocab"].items():
+    put(token, token_id, "model.vocab")
+  for added in tok.get("added_tokens") or []:
+    put(added.get("content"), added.get("id"), "added_tokens")
+  missing = [i for i in range(len(by_id)) if i not in by_id]
+  if missing:
+    raise ValueError(f"{path}: vocab ids are not contiguous: {len(by_id)} tokens but id "
+                     f"{missing[0]} is missing (largest id {max(by_id)})")
+  tokens = [by_id[i] for i in range(len(by_id))]
+  first_id: Dict[str, int] = {}
+  for i, token in enumerate(tokens):
+    if first_id.setdefault(token, i) != i:
+      raise ValueError(f"{path}: token {token!r} has two ids ({first_id[token]} and {i})")
+  return tokens
+
+
+def sentence_pooling_modes(layout: HfBertLayout) -> List[str]:
+  """The sentence-transformers pooling modes switched on (e.g. ["mean_tokens"]); [] if no Pooling."""
+  if not layout.pooling_config_json:
+    return []
+  cfg = _read_json(layout.pooling_config_json)
+  return sorted(k[len("pooling_mode_"):] for k, v in cfg.items()
+                if k.startswith("pooling_mode_") and v is True)
+
+
+def _normalizer_lowercases(normalizer) -> Optional[bool]:
+  """`lowercase` of a tokenizer.json normalizer (BertNormalizer / Lowercase / Sequence), else None."""
+  if not isinstance(normalizer, dict):
+    return None
+  kind = normalizer.get("type")
+  if kind == "BertNormalizer":
+    return bool(normalizer.get("lowercase", True))
+  if kind == "Lowercase":
+    return True
+  if kind == "Sequence":
+    found = [_normalizer_lowercases(n) for n in normalizer.get("normalizers") or []]
+    return True if True in found else (False if False in found else None)
+  return None
+
+
+def hf_do_lower_case(layout: HfBertLayout) -> Optional[bool]:
+  """`do_lower_case` of `tokenizer_config.json`, else the `tokenizer.json` normalizer's, else None."""
+  if layout.tokenizer_config_json:
+    cfg = _read_json(layout.tokenizer_config_json)
+    if isinstance(cfg, dict) and "do_lower_case" in cfg:
+      return bool(cfg["do_lower_case"])
+  if layout.tokenizer_json:
+    tok = _read_json(layout.tokenizer_json)
+    if isinstance(tok, dict):
+      return _normalizer_lowercases(tok.get("normalizer"))
+  return None
 
 
 def hf_bert_source(model_dir: str) -> VariableSource:

@@ -3,6 +3,9 @@
 One module-scoped fixture writes tiny checkpoints (2 layers, hidden 32, 2 heads, vocab ~160) under the
 original variable names, converts them (bert_tf1 through the real CLI in a subprocess, the rest
 in-process) and loads every export in ONE fresh process that imports only tensorflow + tensorflow_text.
+The Hugging Face cases (4 heads) cover the layouts people have: `BertForPreTraining`, `BertModel` (no
+`bert.` prefix, no MLM head, tokenizer.json only), `BertForMaskedLM` (no pooler) and a
+sentence-transformers directory (modules.json -> 0_Transformer/, 1_Pooling/).
 """
 import json
 import os
@@ -14,15 +17,24 @@ import numpy as np
 import pytest
 import realm_tf2  # noqa: F401
 import tensorflow as tf
+import tf_keras
 
 from data_prep import checkpoint_names
 from data_prep import checkpoint_sources
 from data_prep import convert_checkpoint
+from official.modeling.hyperparams import params_dict
+from realm_tf2 import configs
+from realm_tf2.modeling import bert as bert_lib
+from realm_tf2.modeling import embedder as embedder_lib
+from realm_tf2.tasks import finetune_experiments
+from realm_tf2.tasks import pretrain_experiments
+from realm_tf2.training import startup_checks
 from tests import tiny_fixtures
 from tests.conftest import REPO_ROOT
 from tests.export import np_reference as ref
 
 H, L, HEADS, INNER, POS, PROJ, SPAN_H, WIDTH = 32, 2, 2, 37, 64, 16, 8, 3
+HF_HEADS = 4
 V = len(tiny_fixtures.tiny_vocab())
 
 
@@ -116,6 +128,85 @@ def _hf_state_dict(w):
   return out
 
 
+def _hf_bert_model_state(w):
+  """`BertModel` names: no `bert.` prefix, no heads, plus the `position_ids` buffer."""
+  out = {k[len("bert."):]: v for k, v in _hf_state_dict(w).items() if k.startswith("bert.")}
+  out["embeddings.position_ids"] = np.arange(POS, dtype=np.float32)[None]
+  return out
+
+
+def _hf_masked_lm_state(w):
+  """`BertForMaskedLM` names: `bert.` prefix and `cls.predictions.*`, no pooler (HF builds none)."""
+  return {k: v for k, v in _hf_state_dict(w).items()
+          if not k.startswith(("bert.pooler.", "cls.seq_relationship."))}
+
+
+def _hf_config(hidden_act, **overrides):
+  config = {"architectures": ["BertModel"], "model_type": "bert", "hidden_act": hidden_act,
+            "hidden_size": H, "num_hidden_layers": L, "num_attention_heads": HF_HEADS,
+            "intermediate_size": INNER, "vocab_size": V, "max_position_embeddings": POS,
+            "type_vocab_size": 2, "layer_norm_eps": 1e-12, "initializer_range": 0.02,
+            "hidden_dropout_prob": 0.1, "attention_probs_dropout_prob": 0.1,
+            "position_embedding_type": "absolute"}
+  config.update(overrides)
+  return config
+
+
+def _tokenizer_json(tokens, lowercase):
+  """A Hugging Face fast-tokenizer file with a WordPiece table (specials also as added_tokens)."""
+  return {"version": "1.0",
+          "added_tokens": [{"id": i, "content": t, "special": True} for i, t in enumerate(tokens)
+                           if t in tiny_fixtures.SPECIAL],
+          "normalizer": {"type": "BertNormalizer", "clean_text": True, "lowercase": lowercase},
+          "model": {"type": "WordPiece", "unk_token": "[UNK]", "continuing_subword_prefix": "##",
+                    "vocab": {t: i for i, t in enumerate(tokens)}}}
+
+
+def write_hf_dir(directory, state, config, vocab_file=None, tokenizer=None, tokenizer_config=None):
+  """A Hugging Face model directory: model.safetensors, config.json and tokenizer files."""
+  os.makedirs(directory, exist_ok=True)
+  checkpoint_sources.write_safetensors(os.path.join(directory, "model.safetensors"), state)
+  files = {"config.json": config, "tokenizer.json": tokenizer, "tokenizer_config.json": tokenizer_config}
+  for name, content in files.items():
+    if content is not None:
+      with open(os.path.join(directory, name), "w") as f:
+        json.dump(content, f)
+  if vocab_file:
+    tf.io.gfile.copy(vocab_file, os.path.join(directory, "vocab.txt"))
+
+
+def write_sentence_transformers_dir(root, transformer_path="0_Transformer"):
+  """modules.json (Transformer at `transformer_path`, mean Pooling at 1_Pooling, Normalize)."""
+  os.makedirs(os.path.join(root, "1_Pooling"), exist_ok=True)
+  modules = [{"idx": 0, "name": "0", "path": transformer_path,
+              "type": "sentence_transformers.models.Transformer"},
+             {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"},
+             {"idx": 2, "name": "2", "path": "2_Normalize",
+              "type": "sentence_transformers.models.Normalize"}]
+  with open(os.path.join(root, "modules.json"), "w") as f:
+    json.dump(modules, f)
+  with open(os.path.join(root, "1_Pooling", "config.json"), "w") as f:
+    json.dump({"word_embedding_dimension": H, "pooling_mode_cls_token": False,
+               "pooling_mode_mean_tokens": True, "pooling_mode_max_tokens": False}, f)
+
+
+_INIT_SHAPES = {"cls/predictions/transform/dense/kernel": (H, H),
+                "cls/predictions/transform/dense/bias": (H,),
+                "cls/predictions/transform/LayerNorm/gamma": (H,),
+                "cls/predictions/transform/LayerNorm/beta": (H,),
+                "cls/predictions/output_bias": (V,),
+                "bert/pooler/dense/kernel": (H, H), "bert/pooler/dense/bias": (H,)}
+
+
+def _with_bert_init(w, names):
+  """`w` plus BERT's initial values of `names` (recomputed: the conversion is deterministic)."""
+  hows = {**convert_checkpoint.MLM_HEAD_INIT, **convert_checkpoint.POOLER_INIT}
+  out = dict(w)
+  for name in names:
+    out[name] = convert_checkpoint.bert_initial_value(hows[name], _INIT_SHAPES[name], 0.02, name)
+  return out
+
+
 LOADER = textwrap.dedent("""
     import sys
     import numpy as np
@@ -127,6 +218,9 @@ LOADER = textwrap.dedent("""
       key, path = spec.split("=", 1)
       m = tf.saved_model.load(path)
       feats = {k: tf.constant(inputs[k]) for k in ("input_ids", "input_mask", "segment_ids")}
+      if "tokens" in m.signatures:
+        for k, v in m.signatures["tokens"](**feats).items():
+          out[key + ":tokens:" + k] = v.numpy()
       info = m.signatures["tokenization_info"]()
       out[key + ":vocab"] = np.array(open(info["vocab_file"].numpy().decode()).read())
       out[key + ":lower"] = info["do_lower_case"].numpy()
@@ -200,6 +294,23 @@ def converted(tmp_path_factory, tiny_vocab_file):
   tf.io.gfile.copy(tiny_vocab_file, str(src / "hf/vocab.txt"))
   arrays["hf"] = hf
 
+  vocab = tiny_fixtures.tiny_vocab()
+  # hf_model: a BertModel (no prefix, no MLM head), "gelu_new" (tanh), only tokenizer.json (cased).
+  arrays["hf_model"] = _bert_arrays(rng, mlm_prefix=None)
+  write_hf_dir(str(src / "hf_model"), _hf_bert_model_state(arrays["hf_model"]), _hf_config("gelu_new"),
+               tokenizer=_tokenizer_json(vocab, lowercase=False))
+  # hf_mlm: a BertForMaskedLM (bert. prefix, cls.predictions, no pooler), exact gelu.
+  arrays["hf_mlm"] = _bert_arrays(rng)
+  write_hf_dir(str(src / "hf_mlm"), _hf_masked_lm_state(arrays["hf_mlm"]),
+               _hf_config("gelu", architectures=["BertForMaskedLM"]), vocab_file=tiny_vocab_file,
+               tokenizer_config={"do_lower_case": True})
+  # hf_st: sentence-transformers, modules.json -> 0_Transformer/ (BertModel + vocab.txt), 1_Pooling/.
+  arrays["hf_st"] = _bert_arrays(rng, mlm_prefix=None)
+  write_hf_dir(str(src / "hf_st/0_Transformer"), _hf_bert_model_state(arrays["hf_st"]),
+               _hf_config("gelu"), vocab_file=tiny_vocab_file,
+               tokenizer_config={"do_lower_case": False})
+  write_sentence_transformers_dir(str(src / "hf_st"))
+
   reports = {
       "realm": convert_checkpoint.convert("realm", str(src / "realm"), str(out / "realm"),
                                           num_attention_heads=HEADS),
@@ -209,10 +320,13 @@ def converted(tmp_path_factory, tiny_vocab_file):
           reader_seq_len=12),
       "hf": convert_checkpoint.convert("hf_bert", str(src / "hf"), str(out / "hf")),
   }
+  for key in ("hf_model", "hf_mlm", "hf_st"):
+    reports[key] = convert_checkpoint.convert("hf_bert", str(src / key), str(out / key))
   results = load_in_fresh_process(root, {
       "realm_embedder": out / "realm/embedder", "realm_bert": out / "realm/bert",
       "orqa_realm_retriever": out / "orqa_realm/retriever",
-      "orqa_realm_reader": out / "orqa_realm/reader", "hf": out / "hf/bert"})
+      "orqa_realm_reader": out / "orqa_realm/reader", "hf": out / "hf/bert",
+      "hf_model": out / "hf_model/bert", "hf_mlm": out / "hf_mlm/bert", "hf_st": out / "hf_st/bert"})
   return dict(arrays=arrays, reports=reports, inputs=INPUTS, out=out, src=src, results=results)
 
 
@@ -255,13 +369,15 @@ def _feats(inputs):
 
 
 def _check_bert(results, key, w, inputs, act=ref.gelu_tanh, bert_prefix="bert/",
-                cls_prefix="cls/predictions/"):
-  seq, pooled = ref.bert(w, *_feats(inputs), HEADS, act=act, prefix=bert_prefix)
+                cls_prefix="cls/predictions/", heads=HEADS):
+  seq, pooled = ref.bert(w, *_feats(inputs), heads, act=act, prefix=bert_prefix)
   logits = ref.mlm_logits(w, seq, inputs["mlm_positions"], act=act, bert_prefix=bert_prefix,
                           cls_prefix=cls_prefix)
   # Padding positions are computed too (mask only affects attention), so compare everything.
   np.testing.assert_allclose(results[key + ":sequence_output"], seq, atol=1e-5)
   np.testing.assert_allclose(results[key + ":pooled_output"], pooled, atol=1e-5)
+  np.testing.assert_allclose(results[key + ":tokens:sequence_output"], seq, atol=1e-5)
+  np.testing.assert_allclose(results[key + ":tokens:pooled_output"], pooled, atol=1e-5)
   np.testing.assert_allclose(results[key + ":mlm_logits"], logits, atol=1e-5)
   assert results[key + ":mlm_logits"].shape == (2, 2, V)
 
@@ -334,6 +450,129 @@ def test_hf_bert_safetensors_matches_numpy_exact_gelu(converted):
   # The tanh approximation would be measurably different: the exact path is really used.
   seq_tanh, _ = ref.bert(w["hf"], *_feats(x), HEADS, act=ref.gelu_tanh)
   assert np.abs(r["hf:sequence_output"] - seq_tanh).max() > 1e-4
+
+
+_MLM_NAMES = sorted(convert_checkpoint.MLM_HEAD_INIT)
+_POOLER_NAMES = sorted(convert_checkpoint.POOLER_INIT)
+
+
+@pytest.mark.parametrize("key,act,initialised", [
+    ("hf_model", ref.gelu_tanh, _MLM_NAMES),  # BertModel, "gelu_new"
+    ("hf_mlm", ref.gelu_exact, _POOLER_NAMES),  # BertForMaskedLM, "gelu"
+    ("hf_st", ref.gelu_exact, _MLM_NAMES),  # sentence-transformers, "gelu"
+])
+def test_hf_layouts_match_numpy(converted, key, act, initialised):
+  r, x = converted["results"], converted["inputs"]
+  w = _with_bert_init(converted["arrays"][key], initialised)
+  _check_bert(r, key, w, x, act=act, heads=HF_HEADS)
+  # The other GELU would be measurably different: the configured one is really used.
+  other = ref.gelu_exact if act is ref.gelu_tanh else ref.gelu_tanh
+  seq_other, _ = ref.bert(w, *_feats(x), HF_HEADS, act=other)
+  assert np.abs(r[key + ":tokens:sequence_output"] - seq_other).max() > 1e-4
+
+
+def test_hf_missing_parts_are_initialised_and_reported(converted):
+  reports, out = converted["reports"], converted["out"]
+  assert sorted(reports["hf_model"].initialised["bert"]) == _MLM_NAMES
+  assert sorted(reports["hf_mlm"].initialised["bert"]) == _POOLER_NAMES
+  assert reports["hf"].initialised == {}  # BertForPreTraining has everything
+  on_disk = json.load(open(out / "hf_model/conversion_report.json"))["initialised"]["bert"]
+  assert on_disk == {
+      "cls/predictions/transform/dense/kernel": "truncated_normal(stddev=0.02)",
+      "cls/predictions/transform/dense/bias": "zeros",
+      "cls/predictions/transform/LayerNorm/gamma": "ones",
+      "cls/predictions/transform/LayerNorm/beta": "zeros",
+      "cls/predictions/output_bias": "zeros"}
+  n_bert = 5 + 16 * L + 2
+  assert reports["hf_model"].towers["bert"]["num_loaded"] == n_bert
+  assert reports["hf_mlm"].towers["bert"]["num_loaded"] == n_bert - 2 + 5
+  assert reports["hf_model"].skipped == {"embeddings.position_ids": "buffer, not a weight"}
+  # BERT's initialisation: truncated normal within 2 stddev, different draws per kernel.
+  dense = convert_checkpoint.bert_initial_value("truncated_normal", (H, H), 0.02, _MLM_NAMES[-1])
+  pooler = convert_checkpoint.bert_initial_value("truncated_normal", (H, H), 0.02, _POOLER_NAMES[-1])
+  assert np.abs(dense).max() <= 0.04 and 0.012 < dense.std() < 0.022
+  assert not np.allclose(dense, pooler)
+
+
+def test_hf_tokenizer_files(converted, tiny_vocab_file):
+  r, reports, out = converted["results"], converted["reports"], converted["out"]
+  vocab = open(tiny_vocab_file).read()
+  # tokenizer.json only: its WordPiece table became DIR/vocab.txt, cased from its normalizer.
+  assert open(out / "hf_model/vocab.txt").read() == vocab
+  assert str(r["hf_model:vocab"]) == vocab and not bool(r["hf_model:lower"])
+  assert reports["hf_model"].vocab_from == str(converted["src"] / "hf_model/tokenizer.json")
+  # tokenizer_config.json decides otherwise; vocab.txt inside 0_Transformer/.
+  assert str(r["hf_st:vocab"]) == vocab and not bool(r["hf_st:lower"])
+  assert bool(r["hf_mlm:lower"]) and reports["hf_mlm"].vocab_from is None
+  assert any("mean_tokens" in n for n in reports["hf_st"].notes)
+
+
+def _experiments():
+  return {"ict": pretrain_experiments.ict_experiment(), "realm": pretrain_experiments.realm_experiment(),
+          "orqa": finetune_experiments.orqa_experiment()}
+
+
+@pytest.mark.parametrize("conversion,activation,sources,extra", [
+    ("hf_model", "gelu", ["bert", "bert_ckpt"], {}),
+    ("hf_mlm", "gelu_exact", ["bert"], {}),
+    ("realm", "gelu", ["embedder", "bert", "embedder_ckpt"],
+     {"projection_size": PROJ, "embedder_layer_norm_epsilon": 1e-12}),
+    ("orqa_realm", "gelu", ["retriever", "reader", "retriever_ckpt/ckpt"],
+     {"projection_size": PROJ, "embedder_layer_norm_epsilon": 1e-12, "span_hidden_size": SPAN_H,
+      "reader_layer_norm_epsilon": 1e-3}),
+])
+def test_model_config_yaml_is_a_config_file(converted, conversion, activation, sources, extra):
+  out = converted["out"] / conversion
+  path = str(out / "model_config.yaml")
+  heads = HF_HEADS if conversion.startswith("hf") else HEADS
+  for name, params in _experiments().items():
+    # What `--config_file` does (flags.build_params): Model Garden's strict YAML override.
+    params = params_dict.override_params_dict(params, path, is_strict=True)
+    bert = params.task.model.bert
+    assert (bert.vocab_size, bert.hidden_size, bert.num_layers, bert.num_attention_heads,
+            bert.intermediate_size, bert.max_position_embeddings, bert.type_vocab_size) == (
+                V, H, L, heads, INNER, POS, 2), name
+    assert bert.hidden_activation == activation
+    for field, value in extra.items():
+      assert getattr(params.task.model, field) == pytest.approx(value), (name, field)
+    # A run configured with the file passes the start-up size check against the converted towers.
+    assert startup_checks.check_model_size_matches(
+        params.task.model, [(f"--{s}", str(out / s)) for s in sources]) == [], name
+  text = open(path).read()
+  assert "packed_dropout" not in text and "float32_kernels" not in text
+
+
+def test_size_mismatch_is_a_startup_error(converted, tmp_path):
+  out = converted["out"]
+  model = configs.ModelConfig(bert=configs.BertConfig(
+      vocab_size=V, hidden_size=2 * H, num_layers=L, num_attention_heads=HF_HEADS,
+      intermediate_size=INNER, max_position_embeddings=POS, hidden_activation="gelu"))
+  export = str(out / "hf_mlm/bert")
+  problems = startup_checks.check_model_size_matches(model, [("--bert_hub_module_handle", export),
+                                                             ("--init_checkpoint", None)])
+  assert len(problems) == 1
+  assert problems[0].startswith(f"--bert_hub_module_handle: '{export}'")
+  assert f"task.model.bert.hidden_size={2 * H} in the config but {H} in the checkpoint" in problems[0]
+  assert "task.model.bert.hidden_activation='gelu' in the config but 'gelu_exact'" in problems[0]
+  assert f"--config_file={out / 'hf_mlm/model_config.yaml'}" in problems[0]
+  with pytest.raises(SystemExit, match=f"hidden_size={2 * H} in the config but {H}"):
+    startup_checks.fail_if("run_pretrain", problems)
+  # A training checkpoint (object-based, with optimizer slots): sizes from its variable shapes.
+  small = configs.BertConfig(vocab_size=V, hidden_size=H, num_layers=1, num_attention_heads=HEADS,
+                             intermediate_size=INNER, max_position_embeddings=POS)
+  embedder = embedder_lib.RealmEmbedder(small, projection_size=PROJ)
+  optimizer = tf_keras.optimizers.Adam()
+  with tf.GradientTape() as tape:
+    loss = tf.reduce_sum(embedder(bert_lib.dummy_features(), training=False))
+  optimizer.apply_gradients(zip(tape.gradient(loss, embedder.trainable_variables),
+                                embedder.trainable_variables))
+  prefix = tf.train.Checkpoint(model=embedder, optimizer=optimizer).write(str(tmp_path / "run/ckpt-1"))
+  model.bert.hidden_size = H
+  model.bert.num_attention_heads = HEADS
+  problems = startup_checks.check_model_size_matches(model, [("--init_checkpoint", prefix)])
+  assert len(problems) == 1
+  assert "task.model.bert.num_layers=2 in the config but 1 in the checkpoint" in problems[0]
+  assert "hidden_activation" not in problems[0]  # not knowable from a plain checkpoint
 
 
 def test_skipped_names_are_listed(converted):
@@ -444,3 +683,89 @@ def test_cli_help():
                         capture_output=True, text=True, timeout=300)
   assert proc.returncode in (0, 1), proc.stderr[-2000:]  # absl exits 1 after printing --help
   assert "--source_format" in proc.stdout and "hf_bert" in proc.stdout
+
+
+
+def test_locate_hf_bert_layouts(tmp_path):
+  w = _hf_bert_model_state(_bert_arrays(np.random.default_rng(3), mlm_prefix=None))
+  # sentence-transformers with the transformer at the top level (modules.json path "").
+  top = tmp_path / "top"
+  write_hf_dir(str(top), w, _hf_config("gelu"), tokenizer=_tokenizer_json(["[PAD]", "a"], True))
+  write_sentence_transformers_dir(str(top), transformer_path="")
+  layout = checkpoint_sources.locate_hf_bert(str(top))
+  assert layout.model_dir == str(top) and layout.vocab_txt is None
+  assert layout.tokenizer_json == str(top / "tokenizer.json")
+  assert checkpoint_sources.hf_do_lower_case(layout) is True  # the tokenizer.json normalizer
+  assert checkpoint_sources.sentence_pooling_modes(layout) == ["mean_tokens"]
+  # An older sentence-transformers save: 0_Transformer/ without modules.json, tokenizer at the top.
+  old = tmp_path / "old"
+  write_hf_dir(str(old / "0_Transformer"), w, _hf_config("gelu"))
+  (old / "tokenizer_config.json").write_text(json.dumps({"do_lower_case": False}))
+  layout = checkpoint_sources.locate_hf_bert(str(old))
+  assert layout.model_dir == str(old / "0_Transformer")
+  assert layout.config_json == str(old / "0_Transformer/config.json")
+  assert checkpoint_sources.hf_do_lower_case(layout) is False
+  (tmp_path / "empty").mkdir()
+  with pytest.raises(FileNotFoundError, match="neither model.safetensors nor pytorch_model.bin"):
+    checkpoint_sources.locate_hf_bert(str(tmp_path / "empty"))
+
+
+@pytest.mark.parametrize("edit,match", [
+    (lambda t: t["model"]["vocab"].pop("a"), "id 1 is missing"),
+    (lambda t: t["added_tokens"].append({"id": 1, "content": "[X]"}), "id 1 is given to both 'a'"),
+    (lambda t: t["model"]["vocab"].update({"b\nc": 3}), "cannot be a vocab.txt line"),
+    (lambda t: t["model"].update({"type": "BPE"}), "needs a WordPiece vocab"),
+])
+def test_tokenizer_json_vocab_errors(tmp_path, edit, match):
+  tok = _tokenizer_json(["[PAD]", "a", "b"], True)
+  assert _vocab_of(tmp_path / "ok.json", tok) == ["[PAD]", "a", "b"]
+  edit(tok)
+  with pytest.raises(ValueError, match=match):
+    _vocab_of(tmp_path / "bad.json", tok)
+
+
+def _vocab_of(path, tok):
+  path.write_text(json.dumps(tok))
+  return checkpoint_sources.vocab_from_tokenizer_json(str(path))
+
+
+def test_pytorch_bin_without_torch_is_a_clear_error(tmp_path):
+  try:
+    import torch  # noqa: F401  pylint: disable=g-import-not-at-top,unused-import
+    pytest.skip("PyTorch is installed: pytorch_model.bin is readable here")
+  except ImportError:
+    pass
+  (tmp_path / "pytorch_model.bin").write_bytes(b"not read")
+  (tmp_path / "config.json").write_text(json.dumps(_hf_config("gelu")))
+  with pytest.raises(ImportError, match="pytorch_model.bin needs PyTorch"):
+    convert_checkpoint.convert("hf_bert", str(tmp_path), str(tmp_path / "out"))
+
+
+def test_hf_partial_mlm_head_is_an_error(tmp_path, tiny_vocab_file):
+  state = _hf_masked_lm_state(_bert_arrays(np.random.default_rng(4)))
+  del state["cls.predictions.transform.LayerNorm.bias"]
+  write_hf_dir(str(tmp_path / "m"), state, _hf_config("gelu"), vocab_file=tiny_vocab_file)
+  with pytest.raises(KeyError, match="cls/predictions/transform/LayerNorm/beta"):
+    convert_checkpoint.convert("hf_bert", str(tmp_path / "m"), str(tmp_path / "out"))
+
+
+@pytest.mark.parametrize("overrides,match", [
+    ({"num_hidden_layers": L + 1}, f"num_hidden_layers={L + 1} but the checkpoint's variables have "
+                                   f"num_layers={L}"),
+    ({"hidden_act": "quick_gelu"}, "hidden_act='quick_gelu' is not an activation"),
+    ({"model_type": "roberta"}, "model_type='roberta'"),
+])
+def test_hf_config_problems_name_the_field(tmp_path, tiny_vocab_file, overrides, match):
+  state = _hf_bert_model_state(_bert_arrays(np.random.default_rng(5), mlm_prefix=None))
+  config = {**_hf_config("gelu"), **overrides}
+  write_hf_dir(str(tmp_path / "m"), state, config, vocab_file=tiny_vocab_file)
+  with pytest.raises(ValueError, match=match):
+    convert_checkpoint.convert("hf_bert", str(tmp_path / "m"), str(tmp_path / "out"))
+
+
+def test_hidden_activation_names():
+  hf = lambda act: convert_checkpoint.hidden_activation({"hidden_act": act}, hugging_face=True)
+  assert [hf(a) for a in ("gelu", "gelu_new", "gelu_pytorch_tanh", "gelu_fast", "relu")] == [
+      "gelu_exact", "gelu", "gelu", "gelu", "relu"]
+  assert convert_checkpoint.hidden_activation({"hidden_act": "gelu"}, hugging_face=False) == "gelu"
+  assert convert_checkpoint.hidden_activation(None, hugging_face=True) == "gelu_exact"
