@@ -7,8 +7,9 @@ transformer module sits at the top level or in a sub-directory named by `modules
 (`vocab_from_tokenizer_json`), their lower-casing `tokenizer_config.json` / the `tokenizer.json`
 normalizer (`hf_do_lower_case`).
 
-Both source kinds expose the same `VariableSource`: a name -> shape map, lazy `get(name)` returning a numpy array, and
-bookkeeping of which names were consumed, so the converter can list everything it did not load.
+Both source kinds expose the same `VariableSource`: a name -> shape map, lazy `get(name)` returning
+a numpy array, and bookkeeping of which names were consumed, so the converter can list everything
+it did not load.
 Safetensors files are parsed with numpy (header length, JSON header, raw little-endian buffers) so no
 PyTorch is needed; `pytorch_model.bin` is read only when torch is importable.
 """
@@ -167,7 +168,8 @@ def _has_weights(directory: str) -> bool:
   return any(tf.io.gfile.exists(os.path.join(directory, f)) for f in _HF_WEIGHT_FILES)
 
 
-def _read_json(path: str):
+def read_json(path: str):
+  """Parsed JSON of `path` (gfile); invalid JSON is a ValueError naming the file."""
   with tf.io.gfile.GFile(path) as f:
     try:
       return json.load(f)
@@ -180,7 +182,7 @@ def _sentence_transformers_modules(root: str) -> Optional[Dict[str, str]]:
   path = os.path.join(root, "modules.json")
   if not tf.io.gfile.exists(path):
     return None
-  modules = _read_json(path)
+  modules = read_json(path)
   if not isinstance(modules, list):
     raise ValueError(f"{path}: expected a JSON list of modules, got {type(modules).__name__}")
   dirs = {}
@@ -240,14 +242,14 @@ def locate_hf_bert(source: str) -> HfBertLayout:
 def vocab_from_tokenizer_json(path: str) -> List[str]:
   """The WordPiece vocab of a Hugging Face `tokenizer.json`, as the lines of a vocab.txt.
 
-  `model.vocab` (token -> id) plus the `added_tokens` (id, content) are laid out in id order; the ids
-  must be exactly 0..N-1 (no gap, no id given to two different tokens) and no token may be empty or
-  contain a line break (vocab.txt is one token per line).
+  `model.vocab` (token -> id) plus the `added_tokens` (id, content) are laid out in id order; the
+  ids must be exactly 0..N-1 (no gap, no id given to two different tokens) and no token may be
+  empty or contain a line break (vocab.txt is one token per line).
 
   Raises:
     ValueError: naming the file and the offending id / token.
   """
-  tok = _read_json(path)
+  tok = read_json(path)
   model = tok.get("model") if isinstance(tok, dict) else None
   if not isinstance(model, dict) or not isinstance(model.get("vocab"), dict):
     raise ValueError(f"{path}: no 'model.vocab' token -> id table")
@@ -259,7 +261,8 @@ def vocab_from_tokenizer_json(path: str) -> List[str]:
     if not isinstance(token_id, int) or token_id < 0:
       raise ValueError(f"{path}: {where}: token {token!r} has invalid id {token_id!r}")
     if not token or "\n" in token or "\r" in token:
-      raise ValueError(f"{path}: {where}: token {token!r} (id {token_id}) cannot be a vocab.txt line")
+      raise ValueError(f"{path}: {where}: token {token!r} (id {token_id}) cannot be a vocab.txt "
+                       "line")
     if by_id.get(token_id, token) != token:
       raise ValueError(f"{path}: {where}: id {token_id} is given to both {by_id[token_id]!r} and "
                        f"{token!r}")
@@ -282,16 +285,18 @@ def vocab_from_tokenizer_json(path: str) -> List[str]:
 
 
 def sentence_pooling_modes(layout: HfBertLayout) -> List[str]:
-  """The sentence-transformers pooling modes switched on (e.g. ["mean_tokens"]); [] if no Pooling."""
+  """The sentence-transformers pooling modes switched on (e.g. ["mean_tokens"]), [] if none."""
   if not layout.pooling_config_json:
     return []
-  cfg = _read_json(layout.pooling_config_json)
+  cfg = read_json(layout.pooling_config_json)
+  if not isinstance(cfg, dict):
+    raise ValueError(f"{layout.pooling_config_json}: expected a JSON object")
   return sorted(k[len("pooling_mode_"):] for k, v in cfg.items()
                 if k.startswith("pooling_mode_") and v is True)
 
 
 def _normalizer_lowercases(normalizer) -> Optional[bool]:
-  """`lowercase` of a tokenizer.json normalizer (BertNormalizer / Lowercase / Sequence), else None."""
+  """`lowercase` of a tokenizer.json normalizer (BertNormalizer, Lowercase, Sequence), else None."""
   if not isinstance(normalizer, dict):
     return None
   kind = normalizer.get("type")
@@ -306,13 +311,13 @@ def _normalizer_lowercases(normalizer) -> Optional[bool]:
 
 
 def hf_do_lower_case(layout: HfBertLayout) -> Optional[bool]:
-  """`do_lower_case` of `tokenizer_config.json`, else the `tokenizer.json` normalizer's, else None."""
+  """`do_lower_case` of tokenizer_config.json, else of the tokenizer.json normalizer, else None."""
   if layout.tokenizer_config_json:
-    cfg = _read_json(layout.tokenizer_config_json)
+    cfg = read_json(layout.tokenizer_config_json)
     if isinstance(cfg, dict) and "do_lower_case" in cfg:
       return bool(cfg["do_lower_case"])
   if layout.tokenizer_json:
-    tok = _read_json(layout.tokenizer_json)
+    tok = read_json(layout.tokenizer_json)
     if isinstance(tok, dict):
       return _normalizer_lowercases(tok.get("normalizer"))
   return None

@@ -10,25 +10,26 @@ FORMAT (CONTRACTS §4, variable names of reference §4):
             detected from the names) -> DIR/retriever, DIR/reader, DIR/{retriever,reader}_ckpt
   bert_tf1  PATH = Google BERT TF1 checkpoint prefix (bert/..., cls/...) -> DIR/bert, DIR/bert_ckpt
   hf_bert   PATH = Hugging Face BERT dir -> DIR/bert, DIR/bert_ckpt. Any of `BertModel`,
-            `BertForMaskedLM`, `BertForPreTraining` (weights with or without the `bert.` prefix) or a
-            sentence-transformers model (transformer module at the top or in the directory
-            `modules.json` names, e.g. `0_Transformer/`); `config.json`; `model.safetensors`, or
-            `pytorch_model.bin` when PyTorch is installed; `vocab.txt`, or only `tokenizer.json`
-            (its WordPiece table is written to DIR/vocab.txt). `do_lower_case` from
-            `tokenizer_config.json` / the `tokenizer.json` normalizer unless --[no]do_lower_case.
+            `BertForMaskedLM`, `BertForPreTraining` (weights with or without the `bert.`
+            prefix) or a sentence-transformers model (transformer module at the top or in the
+            directory `modules.json` names, e.g. `0_Transformer/`); `config.json`;
+            `model.safetensors`, or `pytorch_model.bin` when PyTorch is installed; `vocab.txt`, or
+            only `tokenizer.json` (its WordPiece table is written to DIR/vocab.txt).
+            `do_lower_case` from `tokenizer_config.json` / the `tokenizer.json` normalizer unless
+            --[no]do_lower_case is given.
 
 Only variables are read (`tf.train.load_checkpoint`; no TF1 graph). Sizes come from the variable
-shapes (a config that states a different size is an error naming both), the head count from
+shapes (a config stating a different size is an error naming both), the head count from
 --num_attention_heads, --bert_config_file / config.json, else 12; the activation from the config's
-`hidden_act` (Hugging Face "gelu" is the exact erf GELU, ours "gelu_exact"; Google BERT's "gelu" and
-HF's "gelu_new"/"gelu_pytorch_tanh"/"gelu_fast" are the tanh form, ours "gelu").
-Every Keras variable is assigned exactly once from a named source variable (shape-checked); a missing
-source variable is an error naming it. Exceptions: a source without the whole MLM head
-(`cls/predictions/...`, e.g. a `BertModel` or a sentence encoder) or without the whole pooler gets that
-part initialised as BERT initialises it (truncated normal(initializer_range) kernels, zero biases,
-LayerNorm gamma 1 / beta 0; the MLM decoder is always the word-embedding table), with a warning and an
-"initialised" entry in the report. Optimizer slots, global_step, unused heads and unknown names are
-skipped and listed in the printed report and in DIR/conversion_report.json.
+`hidden_act` (Hugging Face "gelu" is the exact erf GELU, ours "gelu_exact"; Google BERT's "gelu"
+and HF's "gelu_new" / "gelu_pytorch_tanh" / "gelu_fast" are the tanh form, ours "gelu").
+Every Keras variable is assigned exactly once from a named source variable (shape-checked); a
+missing source variable is an error naming it. Exceptions: a source without the whole MLM head
+(`cls/predictions/...`, e.g. a `BertModel` or a sentence encoder) or without the whole pooler gets
+that part initialised as BERT initialises it (truncated normal(initializer_range) kernels, zero
+biases, LayerNorm gamma 1 / beta 0; the MLM decoder is always the word-embedding table), with a
+warning and an "initialised" entry in the report. Optimizer slots, global_step, unused heads and
+unknown names are skipped and listed in the printed report and in DIR/conversion_report.json.
 
 DIR/model_config.yaml holds the converted model's size (`task.model.bert`, and `projection_size` /
 `embedder_layer_norm_epsilon` / `span_hidden_size` where the source has them); pass it to
@@ -68,12 +69,12 @@ from realm_tf2.training import startup_checks
 FORMATS = ("realm", "orqa", "bert_tf1", "hf_bert")
 DEFAULT_NUM_HEADS = 12
 MODEL_CONFIG_FILE = startup_checks.MODEL_CONFIG_FILE  # where the start-up checks look for it
-REPORT_FILE = "conversion_report.json"
+REPORT_FILE = startup_checks.CONVERSION_REPORT_FILE
 # HF's "gelu" is the exact erf gelu; BERT/Model Garden's "gelu" is the tanh approximation
 # (`realm_tf2.modeling.bert.get_activation` knows both names).
 EXACT_GELU = "gelu_exact"
 _TANH_GELU_NAMES = ("gelu_new", "gelu_pytorch_tanh", "gelu_fast")
-# Hugging Face `hidden_act` -> our `BertConfig.hidden_activation`; other names pass through unchanged.
+# Hugging Face `hidden_act` -> our `BertConfig.hidden_activation`; other names pass through.
 HF_ACTIVATIONS = {"gelu": EXACT_GELU, "gelu_python": EXACT_GELU,
                   **{name: "gelu" for name in _TANH_GELU_NAMES}}
 # `task.model.bert` fields written to model_config.yaml (what `--config_file` takes).
@@ -83,7 +84,8 @@ MODEL_CONFIG_BERT_FIELDS = ("vocab_size", "hidden_size", "num_layers", "num_atte
                             "initializer_range")
 # Source-config keys (Google BERT / Hugging Face config.json) checked against the variable shapes.
 _CONFIG_SIZE_KEYS = (("vocab_size", "vocab_size"), ("hidden_size", "hidden_size"),
-                     ("num_hidden_layers", "num_layers"), ("intermediate_size", "intermediate_size"),
+                     ("num_hidden_layers", "num_layers"),
+                     ("intermediate_size", "intermediate_size"),
                      ("max_position_embeddings", "max_position_embeddings"),
                      ("type_vocab_size", "type_vocab_size"))
 
@@ -115,7 +117,8 @@ class ConversionReport:
     for tower, info in self.towers.items():
       lines.append(f"  {tower}: {info['num_loaded']} source variables loaded -> {info['export_dir']}")
     for tower, names in self.initialised.items():
-      lines.append(f"  {tower}: {len(names)} variables not in the source, initialised as BERT does:")
+      lines.append(f"  {tower}: {len(names)} variables not in the source, initialised as BERT "
+                   "does:")
       lines.extend(f"    {name}: {how}" for name, how in names.items())
     if self.vocab_from:
       lines.append(f"  vocab {self.vocab_file} extracted from {self.vocab_from}")
@@ -135,14 +138,15 @@ class ConversionReport:
 
 
 def read_json_config(path: str) -> dict:
-  with tf.io.gfile.GFile(path) as f:
-    try:
-      return json.load(f)
-    except ValueError as e:
-      raise ValueError(f"{path}: not valid JSON: {e}") from e
+  """A BERT JSON config (`bert_config.json`, HF `config.json`); errors name the file."""
+  config = checkpoint_sources.read_json(path)
+  if not isinstance(config, dict):
+    raise ValueError(f"{path}: expected a JSON object, got {type(config).__name__}")
+  return config
 
 
-def hidden_activation(json_config: Optional[dict], hugging_face: bool, where: str = "config") -> str:
+def hidden_activation(json_config: Optional[dict], hugging_face: bool,
+                      where: str = "config") -> str:
   """Our `BertConfig.hidden_activation` for a source config's `hidden_act` (default "gelu").
 
   Args:
@@ -152,13 +156,15 @@ def hidden_activation(json_config: Optional[dict], hugging_face: bool, where: st
       "gelu_pytorch_tanh" and "gelu_fast".
     where: The config's path, for the error message.
   Raises:
-    ValueError: naming `where` and the value when `bert.get_activation` does not know the activation.
+    ValueError: naming `where` and the value when `bert.get_activation` does not know it.
   """
   act = (json_config or {}).get("hidden_act", "gelu")
   if not isinstance(act, str):
     raise ValueError(f"{where}: hidden_act={act!r} is not an activation name")
-  name = HF_ACTIVATIONS.get(act, act) if hugging_face else {n: "gelu" for n in _TANH_GELU_NAMES}.get(
-      act, act)
+  if hugging_face:
+    name = HF_ACTIVATIONS.get(act, act)
+  else:  # Google BERT's "gelu" already is the tanh form
+    name = "gelu" if act in _TANH_GELU_NAMES else act
   try:
     bert_lib.get_activation(name)
   except (ValueError, TypeError) as e:
@@ -177,8 +183,7 @@ def _check_config_sizes(config: configs.BertConfig, json_config: Optional[dict],
 
 def infer_bert_config(source: checkpoint_sources.VariableSource, bert_prefix: str,
                       num_heads: Optional[int], json_config: Optional[dict] = None,
-                      exact_gelu: bool = False, activation: Optional[str] = None,
-                      config_path: str = "config") -> configs.BertConfig:
+                      exact_gelu: bool = False, config_path: str = "config") -> configs.BertConfig:
   """BertConfig from the variable shapes under `bert_prefix` (+ heads/activation from flags/config).
 
   Args:
@@ -186,8 +191,7 @@ def infer_bert_config(source: checkpoint_sources.VariableSource, bert_prefix: st
     bert_prefix: Source prefix standing for the canonical `bert/`.
     num_heads: --num_attention_heads, else `json_config["num_attention_heads"]`, else 12.
     json_config: The source's BERT JSON config, if any; the sizes it states must match the shapes.
-    exact_gelu: Read `hidden_act` "gelu" as the exact erf GELU (Hugging Face semantics).
-    activation: Our activation name; overrides the one derived from `json_config`.
+    exact_gelu: Read `hidden_act` as a Hugging Face config does ("gelu" = exact erf GELU).
     config_path: Path of `json_config`, for error messages.
   """
   def shape(canonical):
@@ -206,8 +210,7 @@ def infer_bert_config(source: checkpoint_sources.VariableSource, bert_prefix: st
   if hidden % heads:
     raise ValueError(f"hidden size {hidden} (from {bert_prefix}embeddings/word_embeddings) is not "
                      f"divisible by num_attention_heads={heads}; pass --num_attention_heads")
-  if activation is None:
-    activation = hidden_activation(json_config, hugging_face=exact_gelu, where=config_path)
+  activation = hidden_activation(json_config, hugging_face=exact_gelu, where=config_path)
   config = configs.BertConfig(
       vocab_size=int(vocab_size), hidden_size=int(hidden), num_layers=num_layers,
       num_attention_heads=int(heads),
@@ -447,7 +450,7 @@ def _first_existing(*paths):
 
 
 def _bert_fields(bert_config: configs.BertConfig) -> dict:
-  """The architecture fields of `bert_config` (`MODEL_CONFIG_BERT_FIELDS`), as plain Python values."""
+  """The architecture fields of `bert_config` (`MODEL_CONFIG_BERT_FIELDS`), as a plain dict."""
   return {f: getattr(bert_config, f) for f in MODEL_CONFIG_BERT_FIELDS}
 
 
@@ -565,15 +568,17 @@ def model_config_dict(model_fields: Dict[str, dict], conflicts: Optional[List[st
   return {"task": {"model": model}}
 
 
-def write_model_config(output_dir: str, model_fields: Dict[str, dict], report: ConversionReport) -> str:
+def write_model_config(output_dir: str, model_fields: Dict[str, dict],
+                       report: ConversionReport) -> str:
   """Writes DIR/model_config.yaml (accepted by `--config_file`); returns its path."""
   conflicts: List[str] = []
   content = model_config_dict(model_fields, conflicts)
   for conflict in conflicts:
     logging.warning("towers differ (realm-tf2 shares task.model.bert between them): %s", conflict)
   report.model_config_conflicts = conflicts
-  header = (f"# Size of the model converted by data_prep.convert_checkpoint from {report.source}\n"
-            f"# ({report.source_format}). Pass as --config_file to run_pretrain.py / run_finetune.py.\n")
+  header = (f"# Size of the model data_prep.convert_checkpoint converted from {report.source}\n"
+            f"# ({report.source_format}); pass it as --config_file to run_pretrain.py / "
+            "run_finetune.py.\n")
   path = os.path.join(output_dir, MODEL_CONFIG_FILE)
   io_utils.atomic_write_text(path, header + yaml.safe_dump(content, sort_keys=False,
                                                            default_flow_style=False))
@@ -711,8 +716,8 @@ def define_flags():
                       "(hf_bert: vocab.txt, else tokenizer.json's WordPiece table).")
   flags.DEFINE_integer("num_attention_heads", None, "Heads per layer (default: config, else 12).")
   flags.DEFINE_string("bert_config_file", None, "BERT JSON config (num_attention_heads, hidden_act).")
-  flags.DEFINE_bool("do_lower_case", None, "Tokenizer lowercasing (default: HF tokenizer_config.json "
-                    "/ tokenizer.json normalizer, else True).")
+  flags.DEFINE_bool("do_lower_case", None, "Tokenizer lowercasing (default: HF "
+                    "tokenizer_config.json / tokenizer.json normalizer, else True).")
   flags.DEFINE_integer("max_span_width", 10, "orqa: reader max span width.")
   flags.DEFINE_integer("reader_seq_len", 320, "orqa: reader sequence length stored in the config.")
   flags.DEFINE_string("encoded_checkpoint", None,

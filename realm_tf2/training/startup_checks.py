@@ -16,12 +16,22 @@ import tensorflow as tf
 from tensorflow.core.protobuf import trackable_object_graph_pb2
 from realm_tf2 import io_utils
 
-# Written by `data_prep.convert_checkpoint` next to its exports: the converted model's `task.model`.
+# Written by `data_prep.convert_checkpoint` next to its exports: the converted model's `task.model`
+# (a `--config_file`) and the conversion report.
 MODEL_CONFIG_FILE = "model_config.yaml"
-# `task.model.bert` fields read from a BERT encoder's variable shapes (`hub_init.infer_bert_architecture`).
-# The vocab size is `check_vocab_matches`' job (it also resolves vocab_size 0 from the vocab file).
+CONVERSION_REPORT_FILE = "conversion_report.json"
+# `task.model.bert` fields read from a BERT encoder's variable shapes
+# (`hub_init.infer_bert_architecture`). The vocab size is `check_vocab_matches`' job (it also
+# resolves vocab_size 0 from the vocab file).
 SHAPE_FIELDS = ("hidden_size", "num_layers", "num_attention_heads", "intermediate_size",
                 "max_position_embeddings", "type_vocab_size")
+# Head fields of a converter `<tower>_ckpt/config.json`, per model class: task.model field -> key.
+_HEAD_FIELDS = {
+    "RealmEmbedder": (("projection_size", "projection_size"),
+                      ("embedder_layer_norm_epsilon", "layer_norm_epsilon")),
+    "OrqaReader": (("span_hidden_size", "span_hidden_size"),
+                   ("reader_layer_norm_epsilon", "layer_norm_epsilon")),
+}
 
 
 def fail_if(tool: str, problems: Sequence[str]):
@@ -151,7 +161,8 @@ def converter_config(source: str) -> Optional[Tuple[str, dict]]:
     try:
       with tf.io.gfile.GFile(path) as f:
         config = json.load(f)
-    except ValueError:
+    except ValueError as e:
+      logging.warning("%s: not valid JSON (%s); the size check uses the variable shapes only", path, e)
       continue
     if isinstance(config, dict) and isinstance(config.get("bert"), dict) and "model" in config:
       return path, config
@@ -159,12 +170,14 @@ def converter_config(source: str) -> Optional[Tuple[str, dict]]:
 
 
 def _model_config_hint(source: str) -> str:
-  """" (... --config_file=<converter's model_config.yaml>)" when one sits beside `source`."""
+  """Names the converter's model_config.yaml for `source` (`<out>/<tower>`, `<out>/<tower>_ckpt`,
+  `<out>/<tower>_ckpt/ckpt`), "" when `source` is not inside a converter output."""
   path = source.rstrip("/")
-  for _ in range(3):  # <out>/<tower>, <out>/<tower>_ckpt/ckpt
+  for _ in range(3):
     candidate = os.path.join(path, MODEL_CONFIG_FILE)
-    if tf.io.gfile.exists(candidate):
-      return f"; its size is in {candidate}: pass --config_file={candidate}"
+    if (tf.io.gfile.exists(candidate) and
+        tf.io.gfile.exists(os.path.join(path, CONVERSION_REPORT_FILE))):
+      return f" (the converter wrote its size to {candidate}: pass --config_file={candidate})"
     path = os.path.dirname(path)
     if not path:
       break
@@ -181,9 +194,10 @@ def model_size_mismatches(model_config, source: str) -> List[Tuple[str, object, 
   """(config path, config value, source value) for every size field where `source` differs.
 
   Sizes come from the variable shapes of each BERT encoder in `source`
-  (`checkpoint_bert_architectures`); a converter output additionally gives `hidden_activation` and,
-  for an embedder, `projection_size` / `embedder_layer_norm_epsilon` (its `config.json`), and its
-  BERT sizes when no encoder is recognised in the variables.
+  (`checkpoint_bert_architectures`). A converter output's `config.json` adds `hidden_activation`,
+  the head fields of its tower (`projection_size` / `embedder_layer_norm_epsilon` of an embedder,
+  `span_hidden_size` / `reader_layer_norm_epsilon` of a reader), and the BERT sizes when no encoder
+  is recognised in the variables.
   """
   bert = model_config.bert
   found = [arch for _, arch in checkpoint_bert_architectures(source)]
@@ -194,13 +208,12 @@ def model_size_mismatches(model_config, source: str) -> List[Tuple[str, object, 
   if conv is not None:
     _, config = conv
     if not found:
-      source_fields += [(f"bert.{f}", config["bert"][f]) for f in SHAPE_FIELDS if f in config["bert"]]
+      source_fields += [(f"bert.{f}", config["bert"][f]) for f in SHAPE_FIELDS
+                        if f in config["bert"]]
     if "hidden_activation" in config["bert"]:
       source_fields.append(("bert.hidden_activation", config["bert"]["hidden_activation"]))
-    if config.get("model") == "RealmEmbedder":
-      source_fields += [(name, config[key]) for name, key in
-                        (("projection_size", "projection_size"),
-                         ("embedder_layer_norm_epsilon", "layer_norm_epsilon")) if key in config]
+    source_fields += [(field, config[key]) for field, key in _HEAD_FIELDS.get(config["model"], ())
+                      if key in config]
   mismatches, seen = [], set()
   for path, value in source_fields:
     holder = bert if path.startswith("bert.") else model_config

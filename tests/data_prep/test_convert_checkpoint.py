@@ -3,8 +3,8 @@
 One module-scoped fixture writes tiny checkpoints (2 layers, hidden 32, 2 heads, vocab ~160) under the
 original variable names, converts them (bert_tf1 through the real CLI in a subprocess, the rest
 in-process) and loads every export in ONE fresh process that imports only tensorflow + tensorflow_text.
-The Hugging Face cases (4 heads) cover the layouts people have: `BertForPreTraining`, `BertModel` (no
-`bert.` prefix, no MLM head, tokenizer.json only), `BertForMaskedLM` (no pooler) and a
+The Hugging Face cases (4 heads) cover the layouts people have: `BertForPreTraining`, `BertModel`
+(no `bert.` prefix, no MLM head, tokenizer.json only), `BertForMaskedLM` (no pooler) and a
 sentence-transformers directory (modules.json -> 0_Transformer/, 1_Pooling/).
 """
 import json
@@ -18,6 +18,7 @@ import pytest
 import realm_tf2  # noqa: F401
 import tensorflow as tf
 import tf_keras
+import yaml
 
 from data_prep import checkpoint_names
 from data_prep import checkpoint_sources
@@ -166,7 +167,8 @@ def write_hf_dir(directory, state, config, vocab_file=None, tokenizer=None, toke
   """A Hugging Face model directory: model.safetensors, config.json and tokenizer files."""
   os.makedirs(directory, exist_ok=True)
   checkpoint_sources.write_safetensors(os.path.join(directory, "model.safetensors"), state)
-  files = {"config.json": config, "tokenizer.json": tokenizer, "tokenizer_config.json": tokenizer_config}
+  files = {"config.json": config, "tokenizer.json": tokenizer,
+           "tokenizer_config.json": tokenizer_config}
   for name, content in files.items():
     if content is not None:
       with open(os.path.join(directory, name), "w") as f:
@@ -180,7 +182,8 @@ def write_sentence_transformers_dir(root, transformer_path="0_Transformer"):
   os.makedirs(os.path.join(root, "1_Pooling"), exist_ok=True)
   modules = [{"idx": 0, "name": "0", "path": transformer_path,
               "type": "sentence_transformers.models.Transformer"},
-             {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"},
+             {"idx": 1, "name": "1", "path": "1_Pooling",
+              "type": "sentence_transformers.models.Pooling"},
              {"idx": 2, "name": "2", "path": "2_Normalize",
               "type": "sentence_transformers.models.Normalize"}]
   with open(os.path.join(root, "modules.json"), "w") as f:
@@ -297,14 +300,14 @@ def converted(tmp_path_factory, tiny_vocab_file):
   vocab = tiny_fixtures.tiny_vocab()
   # hf_model: a BertModel (no prefix, no MLM head), "gelu_new" (tanh), only tokenizer.json (cased).
   arrays["hf_model"] = _bert_arrays(rng, mlm_prefix=None)
-  write_hf_dir(str(src / "hf_model"), _hf_bert_model_state(arrays["hf_model"]), _hf_config("gelu_new"),
-               tokenizer=_tokenizer_json(vocab, lowercase=False))
+  write_hf_dir(str(src / "hf_model"), _hf_bert_model_state(arrays["hf_model"]),
+               _hf_config("gelu_new"), tokenizer=_tokenizer_json(vocab, lowercase=False))
   # hf_mlm: a BertForMaskedLM (bert. prefix, cls.predictions, no pooler), exact gelu.
   arrays["hf_mlm"] = _bert_arrays(rng)
   write_hf_dir(str(src / "hf_mlm"), _hf_masked_lm_state(arrays["hf_mlm"]),
                _hf_config("gelu", architectures=["BertForMaskedLM"]), vocab_file=tiny_vocab_file,
                tokenizer_config={"do_lower_case": True})
-  # hf_st: sentence-transformers, modules.json -> 0_Transformer/ (BertModel + vocab.txt), 1_Pooling/.
+  # hf_st: sentence-transformers: modules.json -> 0_Transformer/ (BertModel, vocab.txt), 1_Pooling/.
   arrays["hf_st"] = _bert_arrays(rng, mlm_prefix=None)
   write_hf_dir(str(src / "hf_st/0_Transformer"), _hf_bert_model_state(arrays["hf_st"]),
                _hf_config("gelu"), vocab_file=tiny_vocab_file,
@@ -326,7 +329,8 @@ def converted(tmp_path_factory, tiny_vocab_file):
       "realm_embedder": out / "realm/embedder", "realm_bert": out / "realm/bert",
       "orqa_realm_retriever": out / "orqa_realm/retriever",
       "orqa_realm_reader": out / "orqa_realm/reader", "hf": out / "hf/bert",
-      "hf_model": out / "hf_model/bert", "hf_mlm": out / "hf_mlm/bert", "hf_st": out / "hf_st/bert"})
+      "hf_model": out / "hf_model/bert", "hf_mlm": out / "hf_mlm/bert",
+      "hf_st": out / "hf_st/bert"})
   return dict(arrays=arrays, reports=reports, inputs=INPUTS, out=out, src=src, results=results)
 
 
@@ -428,6 +432,8 @@ def test_orqa_ict_variant_matches_numpy(converted_slow):
   report = converted_slow["reports"]["orqa_ict"]
   assert report.towers["retriever"]["variant"] == "ict"
   assert report.towers["retriever"]["config"]["layer_norm_epsilon"] == 1e-3
+  size = yaml.safe_load(open(converted_slow["out"] / "orqa_ict/model_config.yaml"))["task"]["model"]
+  assert size["embedder_layer_norm_epsilon"] == 1e-3 and size["projection_size"] == PROJ
   _check_embedder(r, "orqa_ict_retriever", w["orqa_ict"], x, "module/module/bert/",
                   "module/dense", "module/layer_normalization", 1e-3)
   _check_reader(r, "orqa_ict_reader", w["orqa_ict"], x)
@@ -442,6 +448,9 @@ def test_bert_tf1_cli_matches_numpy(converted_slow):
   assert "global_step: global_step" in converted_slow["cli_stdout"]
   report = json.load(open(converted_slow["out"] / "bert_tf1/conversion_report.json"))
   assert report["towers"]["bert"]["config"]["bert"]["num_attention_heads"] == HEADS  # bert_config.json
+  size = yaml.safe_load(open(converted_slow["out"] / "bert_tf1/model_config.yaml"))["task"]["model"]
+  assert size["bert"]["num_attention_heads"] == HEADS and size["bert"]["num_layers"] == L
+  assert size["bert"]["hidden_activation"] == "gelu"  # Google BERT's "gelu" is the tanh form
 
 
 def test_hf_bert_safetensors_matches_numpy_exact_gelu(converted):
@@ -488,8 +497,9 @@ def test_hf_missing_parts_are_initialised_and_reported(converted):
   assert reports["hf_mlm"].towers["bert"]["num_loaded"] == n_bert - 2 + 5
   assert reports["hf_model"].skipped == {"embeddings.position_ids": "buffer, not a weight"}
   # BERT's initialisation: truncated normal within 2 stddev, different draws per kernel.
-  dense = convert_checkpoint.bert_initial_value("truncated_normal", (H, H), 0.02, _MLM_NAMES[-1])
-  pooler = convert_checkpoint.bert_initial_value("truncated_normal", (H, H), 0.02, _POOLER_NAMES[-1])
+  init = convert_checkpoint.bert_initial_value
+  dense = init("truncated_normal", (H, H), 0.02, "cls/predictions/transform/dense/kernel")
+  pooler = init("truncated_normal", (H, H), 0.02, "bert/pooler/dense/kernel")
   assert np.abs(dense).max() <= 0.04 and 0.012 < dense.std() < 0.022
   assert not np.allclose(dense, pooler)
 
@@ -508,7 +518,8 @@ def test_hf_tokenizer_files(converted, tiny_vocab_file):
 
 
 def _experiments():
-  return {"ict": pretrain_experiments.ict_experiment(), "realm": pretrain_experiments.realm_experiment(),
+  return {"ict": pretrain_experiments.ict_experiment(),
+          "realm": pretrain_experiments.realm_experiment(),
           "orqa": finetune_experiments.orqa_experiment()}
 
 
@@ -552,7 +563,8 @@ def test_size_mismatch_is_a_startup_error(converted, tmp_path):
                                                              ("--init_checkpoint", None)])
   assert len(problems) == 1
   assert problems[0].startswith(f"--bert_hub_module_handle: '{export}'")
-  assert f"task.model.bert.hidden_size={2 * H} in the config but {H} in the checkpoint" in problems[0]
+  assert (f"task.model.bert.hidden_size={2 * H} in the config but {H} in the checkpoint"
+          in problems[0])
   assert "task.model.bert.hidden_activation='gelu' in the config but 'gelu_exact'" in problems[0]
   assert f"--config_file={out / 'hf_mlm/model_config.yaml'}" in problems[0]
   with pytest.raises(SystemExit, match=f"hidden_size={2 * H} in the config but {H}"):
@@ -566,7 +578,8 @@ def test_size_mismatch_is_a_startup_error(converted, tmp_path):
     loss = tf.reduce_sum(embedder(bert_lib.dummy_features(), training=False))
   optimizer.apply_gradients(zip(tape.gradient(loss, embedder.trainable_variables),
                                 embedder.trainable_variables))
-  prefix = tf.train.Checkpoint(model=embedder, optimizer=optimizer).write(str(tmp_path / "run/ckpt-1"))
+  prefix = tf.train.Checkpoint(model=embedder, optimizer=optimizer).write(
+      str(tmp_path / "run/ckpt-1"))
   model.bert.hidden_size = H
   model.bert.num_attention_heads = HEADS
   problems = startup_checks.check_model_size_matches(model, [("--init_checkpoint", prefix)])
