@@ -32,8 +32,10 @@ warning and an "initialised" entry in the report. Optimizer slots, global_step, 
 unknown names are skipped and listed in the printed report and in DIR/conversion_report.json.
 
 DIR/model_config.yaml holds the converted model's size (`task.model.bert`, and `projection_size` /
-`embedder_layer_norm_epsilon` / `span_hidden_size` where the source has them); pass it to
-run_pretrain.py / run_finetune.py as `--config_file` so the model built there matches the weights.
+`embedder_layer_norm_epsilon` / `span_hidden_size` / `reader_layer_norm_epsilon` where the source
+has them, `embedder_pooling` for a sentence-transformers model pooling with the mean or [CLS]);
+pass it to run_pretrain.py / run_finetune.py as `--config_file` so the model built there matches
+the weights.
 
 Init checkpoints are object-based: `tf.train.Checkpoint(model=m).read(DIR/<tower>_ckpt/ckpt)` with `m` a
 `RealmEmbedder` / `KnowledgeAugmentedEncoder` / `OrqaReader` built from `DIR/<tower>_ckpt/config.json`
@@ -615,6 +617,30 @@ def _hf_vocab(layout: checkpoint_sources.HfBertLayout, vocab_file: Optional[str]
   return path
 
 
+# sentence-transformers Pooling modes -> `task.model.embedder_pooling` (what our embedders can do).
+_SENTENCE_POOLING = {("mean_tokens",): "mean", ("cls_token",): "cls"}
+
+
+def _embedder_pooling(layout: checkpoint_sources.HfBertLayout,
+                      report: ConversionReport) -> Optional[str]:
+  """`task.model.embedder_pooling` matching a sentence encoder's Pooling module, noted in the report;
+  None without a Pooling module or for modes our embedders do not have (noted too)."""
+  modes = checkpoint_sources.sentence_pooling_modes(layout)
+  if not modes:
+    return None
+  pooling = _SENTENCE_POOLING.get(tuple(modes))
+  if pooling:
+    report.notes.append(f"{layout.pooling_config_json}: the sentence encoder pools with "
+                        f"{modes[0]}; model_config.yaml sets task.model.embedder_pooling: {pooling}")
+    logging.info("%s", report.notes[-1])
+  else:
+    report.notes.append(f"{layout.pooling_config_json}: the sentence encoder pools with "
+                        f"{'+'.join(modes)}, which realm-tf2 embedders do not offer (cls, mean); "
+                        "task.model.embedder_pooling is left to the run's config")
+    logging.warning("%s", report.notes[-1])
+  return pooling
+
+
 def convert(source_format: str, source: str, output_dir: str, vocab_file: Optional[str] = None,
             num_attention_heads: Optional[int] = None, bert_config_file: Optional[str] = None,
             do_lower_case: Optional[bool] = None, max_span_width: int = 10,
@@ -688,12 +714,9 @@ def convert(source_format: str, source: str, output_dir: str, vocab_file: Option
                       hugging_face=True, config_path=cfg_path)
     conv.bert("bert", src, names_lib.PLAIN_BERT)
     list_skipped(src, [names_lib.PLAIN_BERT], report)
-    pooling = checkpoint_sources.sentence_pooling_modes(layout)
-    if pooling and pooling != ["cls_token"]:
-      report.notes.append(
-          f"{layout.pooling_config_json}: this sentence encoder pools with {'+'.join(pooling)}; "
-          "realm-tf2 embedders use BERT's pooled [CLS] (the pooler dense + tanh)")
-      logging.warning("%s", report.notes[-1])
+    pooling = _embedder_pooling(layout, report)
+    if pooling:
+      conv.model_fields["bert"]["embedder_pooling"] = pooling
 
   report.vocab_file = conv.vocab_file
   write_model_config(output_dir, conv.model_fields, report)

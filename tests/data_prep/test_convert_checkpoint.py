@@ -515,6 +515,10 @@ def test_hf_tokenizer_files(converted, tiny_vocab_file):
   assert str(r["hf_st:vocab"]) == vocab and not bool(r["hf_st:lower"])
   assert bool(r["hf_mlm:lower"]) and reports["hf_mlm"].vocab_from is None
   assert any("mean_tokens" in n for n in reports["hf_st"].notes)
+  size = yaml.safe_load(open(out / "hf_st/model_config.yaml"))["task"]["model"]
+  assert size["embedder_pooling"] == "mean"  # from 1_Pooling/config.json
+  size = yaml.safe_load(open(out / "hf_mlm/model_config.yaml"))["task"]["model"]
+  assert "embedder_pooling" not in size  # not a sentence encoder
 
 
 def _experiments():
@@ -526,6 +530,7 @@ def _experiments():
 @pytest.mark.parametrize("conversion,activation,sources,extra", [
     ("hf_model", "gelu", ["bert", "bert_ckpt"], {}),
     ("hf_mlm", "gelu_exact", ["bert"], {}),
+    ("hf_st", "gelu_exact", ["bert"], {"embedder_pooling": "mean"}),
     ("realm", "gelu", ["embedder", "bert", "embedder_ckpt"],
      {"projection_size": PROJ, "embedder_layer_norm_epsilon": 1e-12}),
     ("orqa_realm", "gelu", ["retriever", "reader", "retriever_ckpt/ckpt"],
@@ -545,7 +550,8 @@ def test_model_config_yaml_is_a_config_file(converted, conversion, activation, s
                 V, H, L, heads, INNER, POS, 2), name
     assert bert.hidden_activation == activation
     for field, value in extra.items():
-      assert getattr(params.task.model, field) == pytest.approx(value), (name, field)
+      expected = value if isinstance(value, str) else pytest.approx(value)
+      assert getattr(params.task.model, field) == expected, (name, field)
     # A run configured with the file passes the start-up size check against the converted towers.
     assert startup_checks.check_model_size_matches(
         params.task.model, [(f"--{s}", str(out / s)) for s in sources]) == [], name
