@@ -93,8 +93,10 @@ def check_startup(params, mode: str, options: PretrainOptions):
   if mode == "realm" and not t.retriever_learning_rate_multiplier > 0:  # NaN too
     problems.append(f"task.retriever_learning_rate_multiplier={t.retriever_learning_rate_multiplier} "
                     "must be > 0 (to freeze the retriever use task.retriever_warmup_steps)")
-  if not problems and t.vocab_file:
-    problems += startup_checks.check_vocab_matches(ict_task.vocab_size_of(t), inits)
+  if not problems:
+    problems += startup_checks.check_model_size_matches(m, inits)
+    if t.vocab_file:
+      problems += startup_checks.check_vocab_matches(ict_task.vocab_size_of(t), inits)
   startup_checks.fail_if("run_pretrain", problems)
 
 
