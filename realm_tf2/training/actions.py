@@ -71,8 +71,7 @@ class TrainProgressAction:
     line = (f"[train] step {step}/{self._total_steps} loss={loss:.4f} "
             f"{metrics['examples_per_sec']:.1f} ex/s ETA {_fmt_seconds(eta) if eta == eta else '?'} "
             f"{extras}")
-    print(line, file=self._stream, flush=True)
-    logging.info(line)
+    print(line, file=self._stream, flush=True)  # one line per loop (not also logged: no duplicate)
     self._last_time, self._last_step = now, step
 
 
