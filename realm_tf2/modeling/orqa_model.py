@@ -145,10 +145,7 @@ class OrqaModel(tf_keras.Model):
     self.seq_len = model_config.reader_seq_len
     self.cls_id = int(cls_id)
     self.sep_id = int(sep_id)
-    self.retriever = embedder_lib.RealmEmbedder(
-        model_config.bert, projection_size=model_config.projection_size,
-        layer_norm_epsilon=model_config.embedder_layer_norm_epsilon,
-        dropout_rate=model_config.embedder_dropout_rate, vocab_size=vocab_size, name="retriever")
+    self.retriever = embedder_lib.embedder_from_config(model_config, vocab_size, name="retriever")
     self.reader = reader_lib.OrqaReader(
         model_config.bert, span_hidden_size=model_config.span_hidden_size,
         max_span_width=model_config.max_span_width,

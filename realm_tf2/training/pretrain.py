@@ -119,14 +119,21 @@ def run_ict(params, model_dir: str, options: PretrainOptions) -> str:
   if options.retrieval_corpus_path:
     # The whole retrieval corpus embedded with the final weights: REALM's initial index (§3.2).
     store = block_store_lib.BlockStore.from_retrieval_corpus(options.retrieval_corpus_path)
-    cls_id, sep_id = _special_ids(params.task.vocab_file)
-    emb = embed_corpus.embed_blocks(store, trainer.model, cls_id, sep_id,
-                                    seq_len=params.task.model.candidate_seq_len,
-                                    cpu_accel=params.task.cpu_accel)
-    embed_corpus.write_encoded(os.path.join(out, "embedder"), emb, expected_rows=store.num_blocks)
-    logging.info("ICT: exported %s/embedder with encoded.ckpt of %d blocks", out, store.num_blocks)
+    encode_final_export(params, out, trainer.model, store)
   logging.info("ICT input pipeline: %s", task.stats.report())
   return out
+
+
+def encode_final_export(params, export_dir: str, doc_embedder, store: block_store_lib.BlockStore):
+  """Writes `export_dir/embedder/encoded/encoded.ckpt`: the whole corpus embedded by the final
+  document tower, so the export is ready as ORQA's retriever (or the next run's initial index)."""
+  cls_id, sep_id = _special_ids(params.task.vocab_file)
+  emb = embed_corpus.embed_blocks(store, doc_embedder, cls_id, sep_id,
+                                  seq_len=params.task.model.candidate_seq_len,
+                                  cpu_accel=params.task.cpu_accel)
+  embed_corpus.write_encoded(os.path.join(export_dir, "embedder"), emb,
+                             expected_rows=store.num_blocks)
+  logging.info("exported %s/embedder with encoded.ckpt of %d blocks", export_dir, store.num_blocks)
 
 
 def new_embedder_fn(params):
@@ -239,6 +246,9 @@ def run_realm(params, model_dir: str, options: PretrainOptions):
   step = int(trainer.global_step.numpy())
   if exporter.last != step:
     exporter.export(step)
+  if "train" in options.run_mode:
+    encode_final_export(params, export_common.step_export_dir(model_dir, step),
+                        trainer.model.document_embedder, store)
   io_utils.atomic_write_text(os.path.join(model_dir, DONE_FILE), f"{step}\n")
   logging.info("REALM done at step %d; refresher %s; input pipeline %s", step, refresher.stats(),
                task.stats.report())
