@@ -7,6 +7,7 @@ CheckpointManager, TensorBoard summaries, loss blow-up recovery). What this modu
 - `metrics.jsonl` records and a progress line (step, loss, examples/s, ETA) after every loop,
 - caller-supplied orbit actions (index refresh bookkeeping, exports) and extra metrics.
 """
+import contextlib
 import os
 from typing import Callable, List, Mapping, Optional, Sequence
 
@@ -127,7 +128,11 @@ def run_experiment(params: config_definitions.ExperimentConfig, task, model_dir:
     performance.set_mixed_precision_policy(params.runtime.mixed_precision_dtype)
   trainer = trainer or build_trainer(params, task, strategy, model_dir,
                                      train="train" in mode, evaluate="eval" in mode)
-  writer = metrics_log.MetricsJsonlWriter(model_dir, resume_step=latest_step(model_dir))
+  resume_step = latest_step(model_dir)
+  writer = metrics_log.MetricsJsonlWriter(model_dir, resume_step=resume_step)
+  if resume_step and "train" in mode:
+    # The train input skipped the batches of the finished steps (resumable_train_dataset).
+    writer.write(resume_step, "resume", {"skipped_steps": resume_step})
   progress = actions_lib.TrainProgressAction(
       writer, trainer.global_step, params.trainer.train_steps, global_batch_size,
       extra_metrics_fn=extra_metrics_fn)
@@ -135,13 +140,17 @@ def run_experiment(params: config_definitions.ExperimentConfig, task, model_dir:
   # SIGTERM -> checkpoint at the end of the current train loop -> exit 143 (see preemption.py).
   watcher = preemption.PreemptionWatcher().install()
   on_preemption = preemption.SaveOnPreemptionAction(
-      watcher, trainer.checkpoint, trainer.global_step, model_dir, params.trainer.max_to_keep)
+      watcher, trainer.checkpoint, trainer.global_step, model_dir, params.trainer.max_to_keep,
+      on_save=lambda step: writer.write(step, "preemption", {"checkpoint_step": step}))
   progress.start()
   try:
-    _, eval_logs = train_lib.run_experiment(
-        distribution_strategy=strategy, task=task, mode=mode, params=params, model_dir=model_dir,
-        train_actions=[progress, *train_actions, on_preemption],
-        eval_actions=[eval_writer, *eval_actions], trainer=trainer)
+    # orbit's Controller both logs and prints each progress message; only the log copy is kept, so
+    # every event shows once (our progress/eval lines hold their own handle on the real stdout).
+    with open(os.devnull, "w") as devnull, contextlib.redirect_stdout(devnull):
+      _, eval_logs = train_lib.run_experiment(
+          distribution_strategy=strategy, task=task, mode=mode, params=params, model_dir=model_dir,
+          train_actions=[progress, *train_actions, on_preemption],
+          eval_actions=[eval_writer, *eval_actions], trainer=trainer)
   except preemption.Preempted as e:
     logging.warning("%s", e)
     raise SystemExit(preemption.PREEMPTED_EXIT_CODE) from e

@@ -58,8 +58,8 @@ class PreemptionWatcher:
   def _handle(self, signum, frame):
     del frame
     # Only set a flag: the train loop is in the middle of TF work and saves at its next boundary.
-    print(f"[preemption] received signal {signum}; will checkpoint at the end of the current "
-          "train loop", flush=True)
+    logging.warning("preemption: received signal %d; will checkpoint at the end of the current "
+                    "train loop", signum)
     self._event.set()
 
   @property
@@ -80,12 +80,14 @@ class SaveOnPreemptionAction:
     global_step: The trainer's step variable (checkpoint number).
     model_dir: Where the periodic checkpoints live.
     max_to_keep: As the run's CheckpointManager.
+    on_save: Optional callable(step) run after the preemption checkpoint is written (the driver
+      records a `split="preemption"` line in metrics.jsonl).
   """
 
   def __init__(self, watcher: PreemptionWatcher, checkpoint: tf.train.Checkpoint,
-               global_step: tf.Variable, model_dir: str, max_to_keep: int = 5):
+               global_step: tf.Variable, model_dir: str, max_to_keep: int = 5, on_save=None):
     self._watcher, self._checkpoint, self._step = watcher, checkpoint, global_step
-    self._model_dir, self._max_to_keep = model_dir, max_to_keep
+    self._model_dir, self._max_to_keep, self._on_save = model_dir, max_to_keep, on_save
 
   def __call__(self, output):
     del output
@@ -101,5 +103,7 @@ class SaveOnPreemptionAction:
       path = latest  # the periodic save of this very step already happened
     else:
       path = manager.save(checkpoint_number=step)
-    print(f"[preemption] saved {path} at step {step}; stopping", flush=True)
+    logging.warning("preemption: saved %s at step %d; stopping", path, step)
+    if self._on_save is not None:
+      self._on_save(step)
     raise Preempted(step, path)

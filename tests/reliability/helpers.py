@@ -56,9 +56,10 @@ def write_ict_examples(path, vocab, num_blocks=24, seed=0):
 
 
 def metrics(model_dir, split="train"):
+  """The run's metrics.jsonl records of `split` (all records with split=None)."""
   path = os.path.join(model_dir, "metrics.jsonl")
   with open(path) as f:
-    return [r for r in map(json.loads, f) if r["split"] == split]
+    return [r for r in map(json.loads, f) if split is None or r["split"] == split]
 
 
 def start(args):
