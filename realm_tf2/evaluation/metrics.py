@@ -244,9 +244,10 @@ def train_overlap(references: Iterable[Any],
   }
 
 
-def first_answer_rank(block_texts: Sequence[str], answers: Sequence[str],
+def first_answer_rank(block_texts: Iterable[str], answers: Sequence[str],
                       normalized: bool = False) -> int:
-  """0-based rank of the first block containing an answer, or -1 if none does."""
+  """0-based rank of the first block containing an answer, or -1 if none does. `block_texts` is
+  consumed only up to the first hit (a generator saves looking up the rest)."""
   test = answers_lib.has_answer_normalized if normalized else answers_lib.has_answer
   for rank, text in enumerate(block_texts):
     if test(text, answers):

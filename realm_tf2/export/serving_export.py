@@ -45,7 +45,7 @@ class QAServingModule(tf.Module):
     n = int(model.block_emb.shape[0])
     if len(block_texts) != n:
       raise ValueError(f"{len(block_texts)} block texts but block_emb has {n} rows")
-    if max_question_len > model.seq_len - 3:
+    if max_question_len > model.seq_len - 4:  # as OrqaTask: at least one block wordpiece read
       raise ValueError(f"max_question_len {max_question_len} leaves no room for a block in "
                        f"reader_seq_len {model.seq_len}")
     self._holder = common._Untracked(model)  # pylint: disable=protected-access

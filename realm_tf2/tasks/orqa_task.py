@@ -301,7 +301,7 @@ class OrqaTask(base.RealmBaseTask):
         ex = examples[int(arrays["example_index"][i])]
         row = {k: arrays[k][i].item() for k in arrays if k != "retrieved_ids"}
         row["first_answer_rank"] = metrics_lib.first_answer_rank(
-            [texts[b] for b in arrays["retrieved_ids"][i]], ex.answers)
+            (texts[b] for b in arrays["retrieved_ids"][i]), ex.answers)
         state["rows"].append(row)
     return state
 
