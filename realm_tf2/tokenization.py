@@ -18,7 +18,7 @@ Tokenizer choice (measured, see tests/test_tokenization.py):
   skip any sentence whose normalisation changed its length).
 
 Text back from wordpieces: `RealmTokenizer.span_text` cuts the ORIGINAL string between the byte
-offsets of a wordpiece span (ORQA answer text; graph ops, so evaluation and the serving export share it).
+offsets of a wordpiece span (ORQA answer text; graph ops, so evaluation and serving share it).
 
 Packing layouts (§1.2, §3.2) are TF ops on ragged batches with static output shapes plus NumPy twins
 for host-side code. All ids are int32. The ORQA reader layout (§3.3) is a dense XLA op on the model

@@ -3,9 +3,9 @@
 Host side (once, before training):
   * `read_qa_file` validates `{"question": str, "answer": [str, ...]}` lines (errors name file:line:field).
   * `read_block_texts` reads `blocks.tfr` (uncompressed TFRecord of raw UTF-8 block strings).
-  * `pretokenize_blocks` turns every block into reader wordpieces, padded to [N, Lb] + lengths, so the
-    device step only gathers ids (no strings on device). They are the wordpieces whose byte offsets
-    `RealmTokenizer.span_text` uses to cut answers out of the raw block text.
+  * `pretokenize_blocks` turns every block into reader wordpieces, padded to [N, Lb] + lengths, so
+    the device step only gathers ids (no strings on device). They are the wordpieces whose byte
+    offsets `RealmTokenizer.span_text` uses to cut answers out of the raw block text.
   * `QAFeaturizer` turns one question + answers into static-shape int32 arrays.
 
 The original fed one question per step with an unbounded question and ragged answers; TPUs need static

@@ -488,7 +488,7 @@ class Demo:
         # moved answers away from a right top block.
         "dev_prediction_block_has_answer": predict.get("prediction_block_has_answer"),
         "dev_exact_match_in_training_eval": predict.get("official_exact_match"),
-        # The original's token-level exact_match (reader span == a gold span) of the same predictions.
+        # The original's token-level exact_match (reader span == a gold span), same predictions.
         "dev_token_exact_match": predict.get("exact_match"),
         # Same checkpoint on the test split (not used to choose it).
         "test_exact_match": (ev.get("test_evaluate") or {}).get("accuracy"),

@@ -87,7 +87,7 @@ def iter_references(references: Iterable[Any], answer_field: str = "answer",
 def reference_map(references: Iterable[Any], answer_field: str = "answer",
                   name: str = "references") -> Tuple[Dict[str, list], int]:
   """Validated question -> answers map, as the original's `evaluate_predictions.py` builds it (a
-  question listed again replaces the earlier line's answers), and how many lines repeated a question.
+  question listed again replaces the earlier line's answers), and how many lines repeated one.
   Records or `(where, record)` pairs, as for `iter_references`."""
   ref_map: Dict[str, list] = {}
   num_duplicates = 0

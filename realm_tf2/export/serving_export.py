@@ -9,8 +9,8 @@ of training and evaluation and adds only strings around it:
   -> answer = `RealmTokenizer.span_text` of the predicted block's raw text     (as evaluation)
 
 The graph is TF and TF Text ops only (no py_function), so it loads in a process that imports only
-`tensorflow` and `tensorflow_text` (and in TF Serving with the TF Text ops linked). As the original's
-PREDICT mode (§3.3 Retrieve 6), only the K blocks that are read are retrieved.
+`tensorflow` and `tensorflow_text` (and in TF Serving with the TF Text ops linked). As in the
+original's PREDICT mode (§3.3 Retrieve 6), only the K blocks that are read are retrieved.
 
 Defined behaviour on odd input: an empty question is embedded as `[CLS] [SEP]` and answered normally;
 a very long question is cut to `max_question_len` wordpieces; if no span is valid (every read block

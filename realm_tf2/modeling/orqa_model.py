@@ -65,7 +65,7 @@ class _Untracked:
 
 def pack_reader_inputs(question_ids, question_len, block_ids, block_len, seq_len, cls_id,
                        sep_id) -> Dict[str, tf.Tensor]:
-  """ORQA `ReaderInputs` (§3.3 Read step 4) with dense gathers (XLA): `[CLS] q [SEP] block [SEP] 0...`.
+  """ORQA `ReaderInputs` (§3.3 Read step 4), dense gathers (XLA): `[CLS] q [SEP] block [SEP] 0...`.
 
   The question is never cut (the caller keeps question_len <= seq_len - 3; at seq_len - 3 the block
   region is empty: `[CLS] q [SEP] [SEP]`); the block is cut so the final [SEP] is at most at
@@ -124,8 +124,8 @@ def answer_match_starts(token_ids: tf.Tensor, token_valid: tf.Tensor, answer_ids
   seq_len = token_ids.shape[-1]
   ids = tf.pad(token_ids, [[0, 0], [0, 0], [0, max_len]], constant_values=-1)  # [B, X, T+L]
   valid = tf.pad(tf.cast(token_valid, tf.bool), [[0, 0], [0, 0], [0, max_len]])  # [B, X, T+L]
-  match = tf.broadcast_to((answer_len > 0)[:, tf.newaxis, tf.newaxis, :],
-                          tf.concat([tf.shape(token_ids), tf.shape(answer_len)[1:]], 0))  # [B,X,T,A]
+  match_shape = tf.concat([tf.shape(token_ids), tf.shape(answer_len)[1:]], 0)  # [B, X, T, A]
+  match = tf.broadcast_to((answer_len > 0)[:, tf.newaxis, tf.newaxis, :], match_shape)
   for l in range(max_len):  # static unroll over answer positions (L is small)
     tok = ids[:, :, l:l + seq_len]  # [B, X, T]
     ok = valid[:, :, l:l + seq_len]  # [B, X, T]
@@ -257,7 +257,7 @@ class OrqaModel(tf_keras.Model):
     return self._index.block_len
 
   def gather_blocks(self, ids):
-    """Wordpieces of corpus rows `ids` (int32 [...]): (block_ids int32 [..., Lb], block_len [...])."""
+    """Corpus rows `ids` int32 [...] -> (block_ids int32 [..., Lb], block_len int32 [...])."""
     return tf.gather(self.block_ids, ids), tf.gather(self.block_len, ids)
 
   def retriever_inputs(self, question_ids, question_len):

@@ -1,11 +1,12 @@
 """ORQA fine-tuning runs (reference §3.4): start-up checks, train / eval / predict, best exports.
 
 `run_finetune.py` turns its flags into an experiment config and calls `run`. After every evaluation
-that improves `exact_match` (token-level, the metric the original's `BestSavedModelAndCheckpointExporter`
-watches), `model_dir/export/best/{retriever,reader}` (CONTRACTS §3), `export/best/checkpoint` and
-`model_dir/export/serving` (the servable QA model) are (re)written and `export/best/best_metric.txt`
-records "<step> <exact_match>". `predict` restores the best checkpoint (else the latest), as the
-original's `orqa_predict.py`, and writes the predictions JSONL plus its metrics as JSON.
+that improves `exact_match` (token-level, the metric the original's
+`BestSavedModelAndCheckpointExporter` watches), `model_dir/export/best/{retriever,reader}`
+(CONTRACTS §3), `export/best/checkpoint` and `model_dir/export/serving` (the servable QA model) are
+(re)written and `export/best/best_metric.txt` records "<step> <exact_match>". `predict` restores the
+best checkpoint (else the latest), as the original's `orqa_predict.py`, and writes the predictions
+JSONL plus its metrics as JSON.
 """
 import json
 import os
@@ -50,8 +51,8 @@ def check_startup(params, mode: str, model_dir: Optional[str]):
   if tc.reader_module_path and not tf.io.gfile.exists(tc.reader_module_path):
     problems.append(f"--reader_module_path '{tc.reader_module_path}' does not exist")
   if not tc.reader_learning_rate_multiplier > 0:
-    problems.append(f"task.reader_learning_rate_multiplier={tc.reader_learning_rate_multiplier} must "
-                    "be > 0 (1.0 = the question tower's rate)")
+    problems.append(f"task.reader_learning_rate_multiplier={tc.reader_learning_rate_multiplier} "
+                    "must be > 0 (1.0 = the question tower's rate)")
   splits = []
   if "train" in mode:
     splits.append(tc.train_data)
@@ -120,7 +121,7 @@ class BestExportAction:
 
 
 def export_best(task: orqa_task.OrqaTask, model, model_dir: str, step: int):
-  """`export/best/{retriever (with encoded.ckpt), reader, checkpoint/model.ckpt-<step>}`, each atomic."""
+  """Writes `export/best/{retriever (+ encoded.ckpt), reader, checkpoint/model.ckpt-<step>}`."""
   tc = task.task_config
   best_dir = export_common.best_export_dir(model_dir)
   embedder_export.export_embedder(
@@ -142,10 +143,10 @@ def export_serving_model(task: orqa_task.OrqaTask, model, model_dir: str) -> str
 
 
 def best_checkpoint(model_dir: str) -> Optional[str]:
-  """Prefix of the checkpoint `export_best` wrote (`export/best/checkpoint/model.ckpt-<step>`), or None.
+  """Prefix of the checkpoint `export_best` wrote (`export/best/checkpoint/model.ckpt-N`) or None.
 
-  `export_best` writes it with `tf.train.Checkpoint.write`, which keeps no `checkpoint` state file, so
-  `tf.train.latest_checkpoint` cannot find it: the prefix is read off the `.index` file's name.
+  `export_best` writes it with `tf.train.Checkpoint.write`, which keeps no `checkpoint` state file,
+  so `tf.train.latest_checkpoint` cannot find it: the prefix is read off the `.index` file's name.
   """
   best = os.path.join(export_common.best_export_dir(model_dir), "checkpoint")
   indexes = tf.io.gfile.glob(os.path.join(best, "model.ckpt-*.index"))
@@ -166,7 +167,7 @@ def predict_metrics_path(predictions_path: str) -> str:
 def predict(params, task: orqa_task.OrqaTask, model_dir: str) -> dict:
   """Restores the best (else latest) checkpoint, predicts the eval split, writes the predictions
   (`task.predict_output`, default `model_dir/predictions.jsonl`) and their metrics
-  (`predict_metrics_path`: the eval metrics plus "predictions", "checkpoint"); returns the metrics."""
+  (`predict_metrics_path`: the eval metrics plus "predictions", "checkpoint"); returns those."""
   model = task.build_model()
   ckpt = best_checkpoint(model_dir) or tf.train.latest_checkpoint(model_dir)
   if ckpt is None:

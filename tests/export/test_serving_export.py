@@ -66,7 +66,8 @@ def test_serving_answers_equal_the_evaluation_predictions(served):
   out = fn(question=tf.constant([r["question"] for r in records]))
   assert [a.decode("utf-8") for a in out["answer"].numpy()] == answers
   assert out["block_index"].numpy().tolist() == [r["block_index"] for r in records]
-  assert [t.decode("utf-8") for t in out["block_text"].numpy()] == [r["block_text"] for r in records]
+  texts = [t.decode("utf-8") for t in out["block_text"].numpy()]
+  assert texts == [r["block_text"] for r in records]
   for got, r in zip(out["score"].numpy(), records):
     assert got == pytest.approx(r["score"], abs=1e-4)
   # The served answers score as the evaluation's official_exact_match (same strings).

@@ -67,8 +67,8 @@ def test_reader_and_retriever_correctness():
   assert not correct[1].any()
   block_ids = tf.constant([[[20, 21, 20, 0], [22, 3, 0, 0]], [[21, 0, 0, 0], [20, 21, 9, 9]]])
   block_len = tf.constant([[3, 2], [1, 2]])
-  assert orqa_model.retriever_correct(block_ids, block_len, answers, answer_len).numpy().tolist() == [
-      [True, True], [False, True]]  # [22, 3] is an answer of row 0; padding beyond block_len is not
+  got = orqa_model.retriever_correct(block_ids, block_len, answers, answer_len).numpy().tolist()
+  assert got == [[True, True], [False, True]]  # [22, 3] answers row 0; padding past block_len not
 
 
 def test_predictions_and_correct_at_prediction():
@@ -101,7 +101,7 @@ def test_predictions_and_correct_at_prediction():
 
 
 def _span(tok, text, piece):
-  """(first, last) wordpiece positions covering the bytes of `piece` (first occurrence) in `text`."""
+  """(first, last) wordpiece positions covering the bytes of `piece` (its first occurrence)."""
   raw = text.encode("utf-8")
   begin = raw.index(piece.encode("utf-8"))
   end = begin + len(piece.encode("utf-8"))
@@ -130,7 +130,7 @@ def test_answer_text_vs_original_get_final_text(tok):
   """The original's answer (original tokens joined by spaces, trimmed by SQuAD's `get_final_text`)
   and ours (the raw text of the span) normalise to the same answer where the raw text has whitespace
   between the span's original tokens, also across case, accents and runs of whitespace; where
-  tokens touch, ours keeps the text as written and matches the reference, the original's does not."""
+  tokens touch, ours keeps the text as written and matches the reference; the original does not."""
   from official.nlp.data import squad_lib
   cases = [
       # (block, span text, the span's original tokens (ORQA's split), reference answer)

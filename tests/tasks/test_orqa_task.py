@@ -92,8 +92,9 @@ def test_batch_equals_single_questions(task_and_model):
   def per_example(inputs):
     out = model(inputs, training=False)
     correct = orqa_model.answer_correctness(model, out, inputs["answer_ids"], inputs["answer_len"])
-    return losses.orqa_loss(out["retriever_logits"], correct["retriever_correct"],
-                            out["reader_logits"], correct["reader_correct"])["per_example_loss"].numpy()
+    loss = losses.orqa_loss(out["retriever_logits"], correct["retriever_correct"],
+                            out["reader_logits"], correct["reader_correct"])
+    return loss["per_example_loss"].numpy()
   batched = per_example(_features(task, pairs))
   singles = np.concatenate([per_example(_features(task, [p])) for p in pairs])
   assert np.all(batched > 0)
