@@ -40,7 +40,7 @@ Differences from the original, on purpose:
   inserts a space ("U . S .", normalised "u s") and ours keeps the text as written ("us", as the
   reference "U.S." normalises). Regex answers (CuratedTrec) see the raw text too.
 * Reader packing (`ReaderInputs`, a C++ op in the original) is done with dense gathers
-  (`pack_reader_inputs`).
+  (`pack_reader_inputs`, on the project's one dense pair packer).
 """
 from typing import Dict, Mapping, Optional
 
@@ -53,6 +53,7 @@ from realm_tf2 import configs
 from realm_tf2.modeling import embedder as embedder_lib
 from realm_tf2.modeling import losses
 from realm_tf2.modeling import reader as reader_lib
+from realm_tf2.retrieval import device_retrieval
 
 
 class _Untracked:
@@ -65,12 +66,13 @@ class _Untracked:
 
 def pack_reader_inputs(question_ids, question_len, block_ids, block_len, seq_len, cls_id,
                        sep_id) -> Dict[str, tf.Tensor]:
-  """ORQA `ReaderInputs` (§3.3 Read step 4), dense gathers (XLA): `[CLS] q [SEP] block [SEP] 0...`.
+  """ORQA `ReaderInputs` (§3.3 Read step 4): `[CLS] q [SEP] block [SEP] 0...`, static shapes (XLA).
 
   The question is never cut (the caller keeps question_len <= seq_len - 3; at seq_len - 3 the block
   region is empty: `[CLS] q [SEP] [SEP]`); the block is cut so the final [SEP] is at most at
   seq_len-1. Segment ids are 0 on [CLS], question and the first [SEP], 1 on the block and the final
-  [SEP]; block_mask is 1 only on block wordpieces.
+  [SEP]; block_mask is 1 only on block wordpieces. The project's one dense pair packer
+  (`device_retrieval.pack_pair_dense`) with the question broadcast over the K blocks.
 
   Args:
     question_ids: int32 [B, Q]; question_len int32 [B] (question_len <= seq_len - 3).
@@ -80,32 +82,12 @@ def pack_reader_inputs(question_ids, question_len, block_ids, block_len, seq_len
     input_ids, input_mask, segment_ids, block_mask: int32 [B, K, seq_len]; block_start int32 [B]
     (position of the first block wordpiece = question_len + 2).
   """
-  num_blocks = block_ids.shape[1]
-  max_block = block_ids.shape[2]
-  pos = tf.range(seq_len, dtype=tf.int32)[tf.newaxis, tf.newaxis, :]  # [1, 1, T]
-  q_len = question_len[:, tf.newaxis, tf.newaxis]  # [B, 1, 1]
-  b_len = tf.minimum(block_len, seq_len - 3 - question_len[:, tf.newaxis])[..., tf.newaxis]  # [B,K,1]
-  block_start = q_len + 2  # [B, 1, 1]
-  q_tok = tf.pad(question_ids, [[0, 0], [1, seq_len]])[:, tf.newaxis, :seq_len]  # [B, 1, T]
-  rel = pos - block_start  # [B, 1, T], position inside the block
-  b_idx = tf.tile(tf.clip_by_value(rel, 0, max_block - 1), [1, num_blocks, 1])  # [B, K, T]
-  b_tok = tf.gather(block_ids, b_idx, batch_dims=2)  # [B, K, T]
-  is_cls = pos == 0
-  is_q = (pos >= 1) & (pos <= q_len)
-  is_sep1 = pos == q_len + 1
-  in_block = (rel >= 0) & (rel < b_len)  # [B, K, T]
-  is_sep2 = rel == b_len
-  ids = tf.where(is_cls, cls_id, 0)
-  ids = tf.where(is_q, q_tok, ids)
-  ids = tf.where(is_sep1 | is_sep2, sep_id, ids)
-  ids = tf.where(in_block, b_tok, ids)  # [B, K, T]
-  mask = (pos <= q_len + 1) | in_block | is_sep2  # [B, K, T]
-  segment = in_block | is_sep2
-  return {"input_ids": tf.cast(ids, tf.int32),
-          "input_mask": tf.cast(tf.broadcast_to(mask, tf.shape(ids)), tf.int32),
-          "segment_ids": tf.cast(tf.broadcast_to(segment, tf.shape(ids)), tf.int32),
-          "block_mask": tf.cast(tf.broadcast_to(in_block, tf.shape(ids)), tf.int32),
-          "block_start": question_len + 2}
+  packed = device_retrieval.pack_pair_dense(
+      question_ids[:, tf.newaxis, :], question_len[:, tf.newaxis], block_ids, block_len, seq_len,
+      cls_id, sep_id)  # each [B, K, T]; second_start [B, K]
+  return {"input_ids": packed["input_ids"], "input_mask": packed["input_mask"],
+          "segment_ids": packed["segment_ids"], "block_mask": packed["second_mask"],
+          "block_start": packed["second_start"][:, 0]}
 
 
 def answer_match_starts(token_ids: tf.Tensor, token_valid: tf.Tensor, answer_ids: tf.Tensor,
