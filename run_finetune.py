@@ -8,9 +8,9 @@ r"""ORQA / REALM open-domain QA fine-tuning, evaluation and prediction (referenc
     --num_train_steps=68340
 
 Modes: train, eval (latest checkpoint, dev), train_and_eval, predict (best checkpoint if any, else the
-latest; writes --predict_output JSONL and its metrics beside it as `<name>.metrics.json`). Flags ->
-config here; the run itself is `realm_tf2.training.finetune.run` (best-by-`exact_match` exports of
-`export/best/{retriever,reader,checkpoint}` and `export/serving`).
+latest; writes --predict_output JSONL and its metrics to --metrics_output, by default beside it as
+`<name>.metrics.json`). Flags -> config here; the run itself is `realm_tf2.training.finetune.run`
+(best-by-`exact_match` exports of `export/best/{retriever,reader,checkpoint}` and `export/serving`).
 """
 import realm_tf2  # noqa: F401
 from absl import app
@@ -46,6 +46,8 @@ flags.DEFINE_integer("reader_beam_size", None, "Blocks read by the reader (5).")
 flags.DEFINE_integer("num_candidates", None, "Alias of --reader_beam_size.")
 flags.DEFINE_integer("batch_size", None, "Questions per step (train and eval; the original used 1).")
 flags.DEFINE_string("predict_output", None, "Predictions JSONL (predict mode; also written at eval).")
+flags.DEFINE_string("metrics_output", None, "Predict mode: JSON file of the prediction metrics "
+                    "(default: beside --predict_output, `<name>.metrics.json`).")
 flags.DEFINE_bool("is_regex", None, "Regex answers (default: automatic, True for CuratedTrec).")
 flags.DEFINE_enum("eval_split", None, ["dev", "test"], "Split evaluated / predicted (default dev).")
 flags.DEFINE_bool("export_serving", True, "Write model_dir/export/serving at every best export.")
@@ -110,7 +112,8 @@ def main(_):
   except (KeyError, ValueError, TypeError, AttributeError) as e:  # unknown/ill-typed config keys
     raise SystemExit(f"run_finetune: bad configuration: {e}") from None
   finetune.run(params, FLAGS.mode, FLAGS.model_dir, export_serving=FLAGS.export_serving,
-               export_reader_hub=FLAGS.export_reader_hub, num_virtual_cpus=FLAGS.num_virtual_cpus)
+               export_reader_hub=FLAGS.export_reader_hub, num_virtual_cpus=FLAGS.num_virtual_cpus,
+               metrics_output=FLAGS.metrics_output)
 
 
 if __name__ == "__main__":

@@ -55,11 +55,13 @@ def test_train_and_eval_then_predict(tmp_path):
   best_step, best_metric = open(os.path.join(best, "best_metric.txt")).read().split()
   assert float(best_metric) == pytest.approx(best_value)
   out = str(tmp_path / "pred.jsonl")
-  proc = _run(common + ["--mode=predict", f"--predict_output={out}"])
+  metrics_out = str(tmp_path / "predict_metrics.json")
+  proc = _run(common + ["--mode=predict", f"--predict_output={out}",
+                        f"--metrics_output={metrics_out}"])
   assert proc.returncode == 0, proc.stderr[-4000:]
   # Predict reads the best checkpoint (the one the serving export was written from), not the
   # latest: a demo run reported its final EM 0.545 although its best checkpoint had 0.591.
-  with open(str(tmp_path / "pred.metrics.json")) as f:
+  with open(metrics_out) as f:
     predicted = json.load(f)
   assert predicted["checkpoint"] == f"{best}/checkpoint/model.ckpt-{best_step}"
   assert predicted["predictions"] == out

@@ -372,9 +372,13 @@ class Demo:
 
   def stage_evaluate(self, retriever, reader):
     preds = self.path("predictions.dev.jsonl")
+    predict_json = self.path("predict.dev.json")
     self.run_cli("evaluate", self._orqa_args(retriever, reader) + [
-        "--mode=predict", f"--predict_output={preds}"] + self._overrides("orqa", []), "evaluate_predict")
-    predict_metrics = _read_predict_metrics(preds)
+        "--mode=predict", f"--predict_output={preds}", f"--metrics_output={predict_json}"] +
+                 self._overrides("orqa", []), "evaluate_predict")
+    _require(predict_json, "evaluate")
+    with open(predict_json) as f:
+      predict_metrics = json.load(f)
     eval_json = self.path("eval.dev.json")
     self.run_cli("evaluate", ["-m", "realm_tf2.evaluate",
                               f"--references={self.data_root}/World.resplit.dev.jsonl",
@@ -578,16 +582,6 @@ def _normalize(s: str) -> str:
 def _read_jsonl(path):
   with open(path) as f:
     return [json.loads(line) for line in f if line.strip()]
-
-
-def _read_predict_metrics(predictions_path):
-  """The metrics file `run_finetune.py --mode=predict` writes beside its predictions (named by
-  `realm_tf2.training.finetune.predict_metrics_path`; not imported: this module imports no TF)."""
-  root, _ = os.path.splitext(predictions_path)
-  path = root + ".metrics.json"
-  _require(path, "evaluate")
-  with open(path) as f:
-    return json.load(f)
 
 
 def _require(path, stage):

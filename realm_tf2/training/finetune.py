@@ -164,10 +164,12 @@ def predict_metrics_path(predictions_path: str) -> str:
   return (root if ext == ".jsonl" else predictions_path) + ".metrics.json"
 
 
-def predict(params, task: orqa_task.OrqaTask, model_dir: str) -> dict:
+def predict(params, task: orqa_task.OrqaTask, model_dir: str,
+            metrics_output: Optional[str] = None) -> dict:
   """Restores the best (else latest) checkpoint, predicts the eval split, writes the predictions
-  (`task.predict_output`, default `model_dir/predictions.jsonl`) and their metrics
-  (`predict_metrics_path`: the eval metrics plus "predictions", "checkpoint"); returns those."""
+  (`task.predict_output`, default `model_dir/predictions.jsonl`) and their metrics as one JSON
+  object (the eval metrics plus "predictions", "checkpoint") to `metrics_output` (default
+  `predict_metrics_path` of the predictions); returns the metrics."""
   model = task.build_model()
   ckpt = best_checkpoint(model_dir) or tf.train.latest_checkpoint(model_dir)
   if ckpt is None:
@@ -183,13 +185,15 @@ def predict(params, task: orqa_task.OrqaTask, model_dir: str) -> dict:
   out = params.task.predict_output or os.path.join(model_dir, "predictions.jsonl")
   orqa_task.write_predictions(task.last_predictions, out)
   result = {"predictions": out, "checkpoint": ckpt, **metrics}
-  io_utils.atomic_write_text(predict_metrics_path(out), json.dumps(result, sort_keys=True) + "\n")
+  io_utils.atomic_write_text(metrics_output or predict_metrics_path(out),
+                             json.dumps(result, sort_keys=True) + "\n")
   print(json.dumps(result), flush=True)
   return result
 
 
 def run(params, mode: str, model_dir: str, export_serving: bool = True,
-        export_reader_hub: bool = False, num_virtual_cpus: int = 0):
+        export_reader_hub: bool = False, num_virtual_cpus: int = 0,
+        metrics_output: Optional[str] = None):
   """One `run_finetune.py` invocation on a built experiment config.
 
   Args:
@@ -198,6 +202,7 @@ def run(params, mode: str, model_dir: str, export_serving: bool = True,
     model_dir: run directory.
     export_serving / export_reader_hub: extra exports at every best export.
     num_virtual_cpus: CPUs to mirror over with the mirrored strategy on a CPU-only host.
+    metrics_output: predict mode: where the metrics JSON goes (see `predict`).
   Returns:
     The predict metrics (mode predict), else the last eval logs (or None).
   """
@@ -210,7 +215,7 @@ def run(params, mode: str, model_dir: str, export_serving: bool = True,
   except ValueError as e:
     startup_checks.fail_if(TOOL, [str(e)])
   if mode == "predict":
-    return predict(params, task, model_dir)
+    return predict(params, task, model_dir, metrics_output)
   strategy = strategy_lib.get_strategy(params.runtime.distribution_strategy,
                                        params.runtime.tpu or "", num_virtual_cpus=num_virtual_cpus)
   trainer = driver.build_trainer(params, task, strategy, model_dir, train="train" in mode,
