@@ -5,10 +5,13 @@ r"""Scores a QA prediction file against an ORQA-format reference file (reference
       [--train_references=TRAIN.jsonl]
 
 REF lines: {"question": str, "answer": [str, ...]} (regular expressions with --is_regex, CuratedTrec).
-PRED lines: {"question": str, "prediction": str, ...}. Joined by the exact question string; a missing
-prediction counts as wrong; accuracy = correct / #references. Prints ONE JSON object on stdout and
-exits 0. A malformed line (bad JSON, bad UTF-8, missing/ill-typed field) is an error naming file and
-line (exit code 2); blank lines are not records and are counted in `num_blank_lines`.
+PRED lines: {"question": str, "prediction": str, ...}. Both files are keyed by the exact question
+string, as the original's `evaluate_predictions.py` (a question listed twice counts once, its last
+line wins; counted in `num_duplicate_references` / `num_duplicate_predictions`); a missing
+prediction counts as wrong; accuracy = correct / #distinct reference questions. Prints ONE JSON
+object on stdout and exits 0. A malformed line (bad JSON, bad UTF-8, missing/ill-typed field) is an
+error naming file and line (exit code 2); blank lines are not records and are counted in
+`num_blank_lines`.
 
 With --train_references (the training split, same format as REF) the output also has `train_overlap`:
 test-train answer/question overlap (Lewis et al., 2021), accuracy on the overlapping and the

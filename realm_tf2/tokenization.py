@@ -17,21 +17,18 @@ Tokenizer choice (measured, see tests/test_tokenization.py):
   plain BertTokenizer in all cases (unlike the original REALM greedy `find` alignment, which had to
   skip any sentence whose normalisation changed its length).
 
-Packing layouts (§1.2, §3.2, §3.3) are TF ops on ragged batches with static output shapes plus NumPy
-twins for host-side code. All ids are int32.
+Text back from wordpieces: `RealmTokenizer.span_text` cuts the ORIGINAL string between the byte
+offsets of a wordpiece span (ORQA answer text; graph ops, so evaluation and serving share it).
+
+Packing layouts (§1.2, §3.2) are TF ops on ragged batches with static output shapes plus NumPy twins
+for host-side code. All ids are int32. The ORQA reader layout (§3.3) is a dense XLA op on the model
+side (`modeling.orqa_model.pack_reader_inputs`).
 """
 import realm_tf2  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow is imported)
 
 import numpy as np
 import tensorflow as tf
 import tensorflow_text as tf_text
-from tensorflow_text.python.ops import bert_tokenizer as _tf_text_bert
-
-# TF Text's BERT delimiter regexes (the same ones ORQA's bert_utils imports). Private in TF Text,
-# so they are re-exported here once; ORQA's original-token split must match BERT's split exactly.
-BERT_DELIM_REGEX = _tf_text_bert._DELIM_REGEX_PATTERN  # pylint: disable=protected-access
-BERT_KEEP_DELIM_REGEX = _tf_text_bert._KEEP_DELIM_NO_WHITESPACE_PATTERN  # pylint: disable=protected-access
-_CONTROL_REGEX = r"\p{Cc}|\p{Cf}"
 
 # Standard lengths of the original (§1.2, §3.2, §3.3).
 QUERY_SEQ_LEN = 96
@@ -175,36 +172,33 @@ class RealmTokenizer(tf.Module):
     return [(np.asarray(i, np.int32), np.asarray(s, np.int64), np.asarray(e, np.int64))
             for i, s, e in zip(ids.numpy(), starts.numpy(), ends.numpy())]
 
-  def tokenize_with_original_mapping(self, strings):
-    """ORQA's `bert_utils.tokenize_with_original_mapping` (§3.3 Read step 1).
+  def span_text(self, strings, first, last):
+    """The original text of a wordpiece span: bytes [start of wordpiece `first`, end of `last`).
 
-    Control/format characters become spaces; the text is split with TF Text's BERT delimiter regex
-    (punctuation kept as tokens) into "original tokens"; each original token is lower-cased (if
-    do_lower_case) and WordPiece-tokenized; token_map[wp] = index of its original token.
-
-    Note: because splitting happens before lower-casing, ids can differ from `tokenize` for text whose
-    case folding removes characters (e.g. zero-width spaces), exactly as in ORQA.
+    Wordpieces and their byte offsets are those of `tokenize_with_offsets` (so positions index the
+    same ids as `tokenize`), which map back through lower-casing, accent stripping and expansions
+    (ß -> ss), so the result is the exact substring of the input, case and accents kept.
 
     Args:
-      strings: tf.string [B] (or a scalar).
+      strings: tf.string [B].
+      first, last: int [B], inclusive wordpiece positions in each string's wordpieces.
     Returns:
-      (orig_tokens ragged tf.string [B, (o)], wp_ids ragged int32 [B, (w)],
-       token_map ragged int32 [B, (w)]); 1-D / dense-ragged for a scalar input.
+      tf.string [B]; "" where the span is not 0 <= first <= last < number of wordpieces.
     """
-    batch, scalar = self._as_batch(strings)
-    text = tf.strings.regex_replace(batch, _CONTROL_REGEX, " ")
-    orig_tokens = tf_text.regex_split(text, BERT_DELIM_REGEX, BERT_KEEP_DELIM_REGEX)  # [B, (o)]
-    normalized = lower_case_text(orig_tokens) if self.do_lower_case else orig_tokens
-    wordpieces = self._wordpiece.tokenize(normalized)  # [B, (o), (wp)]
-    wp_ids = wordpieces.merge_dims(-2, -1)  # [B, (w)]
-    # Index of the original token within its string, repeated once per wordpiece.
-    orig_index = tf.ragged.range(orig_tokens.row_lengths()).flat_values  # [total_o] int64
-    token_map = tf.RaggedTensor.from_row_splits(
-        tf.repeat(orig_index, wordpieces.values.row_lengths()), wp_ids.row_splits)  # [B, (w)]
-    token_map = tf.cast(token_map, tf.int32)
-    if scalar:
-      return orig_tokens[0], wp_ids[0], token_map[0]
-    return orig_tokens, wp_ids, token_map
+    strings = tf.convert_to_tensor(strings, dtype=tf.string)  # [B]
+    _, starts, ends = self.tokenize_with_offsets(strings)  # ragged int64 [B, (wp)]
+    first = tf.cast(first, tf.int64)  # [B]
+    last = tf.cast(last, tf.int64)  # [B]
+    valid = (first >= 0) & (first <= last) & (last < starts.row_lengths())  # [B]
+    # Flat positions; a trailing 0 keeps the gather in range for invalid rows (and empty batches).
+    row_start = starts.row_starts()  # [B]
+    flat_starts = tf.concat([starts.flat_values, [0]], 0)  # [total + 1]
+    flat_ends = tf.concat([ends.flat_values, [0]], 0)  # [total + 1]
+    dummy = tf.size(starts.flat_values, out_type=tf.int64)
+    byte_start = tf.gather(flat_starts, tf.where(valid, row_start + first, dummy))  # [B]
+    byte_end = tf.gather(flat_ends, tf.where(valid, row_start + last, dummy))  # [B]
+    text = tf.strings.substr(strings, byte_start, byte_end - byte_start)  # [B]
+    return tf.where(valid, text, tf.fill(tf.shape(text), ""))
 
   def convert_ids_to_tokens(self, ids):
     """Host-side: iterable of ints -> list of wordpiece strings."""
@@ -333,105 +327,6 @@ def pack_ict_block(title, block, cls_id, sep_id, seq_len=ICT_BLOCK_SEQ_LEN):
   return bert_pack([title, block], seq_len, cls_id, sep_id)
 
 
-def pack_reader_inputs(question, block, token_map, cls_id, sep_id, seq_len=READER_SEQ_LEN):
-  """ORQA `ReaderInputs` (§3.3 Read step 4): `[CLS] question [SEP] block [SEP]`.
-
-  The question is never truncated (unless it alone exceeds seq_len-3, where ORQA's op is undefined;
-  here it is then cut to seq_len-3 and the block region is empty). The block is cut so the final
-  [SEP] is at most at position seq_len-1. A question so long that no block token fits gives an empty
-  block region.
-
-  Args:
-    question: int ragged [B, (q)] question wordpieces (or 1-D for one example).
-    block: int ragged [B, (b)] block wordpieces.
-    token_map: int ragged [B, (b)] original-token index of each block wordpiece.
-  Returns:
-    dict of int32 [B, seq_len]: input_ids, input_mask, segment_ids (0 on CLS/question/first SEP,
-    1 on block and final SEP), block_mask (1 only on block wordpieces), token_map (orig index on
-    block wordpieces, -1 elsewhere); and block_start int32 [B] = position of the first block
-    wordpiece (question length + 2). For 1-D inputs the batch dimension is dropped.
-  """
-  q, q_1d = _as_ragged(question)
-  b, b_1d = _as_ragged(block)
-  tm, _ = _as_ragged(token_map)
-  q = q[:, :seq_len - 3]
-  out = bert_pack([q, b], seq_len, cls_id, sep_id)
-  q_len = tf.cast(q.row_lengths(), tf.int32)  # [B]
-  b_len = tf.minimum(tf.cast(b.row_lengths(), tf.int32), seq_len - 3 - q_len)  # [B]
-  block_start = q_len + 2  # [B]
-  pos = tf.range(seq_len, dtype=tf.int32)[tf.newaxis, :]  # [1, T]
-  rel = pos - block_start[:, tf.newaxis]  # [B, T]
-  in_block = (rel >= 0) & (rel < b_len[:, tf.newaxis])  # [B, T]
-  tm_dense = tm.to_tensor(default_value=-1, shape=[None, seq_len])  # [B, T]
-  tm_at = tf.gather(tm_dense, tf.clip_by_value(rel, 0, seq_len - 1), batch_dims=1)  # [B, T]
-  out["block_mask"] = tf.cast(in_block, tf.int32)
-  out["token_map"] = tf.where(in_block, tm_at, -tf.ones_like(tm_at))
-  out["block_start"] = block_start
-  if q_1d and b_1d:
-    out = {k: v[0] for k, v in out.items()}
-  return out
-
-
-def find_answer_spans(input_ids, block_mask, answers, max_spans):
-  """Every occurrence of every answer's wordpiece sequence inside the block region (ORQA gold spans).
-
-  Occurrences may overlap; an occurrence counts only if all its tokens have block_mask 1. Spans are
-  returned ordered by (start, answer index); at most `max_spans` are kept (the earliest).
-
-  Args:
-    input_ids: int32 [B, T].
-    block_mask: int32 [B, T].
-    answers: int ragged [B, (A), (L)] answer wordpieces per example (or [(A), (L)] shared by all
-      rows); empty answers never match.
-    max_spans: python int.
-  Returns:
-    (starts, ends): int32 [B, max_spans] inclusive token positions, padded with -1.
-  """
-  input_ids = tf.cast(input_ids, tf.int32)
-  block_mask = tf.cast(block_mask, tf.int32)
-  batch = tf.shape(input_ids)[0]
-  seq_len = input_ids.shape[1] if input_ids.shape[1] is not None else tf.shape(input_ids)[1]
-  if not isinstance(answers, tf.RaggedTensor):
-    answers = tf.ragged.constant(answers) if not tf.is_tensor(answers) else answers
-  answers = tf.cast(answers, tf.int32)
-  if answers.shape.rank == 2:
-    answers = tf.repeat(answers[tf.newaxis], batch, axis=0) if isinstance(
-        answers, tf.RaggedTensor) else tf.repeat(answers[tf.newaxis], batch, axis=0)
-  ans = answers.to_tensor(default_value=-1)  # [B, A, L]
-  ans_len = tf.cast(answers.row_lengths(axis=-1).to_tensor(), tf.int32)  # [B, A]
-  max_len = tf.shape(ans)[2]
-  num_ans = tf.shape(ans)[1]
-  # Windows of length L starting at every position: [B, T, L]; past-the-end -> id -1, mask 0.
-  pad_ids = tf.pad(input_ids, [[0, 0], [0, max_len]], constant_values=-2)
-  pad_mask = tf.pad(block_mask, [[0, 0], [0, max_len]])
-  win_idx = tf.range(seq_len)[:, tf.newaxis] + tf.range(max_len)[tf.newaxis, :]  # [T, L]
-  win_ids = tf.gather(pad_ids, win_idx, axis=1)  # [B, T, L]
-  win_mask = tf.gather(pad_mask, win_idx, axis=1)  # [B, T, L]
-  l_range = tf.range(max_len)[tf.newaxis, tf.newaxis, :]  # [1, 1, L]
-  needed = l_range < ans_len[:, :, tf.newaxis]  # [B, A, L]
-  eq = tf.equal(win_ids[:, :, tf.newaxis, :], ans[:, tf.newaxis, :, :])  # [B, T, A, L]
-  inside = tf.equal(win_mask, 1)[:, :, tf.newaxis, :]  # [B, T, 1, L]
-  ok = (eq & inside) | ~needed[:, tf.newaxis, :, :]  # [B, T, A, L]
-  match = tf.reduce_all(ok, axis=-1) & (ans_len > 0)[:, tf.newaxis, :]  # [B, T, A]
-  flat = tf.reshape(match, [batch, -1])  # [B, T*A]
-  total = tf.shape(flat)[1]
-  # Earliest matches first: key = total - flat_index on matches, 0 elsewhere; top_k picks largest.
-  key = tf.where(flat, total - tf.range(total)[tf.newaxis, :], 0)  # [B, T*A]
-  k_avail = tf.minimum(max_spans, total)
-  top_key, _ = tf.math.top_k(key, k=k_avail)  # [B, k]
-  top_key = tf.pad(top_key, [[0, 0], [0, max_spans - k_avail]])  # [B, max_spans]
-  valid = top_key > 0
-  idx = total - top_key  # [B, max_spans]
-  starts = idx // num_ans
-  which = idx % num_ans
-  lens = tf.gather(ans_len, tf.where(valid, which, 0), batch_dims=1)  # [B, max_spans]
-  ends = starts + lens - 1
-  neg = -tf.ones_like(starts)
-  starts = tf.reshape(tf.where(valid, starts, neg), [-1, max_spans])
-  ends = tf.reshape(tf.where(valid, ends, neg), [-1, max_spans])
-  return starts, ends
-
-
 # ---------------------------------------------------------------------------------------------
 # Packing (NumPy twins for the host-side REALM pipeline). Single example, 1-D arrays.
 # ---------------------------------------------------------------------------------------------
@@ -475,19 +370,3 @@ def pack_joint_np(query, body, cls_id, sep_id, query_seq_len=QUERY_SEQ_LEN, seq_
   """NumPy twin of `pack_joint` (query cut to query_seq_len-2 first, no title)."""
   return bert_pack_np([np.asarray(query).reshape(-1)[:query_seq_len - 2], body], seq_len,
                       cls_id, sep_id)
-
-
-def pack_reader_inputs_np(question, block, token_map, cls_id, sep_id, seq_len=READER_SEQ_LEN):
-  """NumPy twin of `pack_reader_inputs` for one example (block_start is a python int)."""
-  q = np.asarray(question).reshape(-1)[:seq_len - 3]
-  b = np.asarray(block).reshape(-1)
-  tm = np.asarray(token_map).reshape(-1)
-  out = bert_pack_np([q, b], seq_len, cls_id, sep_id)
-  start = len(q) + 2
-  b_len = min(len(b), seq_len - 3 - len(q))
-  out["block_mask"] = np.zeros(seq_len, np.int32)
-  out["block_mask"][start:start + b_len] = 1
-  out["token_map"] = -np.ones(seq_len, np.int32)
-  out["token_map"][start:start + b_len] = tm[:b_len]
-  out["block_start"] = start
-  return out

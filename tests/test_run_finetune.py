@@ -43,19 +43,30 @@ def test_train_and_eval_then_predict(tmp_path):
   assert proc.returncode == 0, proc.stderr[-4000:]
   records = [json.loads(l) for l in open(os.path.join(model_dir, "metrics.jsonl"))]
   evals = [r for r in records if r["split"] == "eval"]
-  assert evals and all("exact_match" in r and "recall_at_5" in r for r in evals)
+  assert evals and all({"exact_match", "official_exact_match", "reader_oracle", "recall_at_5",
+                        "validation_loss"} <= set(r) for r in evals)
+  # The best export follows the original's metric, token-level exact_match.
+  best_value = max(r["exact_match"] for r in evals)
   best = os.path.join(model_dir, "export", "best")
   for sub in ("retriever/saved_model.pb", "retriever/encoded/encoded.ckpt.index",
               "reader/saved_model.pb", "best_metric.txt"):
     assert os.path.exists(os.path.join(best, sub)), sub
   assert os.path.exists(os.path.join(model_dir, "export", "serving", "saved_model.pb"))
+  best_step, best_metric = open(os.path.join(best, "best_metric.txt")).read().split()
+  assert float(best_metric) == pytest.approx(best_value)
   out = str(tmp_path / "pred.jsonl")
-  proc = _run(common + ["--mode=predict", f"--predict_output={out}"])
+  metrics_out = str(tmp_path / "predict_metrics.json")
+  proc = _run(common + ["--mode=predict", f"--predict_output={out}",
+                        f"--metrics_output={metrics_out}"])
   assert proc.returncode == 0, proc.stderr[-4000:]
-  # Predict reads the best-by-EM checkpoint (the one the serving export was written from), not the
+  # Predict reads the best checkpoint (the one the serving export was written from), not the
   # latest: a demo run reported its final EM 0.545 although its best checkpoint had 0.591.
-  best_step = open(os.path.join(best, "best_metric.txt")).read().split()[0]
-  assert f"restored {best}/checkpoint/model.ckpt-{best_step}\n" in proc.stderr, proc.stderr[-3000:]
+  with open(metrics_out) as f:
+    predicted = json.load(f)
+  assert predicted["checkpoint"] == f"{best}/checkpoint/model.ckpt-{best_step}"
+  assert predicted["predictions"] == out
   preds = [json.loads(l) for l in open(out)]
-  assert len(preds) == len(orqa_world.QA)
+  assert len(preds) == len(orqa_world.QA) == predicted["num_questions"]
   assert {"question", "prediction", "block_index", "block_text"} <= set(preds[0])
+  assert predicted["official_exact_match"] == pytest.approx(
+      sum(p["official_exact_match"] for p in preds) / len(preds))

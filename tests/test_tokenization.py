@@ -94,22 +94,6 @@ def test_offsets_ids_equal_tokenize_on_mixed_unicode(tok):
       [19, 41], [0, 3], [2, 8])
 
 
-def test_original_mapping_punctuation(tok):
-  orig, ids, tmap = tok.tokenize_with_original_mapping(
-      tf.constant(["John's (book).", "UNwant\u00e9d,running", "a\u200bb"]))
-  assert orig.to_list()[0] == [b"John", b"'", b"s", b"(", b"book", b")", b"."]
-  assert ids.to_list()[0] == [39, 7, 110, 9, 53, 10, 5]
-  assert tmap.to_list()[0] == [0, 1, 2, 3, 4, 5, 6]
-  assert orig.to_list()[1] == ["UNwant\u00e9d".encode(), b",", b"running"]
-  assert ids.to_list()[1] == [75, 88, 84, 6, 76, 85]
-  assert tmap.to_list()[1] == [0, 0, 0, 1, 2, 2]
-  # ORQA splits before lower-casing: the zero-width space separates two original tokens.
-  assert orig.to_list()[2] == [b"a", b"b"]
-  assert ids.to_list()[2] == [16, 93]
-  assert tmap.to_list()[2] == [0, 1]
-  assert tmap.dtype == tf.int32 and ids.dtype == tf.int32
-
-
 def test_tokenizer_in_tf_data(tok):
   ds = tf.data.Dataset.from_tensor_slices(["the city", "John's book."])
   ds = ds.map(lambda s: T.pack_query(tok.tokenize(s), CLS, SEP, seq_len=8))
@@ -217,59 +201,20 @@ def test_ict_layouts():
   assert bo["segment_ids"][0].tolist() == [0] * 12 + [1] * 276
 
 
-def test_reader_inputs_truncates_block():
-  q = [64, 23, 15, 35, 11]
-  block = list(range(1000, 1400))
-  tmap = [i // 2 for i in range(400)]
-  out = _np(T.pack_reader_inputs(_ragged([q]), _ragged([block]), _ragged([tmap]), CLS, SEP))
-  ids = out["input_ids"][0]
-  assert out["input_ids"].shape == (1, 320)
-  assert ids.tolist() == [2] + q + [3] + block[:312] + [3]
-  assert ids[319] == SEP
-  assert out["segment_ids"][0].tolist() == [0] * 7 + [1] * 313
-  assert out["input_mask"][0].tolist() == [1] * 320
-  assert out["block_mask"][0].tolist() == [0] * 7 + [1] * 312 + [0]
-  assert out["token_map"][0].tolist() == [-1] * 7 + tmap[:312] + [-1]
-  assert out["block_start"].tolist() == [7]
-
-
-def test_reader_inputs_short_and_long_question():
-  out = _np(T.pack_reader_inputs(
-      _ragged([[64, 23], list(range(100, 417)), list(range(100, 430))]),
-      _ragged([[41, 23, 16], [41, 23], [41]]), _ragged([[0, 1, 2], [0, 1], [0]]),
-      CLS, SEP))
-  # Short: padding after the final [SEP].
-  assert out["input_ids"][0, :9].tolist() == [2, 64, 23, 3, 41, 23, 16, 3, 0]
-  assert out["segment_ids"][0, :9].tolist() == [0, 0, 0, 0, 1, 1, 1, 1, 0]
-  assert out["block_mask"][0, :9].tolist() == [0, 0, 0, 0, 1, 1, 1, 0, 0]
-  assert out["token_map"][0, :9].tolist() == [-1, -1, -1, -1, 0, 1, 2, -1, -1]
-  # 317-token question: no block token fits -> empty block region, [CLS] q [SEP] [SEP].
-  assert out["input_ids"][1].tolist() == [2] + list(range(100, 417)) + [3, 3]
-  assert out["block_mask"][1].sum() == 0
-  assert (out["token_map"][1] == -1).all()
-  assert out["segment_ids"][1].tolist() == [0] * 319 + [1]
-  # Over-long (330) question: cut to 317 (ORQA's op is undefined there); still well-formed.
-  assert out["input_ids"][2].tolist() == [2] + list(range(100, 417)) + [3, 3]
-  assert out["block_start"].tolist() == [4, 319, 319]
-
-
 def test_tf_and_numpy_packing_agree():
   rng = np.random.RandomState(0)
   rows = lambda lo, hi, n: [rng.randint(5, 150, size=rng.randint(lo, hi)).tolist() for _ in range(n)]
   q, t, b = rows(0, 110, 6), rows(0, 300, 6), rows(0, 420, 6)
-  tm = [list(range(len(x))) for x in b]
   tf_out = {
       "query": _np(T.pack_query(_ragged(q), CLS, SEP)),
       "cand": _np(T.pack_candidate(_ragged(t), _ragged(b), CLS, SEP)),
       "joint": _np(T.pack_joint(_ragged(q), _ragged(b), CLS, SEP)),
-      "reader": _np(T.pack_reader_inputs(_ragged(q), _ragged(b), _ragged(tm), CLS, SEP)),
   }
   for i in range(6):
     np_out = {
         "query": T.pack_query_np(q[i], CLS, SEP),
         "cand": T.pack_candidate_np(t[i], b[i], CLS, SEP),
         "joint": T.pack_joint_np(q[i], b[i], CLS, SEP),
-        "reader": T.pack_reader_inputs_np(q[i], b[i], tm[i], CLS, SEP),
     }
     for layout, d in np_out.items():
       for k, v in d.items():
@@ -280,28 +225,11 @@ def test_pack_static_shapes_in_tf_function():
   @tf.function(input_signature=[tf.RaggedTensorSpec([None, None], tf.int32),
                                 tf.RaggedTensorSpec([None, None], tf.int32)])
   def f(q, b):
-    return T.pack_reader_inputs(q, b, b, CLS, SEP)
+    return T.pack_candidate(q, b, CLS, SEP)
 
   out = f.get_concrete_function().structured_outputs
-  for k in ("input_ids", "input_mask", "segment_ids", "block_mask", "token_map"):
-    assert out[k].shape.as_list() == [None, 320], k
-
-
-def test_find_answer_spans():
-  # Reader input: [CLS] 41 [SEP] 20 21 20 21 21 22 [SEP] pad
-  pack = T.pack_reader_inputs(_ragged([[41], [20, 21]]), _ragged([[20, 21, 20, 21, 21, 22], [21]]),
-                              _ragged([[0] * 6, [0]]), CLS, SEP, seq_len=11)
-  answers = tf.ragged.constant([[[20, 21], [21], [22, 3]], [[20, 21], []]], dtype=tf.int32)
-  starts, ends = T.find_answer_spans(pack["input_ids"], pack["block_mask"], answers, max_spans=6)
-  # Row 0: "20 21" at 3 and 5; "21" at 4, 6, 7; "22 [SEP]" crosses the block end -> no match.
-  assert starts.numpy().tolist()[0] == [3, 4, 5, 6, 7, -1]
-  assert ends.numpy().tolist()[0] == [4, 4, 6, 6, 7, -1]
-  # Row 1: "20 21" only occurs in the question region -> no match; empty answer never matches.
-  assert starts.numpy().tolist()[1] == [-1] * 6
-  assert ends.numpy().tolist()[1] == [-1] * 6
-  s2, e2 = T.find_answer_spans(pack["input_ids"], pack["block_mask"], answers, max_spans=2)
-  assert s2.numpy().tolist()[0] == [3, 4] and e2.numpy().tolist()[0] == [4, 4]
-  assert s2.shape.as_list() == [2, 2]
+  for k in ("input_ids", "input_mask", "segment_ids"):
+    assert out[k].shape.as_list() == [None, 288], k
 
 
 def test_greedy_trim_matches_tf_text_waterfall_trimmer():

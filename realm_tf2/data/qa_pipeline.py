@@ -3,9 +3,9 @@
 Host side (once, before training):
   * `read_qa_file` validates `{"question": str, "answer": [str, ...]}` lines (errors name file:line:field).
   * `read_block_texts` reads `blocks.tfr` (uncompressed TFRecord of raw UTF-8 block strings).
-  * `pretokenize_blocks` turns every block into reader wordpieces with the SAME tokenization ORQA applies
-    in-graph to retrieved blocks (`tokenize_with_original_mapping`), padded to [N, Lb] + lengths, so the
-    device step only gathers ids (no strings on device).
+  * `pretokenize_blocks` turns every block into reader wordpieces, padded to [N, Lb] + lengths, so
+    the device step only gathers ids (no strings on device). They are the wordpieces whose byte
+    offsets `RealmTokenizer.span_text` uses to cut answers out of the raw block text.
   * `QAFeaturizer` turns one question + answers into static-shape int32 arrays.
 
 The original fed one question per step with an unbounded question and ragged answers; TPUs need static
@@ -91,7 +91,9 @@ def read_block_texts(blocks_path: str, num_block_records: Optional[int] = None) 
 
 def pretokenize_blocks(tokenizer, texts: Sequence[str], max_len: int,
                        batch_size: int = 2048) -> Tuple[np.ndarray, np.ndarray, int]:
-  """Reader wordpieces of every block, as ORQA tokenizes retrieved blocks.
+  """Reader wordpieces of every block: `tokenize_with_offsets` ids (= `tokenize`), the positions
+  `RealmTokenizer.span_text` maps back to the raw text (see `modeling/orqa_model.py` for how this
+  differs from ORQA's per-step `tokenize_with_original_mapping`).
 
   Args:
     tokenizer: `RealmTokenizer` of the reader.
@@ -106,7 +108,7 @@ def pretokenize_blocks(tokenizer, texts: Sequence[str], max_len: int,
   truncated = 0
   for start in range(0, n, batch_size):
     chunk = tf.constant(list(texts[start:start + batch_size]), tf.string)
-    _, wp, _ = tokenizer.tokenize_with_original_mapping(chunk)
+    wp, _, _ = tokenizer.tokenize_with_offsets(chunk)
     for j, row in enumerate(wp.numpy()):
       if len(row) > max_len:
         truncated += 1

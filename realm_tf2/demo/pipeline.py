@@ -364,14 +364,21 @@ class Demo:
     if not evals:
       raise StageError(f"stage 'orqa': no eval record in {metrics_path}")
     _require(self.path("orqa", "export", "serving", "saved_model.pb"), "orqa")
-    return {"evals": [{k: r.get(k) for k in ("step", "exact_match", "recall_at_5")} for r in evals],
-            **_train_stats(metrics_path, ("token_exact_match", "training_loss"))}
+    # exact_match is token-level (the metric the best export follows), official_exact_match the
+    # normalised answer-string match.
+    return {"evals": [{k: r.get(k) for k in ("step", "exact_match", "official_exact_match",
+                                             "recall_at_5")} for r in evals],
+            **_train_stats(metrics_path, ("exact_match", "training_loss"))}
 
   def stage_evaluate(self, retriever, reader):
     preds = self.path("predictions.dev.jsonl")
-    out = self.run_cli("evaluate", self._orqa_args(retriever, reader) + [
-        "--mode=predict", f"--predict_output={preds}"] + self._overrides("orqa", []), "evaluate_predict")
-    predict_metrics = _last_json_line(out)
+    predict_json = self.path("predict.dev.json")
+    self.run_cli("evaluate", self._orqa_args(retriever, reader) + [
+        "--mode=predict", f"--predict_output={preds}", f"--metrics_output={predict_json}"] +
+                 self._overrides("orqa", []), "evaluate_predict")
+    _require(predict_json, "evaluate")
+    with open(predict_json) as f:
+      predict_metrics = json.load(f)
     eval_json = self.path("eval.dev.json")
     self.run_cli("evaluate", ["-m", "realm_tf2.evaluate",
                               f"--references={self.data_root}/World.resplit.dev.jsonl",
@@ -473,7 +480,7 @@ class Demo:
     predict = ev.get("predict") or {}
     evaluated = ev.get("evaluate") or {}
     # Dev EM = the evaluate CLI's `accuracy` (normalised exact match over all dev references).
-    em = evaluated.get("accuracy", predict.get("exact_match"))
+    em = evaluated.get("accuracy", predict.get("official_exact_match"))
     stage_secs = {k: round(v["elapsed_s"], 1) for k, v in self.results.items()}
     return {
         "output_dir": self.out,
@@ -484,7 +491,9 @@ class Demo:
         # Predictions taken from a block holding the answer: below recall@1, the reader's span score
         # moved answers away from a right top block.
         "dev_prediction_block_has_answer": predict.get("prediction_block_has_answer"),
-        "dev_exact_match_in_training_eval": predict.get("exact_match"),
+        "dev_exact_match_in_training_eval": predict.get("official_exact_match"),
+        # The original's token-level exact_match (reader span == a gold span), same predictions.
+        "dev_token_exact_match": predict.get("exact_match"),
         # Same checkpoint on the test split (not used to choose it).
         "test_exact_match": (ev.get("test_evaluate") or {}).get("accuracy"),
         "test_num_questions": (ev.get("test_evaluate") or {}).get("num_references"),
@@ -512,8 +521,9 @@ def format_summary(s: dict) -> str:
   def f(x, fmt="{:.3f}"):
     return "n/a" if x is None else fmt.format(x)
   rows = [
-      ("dev exact match (best of the ORQA evals)", f(s["dev_exact_match"])),
+      ("dev exact match (best checkpoint, normalised answers)", f(s["dev_exact_match"])),
       ("test exact match (same checkpoint)", f(s.get("test_exact_match"))),
+      ("dev token-level exact match (ORQA's exact_match)", f(s.get("dev_token_exact_match"))),
       ("dev recall@5", f(s["dev_recall_at_5"])),
       ("dev recall@1", f(s.get("dev_recall_at_1"))),
       ("dev answers taken from a block with the answer", f(s.get("dev_prediction_block_has_answer"))),
@@ -572,17 +582,6 @@ def _normalize(s: str) -> str:
 def _read_jsonl(path):
   with open(path) as f:
     return [json.loads(line) for line in f if line.strip()]
-
-
-def _last_json_line(text):
-  for line in reversed(text.splitlines()):
-    line = line.strip()
-    if line.startswith("{") and line.endswith("}"):
-      try:
-        return json.loads(line)
-      except ValueError:
-        continue
-  return {}
 
 
 def _require(path, stage):

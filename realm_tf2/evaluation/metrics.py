@@ -1,12 +1,14 @@
-"""QA and retrieval metrics over decoded strings: accuracy by question join, recall@k, reader oracle.
+"""QA and retrieval metrics over decoded strings: accuracy by question join, recall@k (top_k_match).
 
 ORQA semantics (reference §3.3, §3.5):
-- `evaluate_predictions` mirrors `evaluate_predictions.py`: references and predictions are joined by
-  the exact question string, a missing prediction counts as wrong, accuracy = correct / #references.
+- `evaluate_predictions` mirrors `evaluate_predictions.py`: references and predictions are both
+  keyed by the exact question string (a question listed twice counts once, its last line wins), a
+  missing prediction counts as wrong, accuracy = correct / #distinct reference questions.
 - `top_k_match` = any retrieved block among the first k contains an answer (`HasAnswer`: raw,
-  case-sensitive substring); a normalised variant is offered too.
-- `reader_oracle` = some candidate span among the read blocks is correct.
-Host-side only (strings); device-side counterparts operate on the `*_correct` boolean tensors.
+  case-sensitive substring); a normalised variant is offered too. `ORQA_TOP_KS` are the original's
+  eval cut-offs (`top_{5,10,50,100,500,1000,5000}_match`).
+Host-side only (strings). The token-level metrics (`exact_match`, `reader_oracle`) are computed on
+the device from `reader_correct` (`modeling.orqa_model.correct_at_prediction`).
 """
 import math
 from typing import Any, Dict, Iterable, Iterator, Mapping, Optional, Sequence, Tuple, Union
@@ -18,6 +20,7 @@ from realm_tf2.evaluation import answers as answers_lib
 
 ANSWER_FIELDS = ("answer", "answer_and_def_correct_predictions")
 DEFAULT_KS = (1, 5, 10, 50, 100, 500, 1000, 5000)
+ORQA_TOP_KS = (5, 10, 50, 100, 500, 1000, 5000)
 
 
 class EvaluationInputError(ValueError):
@@ -81,6 +84,20 @@ def iter_references(references: Iterable[Any], answer_field: str = "answer",
     yield check_reference(obj, where, answer_field)
 
 
+def reference_map(references: Iterable[Any], answer_field: str = "answer",
+                  name: str = "references") -> Tuple[Dict[str, list], int]:
+  """Validated question -> answers map, as the original's `evaluate_predictions.py` builds it (a
+  question listed again replaces the earlier line's answers), and how many lines repeated one.
+  Records or `(where, record)` pairs, as for `iter_references`."""
+  ref_map: Dict[str, list] = {}
+  num_duplicates = 0
+  for question, refs in iter_references(references, answer_field, name):
+    if question in ref_map:
+      num_duplicates += 1
+    ref_map[question] = refs
+  return ref_map, num_duplicates
+
+
 def evaluate_predictions(references: Iterable[Any],
                          predictions: Union[Mapping[str, str], Iterable[Any]],
                          is_regex: bool = False,
@@ -88,9 +105,10 @@ def evaluate_predictions(references: Iterable[Any],
   """Scores predictions against references, joined by question string.
 
   Args:
-    references: iterable of records `{"question": str, answer_field: [str, ...]}` (one per question; a
-      question listed twice is scored twice, as in ORQA), or of `(where, record)` pairs where `where`
-      names the source (e.g. "ref.jsonl:12") for error messages.
+    references: iterable of records `{"question": str, answer_field: [str, ...]}`, or of
+      `(where, record)` pairs where `where` names the source (e.g. "ref.jsonl:12") for error
+      messages. Keyed by question as in ORQA: a question listed twice is scored once, against the
+      answers of its last line (counted in `num_duplicate_references`).
     predictions: a mapping question -> prediction, or an iterable of `{"question", "prediction"}`
       records (or `(where, record)` pairs). When a question is predicted twice the last one wins (as in
       ORQA) and the duplicate is counted in `num_duplicate_predictions`.
@@ -98,17 +116,17 @@ def evaluate_predictions(references: Iterable[Any],
     answer_field: the reference field holding the answers.
 
   Returns:
-    dict with `accuracy` (correct / #references, 0.0 when there are none), `num_correct`,
-    `num_references`, `num_predictions` (distinct questions), `num_missing_predictions`,
-    `num_unused_predictions` (predicted questions absent from the references),
-    `num_duplicate_predictions`, `is_regex`, `answer_field`.
+    dict with `accuracy` (correct / #distinct reference questions, 0.0 when there are none),
+    `num_correct`, `num_references` (distinct questions), `num_duplicate_references`,
+    `num_predictions` (distinct questions), `num_missing_predictions`, `num_unused_predictions`
+    (predicted questions absent from the references), `num_duplicate_predictions`, `is_regex`,
+    `answer_field`.
   """
+  ref_map, num_duplicate_refs = reference_map(references, answer_field)
   pred_map, num_duplicates = prediction_map(predictions)
   num_refs = num_correct = num_missing = 0
-  seen_questions = set()
-  for question, refs in iter_references(references, answer_field):
+  for question, refs in ref_map.items():
     num_refs += 1
-    seen_questions.add(question)
     if question not in pred_map:
       num_missing += 1
       continue
@@ -118,9 +136,10 @@ def evaluate_predictions(references: Iterable[Any],
       "accuracy": num_correct / num_refs if num_refs else 0.0,
       "num_correct": num_correct,
       "num_references": num_refs,
+      "num_duplicate_references": num_duplicate_refs,
       "num_predictions": len(pred_map),
       "num_missing_predictions": num_missing,
-      "num_unused_predictions": sum(1 for q in pred_map if q not in seen_questions),
+      "num_unused_predictions": sum(1 for q in pred_map if q not in ref_map),
       "num_duplicate_predictions": num_duplicates,
       "is_regex": bool(is_regex),
       "answer_field": answer_field,
@@ -146,7 +165,8 @@ def train_overlap(references: Iterable[Any],
   scripts for fixed datasets).
 
   Args:
-    references: evaluation references, as for `evaluate_predictions` (records or (where, record)).
+    references: evaluation references, as for `evaluate_predictions` (records or (where, record);
+      keyed by question the same way).
     predictions: as for `evaluate_predictions` (joined by exact question string; last one wins).
     train_references: the training set's references, same format as `references`.
     is_regex: references are regular expressions (CuratedTrec). Then an answer "overlaps" when one of
@@ -190,7 +210,7 @@ def train_overlap(references: Iterable[Any],
   n = q_overlap = 0
   counts = {True: [0, 0], False: [0, 0]}  # answer overlap -> [references, correct]
   predicted = predicted_train = wrong = wrong_train = 0
-  for question, refs in iter_references(references, answer_field):
+  for question, refs in reference_map(references, answer_field)[0].items():
     n += 1
     q_overlap += answers_lib.normalize_answer(question) in train_questions
     overlap = any(key(a) in train_answers for a in refs)
@@ -224,9 +244,10 @@ def train_overlap(references: Iterable[Any],
   }
 
 
-def first_answer_rank(block_texts: Sequence[str], answers: Sequence[str],
+def first_answer_rank(block_texts: Iterable[str], answers: Sequence[str],
                       normalized: bool = False) -> int:
-  """0-based rank of the first block containing an answer, or -1 if none does."""
+  """0-based rank of the first block containing an answer, or -1 if none does. `block_texts` is
+  consumed only up to the first hit (a generator saves looking up the rest)."""
   test = answers_lib.has_answer_normalized if normalized else answers_lib.has_answer
   for rank, text in enumerate(block_texts):
     if test(text, answers):
@@ -251,44 +272,19 @@ def recall_at_k(retrieved_texts: Sequence[Sequence[str]],
   """
   if len(retrieved_texts) != len(answers):
     raise ValueError(f"recall_at_k: {len(retrieved_texts)} retrieval lists vs {len(answers)} answer lists")
-  ranks = np.array([first_answer_rank(t, a, normalized) for t, a in zip(retrieved_texts, answers)],
-                   dtype=np.int64)  # [Q], -1 = never found
-  out: Dict[str, float] = {}
-  for k in ks:
-    if k <= 0:
-      raise ValueError(f"recall_at_k: k must be positive, got {k}")
-    out[f"top_{k}_match"] = float(np.mean((ranks >= 0) & (ranks < k))) if len(ranks) else math.nan
+  ranks = [first_answer_rank(t, a, normalized) for t, a in zip(retrieved_texts, answers)]
+  out: Dict[str, float] = {f"top_{k}_match": v for k, v in match_at_k(ranks, ks).items()}
   out["num_questions"] = len(ranks)
   return out
 
 
-def reader_oracle(candidate_spans: Sequence[Sequence[str]],
-                  answers: Sequence[Sequence[str]],
-                  is_regex: bool = False) -> float:
-  """Fraction of questions where ANY candidate span (e.g. every span of the top-5 read blocks) is correct.
-
-  This is ORQA's `reader_oracle` on strings (an upper bound for the reader); NaN for no questions.
-  """
-  if len(candidate_spans) != len(answers):
-    raise ValueError(f"reader_oracle: {len(candidate_spans)} span lists vs {len(answers)} answer lists")
-  if not answers:
-    return math.nan
-  hits = [any(answers_lib.is_correct(s, a, is_regex) for s in spans)
-          for spans, a in zip(candidate_spans, answers)]
-  return float(np.mean(hits))
-
-
-def reader_oracle_from_correct(reader_correct: np.ndarray,
-                               reader_beam_size: Optional[int] = None) -> float:
-  """ORQA's token-level `reader_oracle` from a boolean `reader_correct` array [Q, N, S].
-
-  A question counts when any span of its first `reader_beam_size` blocks (all when None) is correct.
-  """
-  correct = np.asarray(reader_correct, dtype=bool)
-  if correct.ndim != 3:
-    raise ValueError(f"reader_correct must be [Q, N, S], got shape {correct.shape}")
-  if reader_beam_size is not None:
-    correct = correct[:, :reader_beam_size, :]  # [Q, n, S]
-  if correct.shape[0] == 0:
-    return math.nan
-  return float(np.mean(correct.any(axis=(1, 2))))
+def match_at_k(ranks: Sequence[int], ks: Sequence[int]) -> Dict[int, float]:
+  """{k: fraction of questions whose first answer-bearing block has rank < k} from 0-based ranks
+  (-1 = none retrieved; see `first_answer_rank`); NaN for no questions."""
+  ranks = np.asarray(ranks, dtype=np.int64)  # [Q]
+  out = {}
+  for k in ks:
+    if k <= 0:
+      raise ValueError(f"match_at_k: k must be positive, got {k}")
+    out[k] = float(np.mean((ranks >= 0) & (ranks < k))) if len(ranks) else math.nan
+  return out

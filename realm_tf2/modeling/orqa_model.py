@@ -1,8 +1,24 @@
 """ORQA open-QA model: trainable question tower + fixed block index + reader (reference §3.3).
 
-Everything in `call` is static-shape int32/float32 tensor code (no strings, no Python on values), so
-it runs under `tf.function(jit_compile=True)` and on TPU, for a batch of B >= 1 questions (the
-original ran one question per step).
+One implementation of retrieve -> read -> predict, used by training, evaluation and the serving
+export (`export/serving_export.py` only adds question wordpieces in front and answer text behind):
+
+  `OrqaModel.call`      question wordpieces -> retrieval (top R) -> reader inputs of the top K
+                         -> span logits + retriever logit                   (static shapes, XLA)
+  `answer_correctness`  answers -> retriever_correct [B,R], reader_correct [B,K,S] (training/eval)
+  `predictions`         global argmax over (block, span) -> block row, span, score
+  `correct_at_prediction` token-level exact match at the prediction, reader oracle
+  answer text           `RealmTokenizer.span_text` on the predicted block's raw text (strings, so
+                         host side in evaluation and in-graph in serving; never on the device)
+
+Everything in `call`, `answer_correctness`, `predictions` and `correct_at_prediction` is
+static-shape int32/float32 tensor code (no strings, no Python on values), so it runs under
+`tf.function(jit_compile=True)` and on TPU, for a batch of B >= 1 questions (the original ran one
+question per step).
+
+Correctness is kept out of `call` on purpose: it is the only part that looks at answers, so another
+definition (regular-expression answers, a precomputed gold (block, span) list) replaces
+`answer_correctness` without touching retrieval or reading.
 
 Differences from the original, on purpose:
 * Retrieval is exact brute force (`matmul` + `top_k` over all N block embeddings) instead of ScaNN;
@@ -10,9 +26,21 @@ Differences from the original, on purpose:
 * `retriever_correct` is "an answer's wordpiece sequence occurs in the block's wordpieces". The
   original used a raw, case-sensitive substring test on the block TEXT (`HasAnswer`, §6.7), which
   needs strings on device. Wordpiece matching is what the reader uses, so both losses now agree.
-* Block wordpieces are tokenized once on the host (`qa_pipeline.pretokenize_blocks`) instead of per
-  step from the strings; the reader packing (`ReaderInputs`, a C++ op in the original) is done here
-  with dense gathers because `tokenization.pack_reader_inputs` works on ragged tensors (not XLA).
+  (Recall metrics, `top_k_match`, still use `HasAnswer` on the raw text, host side.)
+* Block wordpieces are tokenized once on the host (`qa_pipeline.pretokenize_blocks`) with the
+  tokenizer used for questions and answers (`RealmTokenizer.tokenize_with_offsets`, ids equal to
+  `tokenize`), not per step with ORQA's split-then-lower-case `tokenize_with_original_mapping`.
+  The two differ only where case folding changes a delimiter (e.g. a zero-width space between two
+  letters splits the word for ORQA, not for BERT's tokenizer).
+* Answer text is the raw block text from the first byte of the span's first wordpiece to the last
+  byte of its last wordpiece (`RealmTokenizer.span_text`), not SQuAD's `get_final_text` over the
+  original tokens joined by single spaces. Where the raw text has whitespace between two original
+  tokens, both give the same normalised answer (normalisation collapses whitespace); where two
+  original tokens touch (punctuation inside a word: "U.S.", "John's"; CJK characters) the original
+  inserts a space ("U . S .", normalised "u s") and ours keeps the text as written ("us", as the
+  reference "U.S." normalises). Regex answers (CuratedTrec) see the raw text too.
+* Reader packing (`ReaderInputs`, a C++ op in the original) is done with dense gathers
+  (`pack_reader_inputs`, on the project's one dense pair packer).
 """
 from typing import Dict, Mapping, Optional
 
@@ -25,6 +53,7 @@ from realm_tf2 import configs
 from realm_tf2.modeling import embedder as embedder_lib
 from realm_tf2.modeling import losses
 from realm_tf2.modeling import reader as reader_lib
+from realm_tf2.retrieval import device_retrieval
 
 
 class _Untracked:
@@ -35,9 +64,35 @@ class _Untracked:
     self.__dict__.update(kwargs)
 
 
+def pack_reader_inputs(question_ids, question_len, block_ids, block_len, seq_len, cls_id,
+                       sep_id) -> Dict[str, tf.Tensor]:
+  """ORQA `ReaderInputs` (§3.3 Read step 4): `[CLS] q [SEP] block [SEP] 0...`, static shapes (XLA).
+
+  The question is never cut (the caller keeps question_len <= seq_len - 3; at seq_len - 3 the block
+  region is empty: `[CLS] q [SEP] [SEP]`); the block is cut so the final [SEP] is at most at
+  seq_len-1. Segment ids are 0 on [CLS], question and the first [SEP], 1 on the block and the final
+  [SEP]; block_mask is 1 only on block wordpieces. The project's one dense pair packer
+  (`device_retrieval.pack_pair_dense`) with the question broadcast over the K blocks.
+
+  Args:
+    question_ids: int32 [B, Q]; question_len int32 [B] (question_len <= seq_len - 3).
+    block_ids: int32 [B, K, Lb]; block_len int32 [B, K].
+    seq_len: T (python int); cls_id, sep_id: special ids.
+  Returns:
+    input_ids, input_mask, segment_ids, block_mask: int32 [B, K, seq_len]; block_start int32 [B]
+    (position of the first block wordpiece = question_len + 2).
+  """
+  packed = device_retrieval.pack_pair_dense(
+      question_ids[:, tf.newaxis, :], question_len[:, tf.newaxis], block_ids, block_len, seq_len,
+      cls_id, sep_id)  # each [B, K, T]; second_start [B, K]
+  return {"input_ids": packed["input_ids"], "input_mask": packed["input_mask"],
+          "segment_ids": packed["segment_ids"], "block_mask": packed["second_mask"],
+          "block_start": packed["second_start"][:, 0]}
+
+
 def answer_match_starts(token_ids: tf.Tensor, token_valid: tf.Tensor, answer_ids: tf.Tensor,
                         answer_len: tf.Tensor) -> tf.Tensor:
-  """Where each answer's wordpiece sequence starts inside the valid tokens.
+  """Where each answer's wordpiece sequence starts inside the valid tokens (overlaps allowed).
 
   Args:
     token_ids: int32 [B, X, T] (X blocks per question).
@@ -51,8 +106,8 @@ def answer_match_starts(token_ids: tf.Tensor, token_valid: tf.Tensor, answer_ids
   seq_len = token_ids.shape[-1]
   ids = tf.pad(token_ids, [[0, 0], [0, 0], [0, max_len]], constant_values=-1)  # [B, X, T+L]
   valid = tf.pad(tf.cast(token_valid, tf.bool), [[0, 0], [0, 0], [0, max_len]])  # [B, X, T+L]
-  match = tf.broadcast_to((answer_len > 0)[:, tf.newaxis, tf.newaxis, :],
-                          tf.concat([tf.shape(token_ids), tf.shape(answer_len)[1:]], 0))  # [B,X,T,A]
+  match_shape = tf.concat([tf.shape(token_ids), tf.shape(answer_len)[1:]], 0)  # [B, X, T, A]
+  match = tf.broadcast_to((answer_len > 0)[:, tf.newaxis, tf.newaxis, :], match_shape)
   for l in range(max_len):  # static unroll over answer positions (L is small)
     tok = ids[:, :, l:l + seq_len]  # [B, X, T]
     ok = valid[:, :, l:l + seq_len]  # [B, X, T]
@@ -62,45 +117,60 @@ def answer_match_starts(token_ids: tf.Tensor, token_valid: tf.Tensor, answer_ids
   return match
 
 
-def pack_reader_inputs_dense(question_ids, question_len, block_ids, block_len, seq_len, cls_id,
-                             sep_id) -> Dict[str, tf.Tensor]:
-  """Dense, XLA-friendly twin of `tokenization.pack_reader_inputs` (ORQA `ReaderInputs`, §3.3).
-
-  `[CLS] question [SEP] block [SEP] 0...`; the block is cut so the final [SEP] is at most at seq_len-1.
+def retriever_correct(block_ids: tf.Tensor, block_len: tf.Tensor, answer_ids: tf.Tensor,
+                      answer_len: tf.Tensor) -> tf.Tensor:
+  """A retrieved block is correct when an answer's wordpieces occur in it.
 
   Args:
-    question_ids: int32 [B, Q]; question_len int32 [B] (question_len <= seq_len - 3).
-    block_ids: int32 [B, K, Lb]; block_len int32 [B, K].
+    block_ids: int32 [B, R, Lb] wordpieces of the retrieved blocks; block_len int32 [B, R].
+    answer_ids: int32 [B, A, L]; answer_len int32 [B, A].
   Returns:
-    input_ids, input_mask, segment_ids, block_mask: int32 [B, K, seq_len]; block_start int32 [B]
-    (position of the first block wordpiece = question_len + 2).
+    bool [B, R].
   """
-  num_blocks = block_ids.shape[1]
-  max_block = block_ids.shape[2]
-  pos = tf.range(seq_len, dtype=tf.int32)[tf.newaxis, tf.newaxis, :]  # [1, 1, T]
-  q_len = question_len[:, tf.newaxis, tf.newaxis]  # [B, 1, 1]
-  b_len = tf.minimum(block_len, seq_len - 3 - question_len[:, tf.newaxis])[..., tf.newaxis]  # [B,K,1]
-  block_start = q_len + 2  # [B, 1, 1]
-  q_tok = tf.pad(question_ids, [[0, 0], [1, seq_len]])[:, tf.newaxis, :seq_len]  # [B, 1, T]
-  rel = pos - block_start  # [B, 1, T], position inside the block
-  b_idx = tf.tile(tf.clip_by_value(rel, 0, max_block - 1), [1, num_blocks, 1])  # [B, K, T]
-  b_tok = tf.gather(block_ids, b_idx, batch_dims=2)  # [B, K, T]
-  is_cls = pos == 0
-  is_q = (pos >= 1) & (pos <= q_len)
-  is_sep1 = pos == q_len + 1
-  in_block = (rel >= 0) & (rel < b_len)  # [B, K, T]
-  is_sep2 = rel == b_len
-  ids = tf.where(is_cls, cls_id, 0)
-  ids = tf.where(is_q, q_tok, ids)
-  ids = tf.where(is_sep1 | is_sep2, sep_id, ids)
-  ids = tf.where(in_block, b_tok, ids)  # [B, K, T]
-  mask = (pos <= q_len + 1) | in_block | is_sep2  # [B, K, T]
-  segment = in_block | is_sep2
-  return {"input_ids": tf.cast(ids, tf.int32),
-          "input_mask": tf.cast(tf.broadcast_to(mask, tf.shape(ids)), tf.int32),
-          "segment_ids": tf.cast(tf.broadcast_to(segment, tf.shape(ids)), tf.int32),
-          "block_mask": tf.cast(tf.broadcast_to(in_block, tf.shape(ids)), tf.int32),
-          "block_start": question_len + 2}
+  block_valid = tf.range(block_ids.shape[-1])[tf.newaxis, tf.newaxis, :] < block_len[..., None]
+  return tf.reduce_any(answer_match_starts(block_ids, block_valid, answer_ids, answer_len),
+                       axis=[2, 3])  # [B, R]
+
+
+def reader_correct(reader_inputs: Mapping[str, tf.Tensor], starts: tf.Tensor, ends: tf.Tensor,
+                   answer_ids: tf.Tensor, answer_len: tf.Tensor) -> tf.Tensor:
+  """A span is correct when it is exactly an occurrence of an answer inside the block region
+  (ORQA's gold spans: every occurrence of every answer, token-id matching).
+
+  Args:
+    reader_inputs: `pack_reader_inputs` output (input_ids, block_mask int32 [B, K, T]).
+    starts, ends: int32 [S] span enumeration of the reader.
+    answer_ids: int32 [B, A, L]; answer_len int32 [B, A].
+  Returns:
+    bool [B, K, S].
+  """
+  match = answer_match_starts(reader_inputs["input_ids"], reader_inputs["block_mask"], answer_ids,
+                              answer_len)  # [B, K, T, A]
+  match_at_start = tf.gather(match, starts, axis=2)  # [B, K, S, A]
+  width = (ends - starts + 1)[tf.newaxis, tf.newaxis, :, tf.newaxis]  # [1, 1, S, 1]
+  len_ok = tf.equal(width, answer_len[:, tf.newaxis, tf.newaxis, :])  # [B, 1, S, A]
+  return tf.reduce_any(match_at_start & len_ok, axis=-1)  # [B, K, S]
+
+
+def answer_correctness(model: "OrqaModel", outputs: Mapping[str, tf.Tensor], answer_ids: tf.Tensor,
+                       answer_len: tf.Tensor) -> Dict[str, tf.Tensor]:
+  """ORQA's correctness of retrieved blocks and read spans against wordpiece answers.
+
+  Args:
+    model: the `OrqaModel` that produced `outputs` (its block table gives the retrieved wordpieces).
+    outputs: `OrqaModel.call` output.
+    answer_ids: int [B, A, L] zero-padded answer wordpieces; answer_len int [B, A].
+  Returns:
+    retriever_correct bool [B, R]; reader_correct bool [B, K, S].
+  """
+  answer_ids = tf.cast(answer_ids, tf.int32)
+  answer_len = tf.cast(answer_len, tf.int32)
+  block_ids, block_len = model.gather_blocks(outputs["retrieved_ids"])  # [B, R, Lb], [B, R]
+  return {
+      "retriever_correct": retriever_correct(block_ids, block_len, answer_ids, answer_len),
+      "reader_correct": reader_correct(outputs["reader_inputs"], outputs["starts"], outputs["ends"],
+                                       answer_ids, answer_len),
+  }
 
 
 class OrqaModel(tf_keras.Model):
@@ -116,7 +186,7 @@ class OrqaModel(tf_keras.Model):
     retriever_beam_size: R (default from the config, capped at N).
     reader_beam_size: K blocks read (default from the config, capped at R).
 
-  Call inputs (int32): question_ids [B, Q], question_len [B], answer_ids [B, A, L], answer_len [B, A].
+  Call inputs (int32): question_ids [B, Q], question_len [B] (other keys are ignored).
   Call outputs: see `call`.
   Attributes: retriever (`RealmEmbedder`), reader (`OrqaReader`), num_blocks, retriever_beam_size,
     reader_beam_size, block_emb / block_ids / block_len (non-trainable, NOT checkpointed).
@@ -168,6 +238,10 @@ class OrqaModel(tf_keras.Model):
   def block_len(self):
     return self._index.block_len
 
+  def gather_blocks(self, ids):
+    """Corpus rows `ids` int32 [...] -> (block_ids int32 [..., Lb], block_len int32 [...])."""
+    return tf.gather(self.block_ids, ids), tf.gather(self.block_len, ids)
+
   def retriever_inputs(self, question_ids, question_len):
     """`[CLS] q [SEP]` int32 [B, Q+2], mask 1 on real tokens, segments 0 (§2.3)."""
     q_max = question_ids.shape[1]
@@ -180,41 +254,39 @@ class OrqaModel(tf_keras.Model):
             "input_mask": tf.cast(pos <= q_len + 1, tf.int32) + tf.zeros_like(ids),
             "segment_ids": tf.zeros_like(ids)}
 
-  def call(self, inputs: Mapping[str, tf.Tensor], training=None) -> Dict[str, tf.Tensor]:
-    """One step of ORQA.
+  def call(self, inputs: Mapping[str, tf.Tensor], training=None,
+           retriever_beam_size: Optional[int] = None) -> Dict[str, tf.Tensor]:
+    """Retrieve the top R blocks and read the top K of them.
 
+    Args:
+      inputs: question_ids int [B, Q], question_len int [B].
+      training: dropout switch.
+      retriever_beam_size: R for this call (python int; default the model's, capped at it). The
+        original's PREDICT mode retrieves only the blocks it reads (§3.3 Retrieve 6).
     Returns dict:
       retrieved_ids int32 [B, R]; retriever_logits float32 [B, R] (exact, gradient to the question
-      tower only); retriever_correct bool [B, R]; reader_inputs (dict of [B, K, T]); block_start [B];
-      reader_logits float32 [B, K, S] (span logits + retriever logit of the block);
-      reader_correct bool [B, K, S]; starts/ends int32 [S].
+      tower only); reader_inputs (dict of int32 [B, K, T]); block_start int32 [B];
+      reader_logits float32 [B, K, S] (span logits + retriever logit of the block); starts/ends
+      int32 [S].
     """
     question_ids = tf.cast(inputs["question_ids"], tf.int32)  # [B, Q]
     question_len = tf.cast(inputs["question_len"], tf.int32)  # [B]
-    answer_ids = tf.cast(inputs["answer_ids"], tf.int32)  # [B, A, L]
-    answer_len = tf.cast(inputs["answer_len"], tf.int32)  # [B, A]
-    num_read = self.reader_beam_size
+    beam = min(retriever_beam_size or self.retriever_beam_size, self.retriever_beam_size)
+    num_read = min(self.reader_beam_size, beam)
 
     # Retrieve.
     question_emb = self.retriever(self.retriever_inputs(question_ids, question_len),
                                   training=training)  # [B, D]
     block_emb = tf.convert_to_tensor(self.block_emb)  # [N, D]
     all_scores = tf.matmul(tf.stop_gradient(question_emb), block_emb, transpose_b=True)  # [B, N]
-    _, retrieved_ids = tf.math.top_k(all_scores, k=self.retriever_beam_size)  # [B, R]
+    _, retrieved_ids = tf.math.top_k(all_scores, k=beam)  # [B, R]
     retrieved_emb = tf.gather(block_emb, retrieved_ids)  # [B, R, D]
     retriever_logits = tf.einsum("bd,brd->br", question_emb, retrieved_emb)  # [B, R]
 
-    # Retriever correctness: answer wordpieces occur in the block.
-    block_ids = tf.gather(self.block_ids, retrieved_ids)  # [B, R, Lb]
-    block_len = tf.gather(self.block_len, retrieved_ids)  # [B, R]
-    block_valid = tf.range(block_ids.shape[-1])[tf.newaxis, tf.newaxis, :] < block_len[..., None]
-    retriever_correct = tf.reduce_any(
-        answer_match_starts(block_ids, block_valid, answer_ids, answer_len), axis=[2, 3])  # [B, R]
-
     # Read the top K.
-    packed = pack_reader_inputs_dense(question_ids, question_len, block_ids[:, :num_read],
-                                      block_len[:, :num_read], self.seq_len, self.cls_id,
-                                      self.sep_id)  # each [B, K, T]
+    block_ids, block_len = self.gather_blocks(retrieved_ids[:, :num_read])  # [B, K, Lb], [B, K]
+    packed = pack_reader_inputs(question_ids, question_len, block_ids, block_len, self.seq_len,
+                                self.cls_id, self.sep_id)  # each [B, K, T]
     flat = {k: tf.reshape(packed[k], [-1, self.seq_len])
             for k in ("input_ids", "input_mask", "segment_ids", "block_mask")}  # [B*K, T]
     reader_out = self.reader(flat, training=training)
@@ -222,42 +294,58 @@ class OrqaModel(tf_keras.Model):
     num_spans = starts.shape[0]
     span_logits = tf.reshape(reader_out["logits"], [-1, num_read, num_spans])  # [B, K, S]
     reader_logits = losses.add_retriever_scores(span_logits, retriever_logits[:, :num_read])
-
-    # Reader correctness: span == an occurrence of an answer inside the block region.
-    match = answer_match_starts(packed["input_ids"], packed["block_mask"], answer_ids,
-                                answer_len)  # [B, K, T, A]
-    match_at_start = tf.gather(match, starts, axis=2)  # [B, K, S, A]
-    width = (ends - starts + 1)[tf.newaxis, tf.newaxis, :, tf.newaxis]  # [1, 1, S, 1]
-    len_ok = tf.equal(width, answer_len[:, tf.newaxis, tf.newaxis, :])  # [B, 1, S, A]
-    reader_correct = tf.reduce_any(match_at_start & len_ok, axis=-1)  # [B, K, S]
-
     return {"retrieved_ids": retrieved_ids, "retriever_logits": retriever_logits,
-            "retriever_correct": retriever_correct, "reader_inputs": packed,
-            "block_start": packed["block_start"], "reader_logits": reader_logits,
-            "reader_correct": reader_correct, "starts": starts, "ends": ends}
+            "reader_inputs": packed, "block_start": packed["block_start"],
+            "reader_logits": reader_logits, "starts": starts, "ends": ends}
 
 
 def predictions(outputs: Mapping[str, tf.Tensor]) -> Dict[str, tf.Tensor]:
   """Global argmax over (block, span) of `reader_logits` (§3.3 Prediction).
 
   Returns:
-    pred_block int32 [B] (index into the K read blocks), pred_block_id int32 [B] (corpus row),
-    pred_start/pred_end int32 [B] (positions in the packed reader input), pred_score float32 [B],
-    exact_match bool [B] (token-level: reader_correct at the prediction), reader_oracle bool [B].
+    pred_block int32 [B] (index into the K read blocks), pred_span int32 [B] (index into S),
+    pred_block_id int32 [B] (corpus row), pred_start/pred_end int32 [B] (positions in the packed
+    reader input), pred_score float32 [B], pred_in_block bool [B] (both ends on block wordpieces;
+    False only when no block had a readable token), pred_first_wordpiece / pred_last_wordpiece
+    int32 [B] (the span's positions among the block's wordpieces, as `RealmTokenizer.span_text`
+    takes them; -1 when not pred_in_block).
   """
   logits = outputs["reader_logits"]  # [B, K, S]
   num_spans = logits.shape[-1]
   flat = tf.reshape(logits, [tf.shape(logits)[0], -1])  # [B, K*S]
   best = tf.argmax(flat, axis=-1, output_type=tf.int32)  # [B]
-  block = best // num_spans
-  span = best % num_spans
-  correct = tf.reshape(outputs["reader_correct"], tf.shape(flat))  # [B, K*S]
+  block = best // num_spans  # [B]
+  span = best % num_spans  # [B]
+  start = tf.gather(outputs["starts"], span)  # [B]
+  end = tf.gather(outputs["ends"], span)  # [B]
+  block_mask = tf.gather(outputs["reader_inputs"]["block_mask"], block, batch_dims=1)  # [B, T]
+  in_block = ((tf.gather(block_mask, start, batch_dims=1) > 0)
+              & (tf.gather(block_mask, end, batch_dims=1) > 0))  # [B]
+  block_start = outputs["block_start"]  # [B]
   return {
       "pred_block": block,
+      "pred_span": span,
       "pred_block_id": tf.gather(outputs["retrieved_ids"], block, batch_dims=1),
-      "pred_start": tf.gather(outputs["starts"], span),
-      "pred_end": tf.gather(outputs["ends"], span),
+      "pred_start": start,
+      "pred_end": end,
       "pred_score": tf.reduce_max(flat, axis=-1),
-      "exact_match": tf.gather(correct, best, batch_dims=1),
-      "reader_oracle": tf.reduce_any(correct, axis=-1),
+      "pred_in_block": in_block,
+      "pred_first_wordpiece": tf.where(in_block, start - block_start, -1),
+      "pred_last_wordpiece": tf.where(in_block, end - block_start, -1),
   }
+
+
+def correct_at_prediction(preds: Mapping[str, tf.Tensor],
+                          reader_correct: tf.Tensor) -> Dict[str, tf.Tensor]:
+  """ORQA's token-level eval metrics per question (§3.3 Eval metrics).
+
+  Args:
+    preds: `predictions` output.
+    reader_correct: bool [B, K, S].
+  Returns:
+    exact_match bool [B] (reader_correct at the predicted (block, span)); reader_oracle bool [B]
+    (some span of the read blocks is correct).
+  """
+  index = tf.stack([preds["pred_block"], preds["pred_span"]], axis=-1)  # [B, 2]
+  return {"exact_match": tf.gather_nd(reader_correct, index, batch_dims=1),
+          "reader_oracle": tf.reduce_any(reader_correct, axis=[1, 2])}

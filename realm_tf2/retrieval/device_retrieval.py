@@ -156,8 +156,8 @@ def pack_pair_dense(first_ids, first_len, second_ids, second_len, seq_len: int, 
 
   Truncation equals `tokenization.bert_pack([first, second], seq_len)`: budget seq_len - 3, filled
   greedily (as much of `first` as fits, then of `second`). Segment 0 on [CLS], first and the first
-  [SEP]; 1 on second and the last [SEP]; mask 1 on real tokens. Generalises
-  `orqa_model.pack_reader_inputs_dense` (where `first` = question is never cut) with broadcasting.
+  [SEP]; 1 on second and the last [SEP]; mask 1 on real tokens. Also ORQA's reader layout
+  (`orqa_model.pack_reader_inputs`: `first` = the question, never cut there, broadcast over blocks).
   Written by hand because `bert_pack` works on ragged tensors, which XLA cannot compile.
 
   Args:

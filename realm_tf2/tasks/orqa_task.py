@@ -1,11 +1,24 @@
 """ORQA open-domain QA fine-tuning Task (reference §3.3–§3.5).
 
-Device side (`compute_loss`, XLA): `OrqaModel` + `losses.orqa_loss`. Host side (eval only, via Model
-Garden's `aggregate_logs` / `reduce_aggregated_logs`): predicted spans are projected back to the
-ORIGINAL tokens of the block (`tokenize_with_original_mapping` token map, then
-`squad_lib.get_final_text`), scored with SQuAD-normalised EM (regex mode for CuratedTrec), retrieval
-recall@{1,5,20,100} with ORQA's `HasAnswer` (raw case-sensitive substring) on the block texts, and the
-reader oracle. These land in metrics.jsonl through the driver's eval action.
+Device side (`compute_loss` / `validation_step`, XLA-able): `OrqaModel` (retrieve + read),
+`orqa_model.answer_correctness` (kept apart so another definition of gold blocks/spans can replace
+it), `losses.orqa_loss`, `orqa_model.predictions` and the token-level metrics.
+
+Host side (eval only, via Model Garden's `aggregate_logs` / `reduce_aggregated_logs`): the predicted
+span is cut out of the raw block text (`RealmTokenizer.span_text`, the function the serving export
+runs in-graph) and the metrics of the original's evaluation are computed over the real questions
+(batch padding excluded), under the original's names:
+  exact_match            reader_correct at the predicted (block, span): token-level (§3.3); the
+                         best export is chosen on it, as the original's exporter does (§3.4)
+  official_exact_match   SQuAD-normalised string EM of the answer text (regex mode for CuratedTrec)
+  reader_oracle          some span of the read blocks is correct
+  top_{k}_match          an answer (`HasAnswer`: raw, case-sensitive substring) in the top k
+                         retrieved blocks, k in 5, 10, 50, ..., 5000 up to the retriever beam
+  recall_at_{1,5,20,100} the same test at this project's cut-offs
+plus retriever_any_correct, prediction_block_has_answer, the losses and validation_loss. These land
+in metrics.jsonl through the driver's eval action. Each question of the eval file counts once per
+line, as in the original's in-graph evaluation; `realm_tf2.evaluate` scores a predictions file
+keyed by question, as the original's `evaluate_predictions.py`.
 """
 import dataclasses
 import json
@@ -19,12 +32,12 @@ from absl import logging
 import tensorflow as tf
 
 from official.core import config_definitions as cfg
-from official.nlp.data import squad_lib
 from realm_tf2 import io_utils
 from realm_tf2 import optimization
 from realm_tf2 import tokenization
 from realm_tf2.data import qa_pipeline
 from realm_tf2.evaluation import answers as answers_lib
+from realm_tf2.evaluation import metrics as metrics_lib
 from realm_tf2.modeling import embedder as embedder_lib
 from realm_tf2.modeling import init_utils
 from realm_tf2.modeling import knowledge_encoder
@@ -116,7 +129,9 @@ def check_retriever_export(retriever_module_path: str) -> str:
 class OrqaTask(base.RealmBaseTask):
   """Open-domain QA fine-tuning with a fixed block index (ORQA / REALM fine-tuning)."""
 
-  metric_names = ("retriever_loss", "reader_loss", "token_exact_match", "reader_oracle",
+  # Per-question values averaged into the train metrics (and, over the real questions only, into
+  # the eval metrics by `reduce_aggregated_logs`).
+  metric_names = ("retriever_loss", "reader_loss", "exact_match", "reader_oracle",
                   "retriever_any_correct")
 
   def __init__(self, params: OrqaTaskConfig, logging_dir: Optional[str] = None, name=None):
@@ -233,141 +248,137 @@ class OrqaTask(base.RealmBaseTask):
     return qa_pipeline.make_dataset(features, batch, params.is_training, params.seed)
 
   def _forward(self, model, inputs, training):
+    """Model + correctness + loss + prediction; per-question values [B] under `metric_names`."""
     outputs = model(inputs, training=training)
-    loss_dict = losses.orqa_loss(outputs["retriever_logits"], outputs["retriever_correct"],
-                                 outputs["reader_logits"], outputs["reader_correct"])
+    correct = orqa_model.answer_correctness(model, outputs, inputs["answer_ids"],
+                                            inputs["answer_len"])
+    loss_dict = losses.orqa_loss(outputs["retriever_logits"], correct["retriever_correct"],
+                                 outputs["reader_logits"], correct["reader_correct"])
     preds = orqa_model.predictions(outputs)
-    logs = {
-        "retriever_loss": loss_dict["retriever_loss"],
-        "reader_loss": loss_dict["reader_loss"],
-        "token_exact_match": tf.reduce_mean(tf.cast(preds["exact_match"], tf.float32)),
-        "reader_oracle": tf.reduce_mean(tf.cast(preds["reader_oracle"], tf.float32)),
-        "retriever_any_correct": tf.reduce_mean(
-            tf.cast(tf.reduce_any(outputs["retriever_correct"], -1), tf.float32)),
-    }
-    return loss_dict["loss"], logs, outputs, preds
+    at_prediction = orqa_model.correct_at_prediction(preds, correct["reader_correct"])
+    per_question = {
+        "loss": loss_dict["per_example_loss"],
+        "retriever_loss": loss_dict["per_example_retriever_loss"],
+        "reader_loss": loss_dict["per_example_reader_loss"],
+        "exact_match": tf.cast(at_prediction["exact_match"], tf.float32),
+        "reader_oracle": tf.cast(at_prediction["reader_oracle"], tf.float32),
+        "retriever_any_correct": tf.cast(tf.reduce_any(correct["retriever_correct"], -1),
+                                         tf.float32),
+    }  # each [B]
+    return loss_dict["loss"], per_question, outputs, preds
 
   def compute_loss(self, model, inputs, training):
-    loss, logs, _, _ = self._forward(model, inputs, training)
-    return loss, logs
+    loss, per_question, _, _ = self._forward(model, inputs, training)
+    return loss, {k: tf.reduce_mean(per_question[k]) for k in self.metric_names}
 
   def validation_step(self, inputs, model, metrics=None):
-    loss, logs, outputs, preds = self._forward(model, inputs, training=False)
-    logs = dict(logs)
-    logs[self.loss] = loss
-    self._update_metrics(metrics, logs)
-    top = min(max(RECALL_KS), outputs["retrieved_ids"].shape[1])
+    """Per-question outputs for `aggregate_logs`. Eval batches are padded (example_index -1), so no
+    batch mean is reported from here: `reduce_aggregated_logs` averages over the real questions."""
+    del metrics
+    _, per_question, outputs, preds = self._forward(model, inputs, training=False)
+    logs = {f"example_{k}": v for k, v in per_question.items()}
     logs.update({
         "example_index": inputs["example_index"],
-        "retrieved_ids": outputs["retrieved_ids"][:, :top],
-        "block_start": outputs["block_start"],
+        "retrieved_ids": outputs["retrieved_ids"],  # [B, R]
         "pred_block_id": preds["pred_block_id"],
-        "pred_start": preds["pred_start"],
-        "pred_end": preds["pred_end"],
+        "pred_first_wordpiece": preds["pred_first_wordpiece"],
+        "pred_last_wordpiece": preds["pred_last_wordpiece"],
         "pred_score": preds["pred_score"],
-        "pred_input_ids": tf.gather(outputs["reader_inputs"]["input_ids"], preds["pred_block"],
-                                    batch_dims=1),
-        "example_reader_oracle": preds["reader_oracle"],
-        "example_token_em": preds["exact_match"],
     })
     return logs
 
-  _PER_EXAMPLE = ("example_index", "retrieved_ids", "block_start", "pred_block_id", "pred_start",
-                  "pred_end", "pred_score", "pred_input_ids", "example_reader_oracle",
-                  "example_token_em")
-
   def aggregate_logs(self, state=None, step_outputs=None):
-    state = state or {k: [] for k in self._PER_EXAMPLE}
-    for k in self._PER_EXAMPLE:
-      value = step_outputs[k]
-      parts = value if isinstance(value, (tuple, list)) else [value]
-      state[k].extend(np.asarray(p) for p in parts)
+    """Keeps per-question rows of the real questions; retrieved blocks are reduced to the rank of
+    the first one holding an answer (`HasAnswer` on the raw text) right away."""
+    state = state or {"rows": [], "num_retrieved": 0}
+    examples = self._host.eval_examples.get(self._host.eval_split, [])
+    texts = self.load_corpus()["texts"]
+    values = {k: v if isinstance(v, (tuple, list)) else [v] for k, v in step_outputs.items()}
+    for part in range(len(values["example_index"])):  # one part per replica
+      arrays = {k: np.asarray(v[part]) for k, v in values.items()}
+      state["num_retrieved"] = int(arrays["retrieved_ids"].shape[1])
+      for i in np.nonzero(arrays["example_index"] >= 0)[0]:
+        ex = examples[int(arrays["example_index"][i])]
+        row = {k: arrays[k][i].item() for k in arrays if k != "retrieved_ids"}
+        row["first_answer_rank"] = metrics_lib.first_answer_rank(
+            (texts[b] for b in arrays["retrieved_ids"][i]), ex.answers)
+        state["rows"].append(row)
     return state
 
   def reduce_aggregated_logs(self, aggregated_logs, global_step=None):
-    arrays = {k: np.concatenate(v) for k, v in aggregated_logs.items()}
-    records = self.decode_predictions(arrays)
+    records, losses_by_name = self.decode_predictions(aggregated_logs["rows"])
     self._host.last_predictions = records
-    metrics = summarize_predictions(records, self.is_regex)
+    metrics = summarize_predictions(records, aggregated_logs["num_retrieved"])
+    metrics.update(losses_by_name)
     if self.task_config.predict_output:
       write_predictions(records, self.task_config.predict_output)
     return metrics
 
   # --- host-side decoding -------------------------------------------------------------------------
-  def decode_predictions(self, arrays: Dict[str, np.ndarray]) -> List[dict]:
-    """Per-example device outputs -> prediction records (host side)."""
+  def decode_predictions(self, rows: List[dict]):
+    """Per-question rows of `aggregate_logs` -> (prediction records in file order, eval losses).
+
+    The answer text is `RealmTokenizer.span_text` of the predicted block, the function the serving
+    export runs in-graph, so served and evaluated answers are the same string.
+    """
     examples = self._host.eval_examples.get(self._host.eval_split, [])
     texts = self.load_corpus()["texts"]
-    keep = np.nonzero(arrays["example_index"] >= 0)[0]
-    if len(keep) == 0:
-      return []
-    block_texts = [texts[int(arrays["pred_block_id"][i])] for i in keep]
-    orig_tokens, _, token_maps = self.tokenizer.tokenize_with_original_mapping(
-        tf.constant(block_texts, tf.string))
-    orig_tokens = orig_tokens.numpy()
-    token_maps = token_maps.numpy()
+    rows = sorted(rows, key=lambda r: r["example_index"])
+    block_texts = [texts[r["pred_block_id"]] for r in rows]
+    answers = []
+    for start in range(0, len(rows), 4096):  # bounded batches of strings
+      chunk = rows[start:start + 4096]
+      answers += [a.decode("utf-8") for a in self.tokenizer.span_text(
+          tf.constant(block_texts[start:start + 4096], tf.string),
+          [r["pred_first_wordpiece"] for r in chunk],
+          [r["pred_last_wordpiece"] for r in chunk]).numpy()]
     records = []
-    for j, i in enumerate(keep):
-      ex = examples[int(arrays["example_index"][i])]
-      answer = project_to_original(
-          arrays["pred_input_ids"][i], int(arrays["pred_start"][i]), int(arrays["pred_end"][i]),
-          int(arrays["block_start"][i]), [t.decode("utf-8") for t in orig_tokens[j]],
-          token_maps[j], self.tokenizer, self.task_config.do_lower_case)
-      retrieved = [int(r) for r in arrays["retrieved_ids"][i]]
+    for row, block_text, answer in zip(rows, block_texts, answers):
+      ex = examples[row["example_index"]]
       records.append({
           "question": ex.question,
           "prediction": answer,
           "answers": ex.answers,
-          "block_index": int(arrays["pred_block_id"][i]),
-          "block_text": block_texts[j],
-          "score": float(arrays["pred_score"][i]),
-          "correct": answers_lib.is_correct(answer, ex.answers, is_regex=self.is_regex),
-          # Whether the block the answer was taken from holds a gold answer (HasAnswer, as recall@k):
-          # tells a wrong block (the reader overrode retrieval) from a wrong span in the right block.
-          "prediction_block_has_answer": answers_lib.has_answer(block_texts[j], ex.answers),
-          "first_answer_rank": next(
-              (r for r, b in enumerate(retrieved) if answers_lib.has_answer(texts[b], ex.answers)),
-              -1),
-          "reader_oracle": bool(arrays["example_reader_oracle"][i]),
-          "token_exact_match": bool(arrays["example_token_em"][i]),
+          "block_index": row["pred_block_id"],
+          "block_text": block_text,
+          "score": row["pred_score"],
+          "exact_match": bool(row["example_exact_match"]),
+          "official_exact_match": answers_lib.is_correct(answer, ex.answers,
+                                                         is_regex=self.is_regex),
+          "reader_oracle": bool(row["example_reader_oracle"]),
+          "retriever_any_correct": bool(row["example_retriever_any_correct"]),
+          # Whether the block the answer was taken from holds a gold answer (HasAnswer, as
+          # top_k_match): tells a wrong block (the reader overrode retrieval) from a wrong span.
+          "prediction_block_has_answer": answers_lib.has_answer(block_text, ex.answers),
+          "first_answer_rank": row["first_answer_rank"],
       })
-    return records
+    num = max(len(rows), 1)
+    losses_by_name = {"validation_loss": sum(r["example_loss"] for r in rows) / num,
+                      "retriever_loss": sum(r["example_retriever_loss"] for r in rows) / num,
+                      "reader_loss": sum(r["example_reader_loss"] for r in rows) / num}
+    return records, losses_by_name
 
 
-def project_to_original(input_ids, start: int, end: int, block_start: int, orig_tokens: List[str],
-                        token_map, tokenizer, do_lower_case: bool) -> str:
-  """Predicted span (positions in the reader input) -> text over the block's original tokens.
+def summarize_predictions(records: List[dict], num_retrieved: int) -> Dict[str, float]:
+  """The eval metrics (see the module docstring) over prediction records.
 
-  As ORQA (§3.3 Prediction): orig tokens [orig_start..orig_end] joined by spaces, wordpieces of the span
-  joined by spaces (with SQuAD's "##" clean-up), then `squad_lib.get_final_text`. Returns "" if the
-  span is not inside the block (possible only when no valid span exists).
+  Args:
+    records: `OrqaTask.decode_predictions` records (one per eval line).
+    num_retrieved: R, blocks retrieved per question (caps the `top_{k}_match` cut-offs).
   """
-  ws, we = start - block_start, end - block_start
-  if ws < 0 or we < ws or we >= len(token_map):
-    return ""
-  o_start, o_end = int(token_map[ws]), int(token_map[we])
-  orig_text = " ".join(orig_tokens[o_start:o_end + 1])
-  wp_text = " ".join(tokenizer.convert_ids_to_tokens(input_ids[start:end + 1]))
-  wp_text = wp_text.replace(" ##", "").replace("##", "").strip()
-  return squad_lib.get_final_text(wp_text, orig_text, do_lower_case)
-
-
-def summarize_predictions(records: List[dict], is_regex: bool) -> Dict[str, float]:
-  """EM, recall@k (HasAnswer on raw block text), reader oracle, and the share of predictions taken
-  from a block that holds an answer (`prediction_block_has_answer`; compare with recall@1) over
-  prediction records."""
   n = len(records)
   if n == 0:
-    return {"exact_match": 0.0, "num_questions": 0.0}
-  ranks = np.array([r["first_answer_rank"] for r in records])
-  out = {"exact_match": float(np.mean([r["correct"] for r in records])),
-         "token_exact_match": float(np.mean([r["token_exact_match"] for r in records])),
-         "reader_oracle": float(np.mean([r["reader_oracle"] for r in records])),
-         "prediction_block_has_answer": float(np.mean([r["prediction_block_has_answer"]
-                                                       for r in records])),
-         "num_questions": float(n)}
-  for k in RECALL_KS:
-    out[f"recall_at_{k}"] = float(np.mean((ranks >= 0) & (ranks < k)))
+    return {"exact_match": 0.0, "official_exact_match": 0.0, "num_questions": 0.0}
+  out = {key: float(np.mean([r[key] for r in records]))
+         for key in ("exact_match", "official_exact_match", "reader_oracle",
+                     "retriever_any_correct", "prediction_block_has_answer")}
+  out["num_questions"] = float(n)
+  ranks = [r["first_answer_rank"] for r in records]
+  for k, value in metrics_lib.match_at_k(ranks, RECALL_KS).items():
+    out[f"recall_at_{k}"] = value
+  top_ks = [k for k in metrics_lib.ORQA_TOP_KS if k <= num_retrieved]
+  for k, value in metrics_lib.match_at_k(ranks, top_ks).items():
+    out[f"top_{k}_match"] = value
   return out
 
 

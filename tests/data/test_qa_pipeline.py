@@ -43,10 +43,13 @@ def test_eval_dataset_is_padded_to_full_batches(tiny_vocab_file):
   np.testing.assert_array_equal(batches[1]["example_index"], [4, -1, -1, -1])
 
 
-def test_pretokenize_blocks_matches_original_mapping(tiny_vocab_file):
+def test_pretokenize_blocks_are_the_span_text_wordpieces(tiny_vocab_file):
   tok = tokenization.RealmTokenizer(tiny_vocab_file)
-  texts = ["John was born in Paris.", "the king " * 20]
+  texts = ["John was born in PARIS.", "the king " * 20]
   ids, lens, truncated = qa_pipeline.pretokenize_blocks(tok, texts, 10)
-  _, wp, _ = tok.tokenize_with_original_mapping(texts)
+  wp = tok.tokenize(texts)
   np.testing.assert_array_equal(ids[0, :lens[0]], wp[0].numpy())
   assert lens[1] == 10 and truncated == 1 and ids.dtype == np.int32
+  # Position i of a block's ids is wordpiece i of `span_text`: "PARIS" is wordpiece 4.
+  assert tok.convert_ids_to_tokens(ids[0, 4:5]) == ["paris"]
+  assert tok.span_text(texts[:1], [4], [5]).numpy()[0] == b"PARIS."

@@ -1,4 +1,6 @@
-"""Servable QA model: loads and answers in a fresh process importing only tensorflow + tensorflow_text."""
+"""Servable QA model: the same answers as the evaluation path, and it loads and answers in a fresh
+process importing only tensorflow + tensorflow_text."""
+import copy
 import json
 import os
 import subprocess
@@ -8,6 +10,7 @@ import pytest
 import tensorflow as tf
 
 import realm_tf2  # noqa: F401
+from realm_tf2 import optimization
 from realm_tf2.export import serving_export
 from realm_tf2.tasks import orqa_task
 from tests.tasks import orqa_world
@@ -28,15 +31,57 @@ print(json.dumps({"answer": [a.decode() for a in out["answer"].numpy()],
 """
 
 
-@pytest.mark.slow  # export tracing + a fresh TF process: ~1 min on 2 cores
-def test_serving_export_fresh_process(tmp_path):
-  world = orqa_world.build_world(str(tmp_path / "world"))
+@pytest.fixture(scope="module")
+def served(tmp_path_factory):
+  """A briefly trained tiny ORQA model (so answers differ between questions), its evaluation-path
+  predictions on the dev questions and its serving export."""
+  root = tmp_path_factory.mktemp("serving")
+  world = orqa_world.build_world(str(root / "world"))
   tf.keras.utils.set_random_seed(2)
   task = orqa_task.OrqaTask(orqa_world.task_config(world))
   model = task.build_model()
+  opt = optimization.create_optimizer(task.task_config.optimizer, 100)
+  step = tf.function(lambda x: task.train_step(x, model, opt))
+  batches = iter(task.build_inputs(task.task_config.train_data))
+  for _ in range(40):
+    step(next(batches))
+  data = copy.deepcopy(task.task_config.validation_data)
+  data.global_batch_size = 3  # a padded last batch, unlike the serving call
+  state = None
+  for batch in task.build_inputs(data):
+    state = task.aggregate_logs(state, task.validation_step(batch, model))
+  metrics = task.reduce_aggregated_logs(state)
   export_dir = serving_export.export_serving(model, task.load_corpus()["texts"], world["vocab"], True,
-                                             str(tmp_path / "serving"), max_question_len=8,
-                                             reader_beam_size=4)
+                                             str(root / "serving"), max_question_len=8)
+  return {"world": world, "records": task.last_predictions, "metrics": metrics,
+          "export_dir": export_dir}
+
+
+@pytest.mark.slow  # tiny world + 40 training steps + export tracing: ~1 min on 2 cores
+def test_serving_answers_equal_the_evaluation_predictions(served):
+  records = served["records"]
+  answers = [r["prediction"] for r in records]
+  assert len(set(answers)) > 2, answers  # a model that tells the questions apart
+  fn = tf.saved_model.load(served["export_dir"]).signatures["serving_default"]
+  out = fn(question=tf.constant([r["question"] for r in records]))
+  assert [a.decode("utf-8") for a in out["answer"].numpy()] == answers
+  assert out["block_index"].numpy().tolist() == [r["block_index"] for r in records]
+  texts = [t.decode("utf-8") for t in out["block_text"].numpy()]
+  assert texts == [r["block_text"] for r in records]
+  for got, r in zip(out["score"].numpy(), records):
+    assert got == pytest.approx(r["score"], abs=1e-4)
+  # The served answers score as the evaluation's official_exact_match (same strings).
+  from realm_tf2.evaluation import metrics
+  result = metrics.evaluate_predictions(
+      [{"question": q, "answer": a} for q, a in orqa_world.QA],
+      [{"question": r["question"], "prediction": a.decode("utf-8")}
+       for r, a in zip(records, out["answer"].numpy())])
+  assert result["accuracy"] == pytest.approx(served["metrics"]["official_exact_match"])
+
+
+@pytest.mark.slow  # a fresh TF process
+def test_serving_export_fresh_process(served):
+  export_dir = served["export_dir"]
   assert tf.io.gfile.exists(os.path.join(export_dir, "assets", "vocab.txt"))
   questions = ["where was mary born?", "", "born " * 400, "Who built the city?"]
   env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
@@ -49,20 +94,7 @@ def test_serving_export_fresh_process(tmp_path):
   assert len(out["answer"]) == 4
   for ans, idx, text in zip(out["answer"], out["block_index"], out["block_text"]):
     assert 0 <= idx < len(orqa_world.BLOCKS) and text == orqa_world.BLOCKS[idx]
-    # The answer is a run of the block's original tokens joined by single spaces.
-    assert ans and ans.replace(" ", "") in text.replace(" ", "")
-
-  # Same answers as the in-process model's argmax over (block, span) (no get_final_text here).
-  inputs = qa_feats(task, questions[:1])
-  ref = model(inputs, training=False)
-  from realm_tf2.modeling import orqa_model
-  pred = orqa_model.predictions(ref)
-  assert out["block_index"][0] == int(pred["pred_block_id"][0])
-  assert out["score"][0] == pytest.approx(float(pred["pred_score"][0]), abs=1e-3)
-
-
-def qa_feats(task, questions):
-  from realm_tf2.data import qa_pipeline
-  feat = qa_pipeline.QAFeaturizer(task.tokenizer, 8, 2, 4).featurize(
-      [qa_pipeline.QAExample(q, ["x"]) for q in questions])
-  return {k: tf.constant(v) for k, v in feat.items()}
+    assert ans and ans in text  # the raw text of the predicted span
+  by_question = {r["question"]: r for r in served["records"]}
+  assert out["answer"][0] == by_question["where was mary born?"]["prediction"]
+  assert out["block_index"][0] == by_question["where was mary born?"]["block_index"]
