@@ -50,6 +50,7 @@ flags.DEFINE_string("metrics_output", None, "Predict mode: JSON file of the pred
                     "(default: beside --predict_output, `<name>.metrics.json`).")
 flags.DEFINE_bool("is_regex", None, "Regex answers (default: automatic, True for CuratedTrec).")
 flags.DEFINE_enum("eval_split", None, ["dev", "test"], "Split evaluated / predicted (default dev).")
+flags.DEFINE_integer("seed", None, "Seed of the training input order and of the weights that start fresh.")
 flags.DEFINE_bool("export_serving", True, "Write model_dir/export/serving at every best export.")
 flags.DEFINE_bool("export_reader_hub", False,
                   "Also write export/best/reader_encoder_hub (the reader BERT as a TF Hub-format encoder, "
@@ -66,19 +67,12 @@ FLAG_PATHS = dict(
     num_candidates="task.model.reader_beam_size",
     predict_output="task.predict_output",
     is_regex="task.is_regex",
+    data_root=flags_lib.on_splits("data_root"),
+    dataset_name=flags_lib.on_splits("dataset_name"),
+    batch_size=flags_lib.on_splits("global_batch_size"),
+    eval_split="task.validation_data.split",
+    seed="task.train_data.seed",
 )
-
-
-def _extra_overrides():
-  out = {}
-  for name, field in (("data_root", "data_root"), ("dataset_name", "dataset_name"),
-                      ("batch_size", "global_batch_size")):
-    if FLAGS[name].present:
-      out[f"task.train_data.{field}"] = FLAGS[name].value
-      out[f"task.validation_data.{field}"] = FLAGS[name].value
-  if FLAGS["eval_split"].present:
-    out["task.validation_data.split"] = FLAGS.eval_split
-  return out
 
 
 def hub_overrides():
@@ -108,7 +102,7 @@ def hub_overrides():
 def main(_):
   try:
     params = flags_lib.build_params(finetune_experiments.orqa_experiment(), FLAG_PATHS,
-                                    {**_extra_overrides(), **hub_overrides()})
+                                    hub_overrides())
   except (KeyError, ValueError, TypeError, AttributeError) as e:  # unknown/ill-typed config keys
     raise SystemExit(f"run_finetune: bad configuration: {e}") from None
   finetune.run(params, FLAGS.mode, FLAGS.model_dir, export_serving=FLAGS.export_serving,

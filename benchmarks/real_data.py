@@ -85,13 +85,18 @@ def overrides(values):
 
 
 def orqa_metrics(model_dir):
-  """Dev metrics of the best evaluation (by EM) and test metrics of that checkpoint."""
-  evals = [r for r in read_jsonl(os.path.join(model_dir, "metrics.jsonl")) if r["split"] == "eval"]
-  em_key = "official_exact_match" if "official_exact_match" in evals[-1] else "exact_match"
-  best = max(evals, key=lambda r: r[em_key])
+  """Dev metrics of the evaluation the best export was taken at (run_finetune picks it by the
+  original's token-level `exact_match`) and test metrics of that checkpoint; EM = the normalised
+  string match (`official_exact_match`)."""
+  with open(os.path.join(model_dir, "export", "best", "best_metric.txt")) as f:
+    best_step = int(f.read().split()[0])
+  evals = [r for r in read_jsonl(os.path.join(model_dir, "metrics.jsonl"))
+           if r["split"] == "eval" and r["step"] == best_step]
+  best = evals[-1]
   with open(os.path.join(model_dir, "test_metrics.json")) as f:
     test = json.load(f)
-  out = {"dev_em": best[em_key], "dev_step": best["step"], "test_em": test[em_key]}
+  out = {"dev_em": best["official_exact_match"], "dev_step": best_step,
+         "test_em": test["official_exact_match"]}
   for k in (1, 5, 20):
     out[f"dev_recall@{k}"] = best.get(f"recall_at_{k}")
     out[f"test_recall@{k}"] = test.get(f"recall_at_{k}")

@@ -63,11 +63,13 @@ def check_startup(params, mode: str, model_dir: Optional[str]):
     if not tf.io.gfile.exists(path):
       problems.append(f"QA file '{path}' does not exist (--data_root/--dataset_name)")
   problems += startup_checks.check_seq_lens(tc.model, ["reader_seq_len"])
+  inits = [("--reader_module_path", tc.reader_module_path),
+           ("--retriever_module_path", tc.retriever_module_path)]
+  if not problems:
+    problems += startup_checks.check_model_size_matches(tc.model, inits)
   if not problems and tc.vocab_file and tf.io.gfile.exists(tc.vocab_file):
     vocab_size = len(tokenization.load_vocab(tc.vocab_file))
-    problems += startup_checks.check_vocab_matches(
-        vocab_size, [("--reader_module_path", tc.reader_module_path),
-                     ("--retriever_module_path", tc.retriever_module_path)])
+    problems += startup_checks.check_vocab_matches(vocab_size, inits)
   startup_checks.fail_if(TOOL, problems)
 
 
