@@ -37,6 +37,7 @@ from realm_tf2 import optimization
 from realm_tf2 import tokenization
 from realm_tf2.data import qa_pipeline
 from realm_tf2.evaluation import answers as answers_lib
+from realm_tf2.export import common as export_common
 from realm_tf2.evaluation import metrics as metrics_lib
 from realm_tf2.modeling import embedder as embedder_lib
 from realm_tf2.modeling import init_utils
@@ -65,7 +66,10 @@ class OrqaTaskConfig(base.RealmTaskConfig):
   """ORQA fine-tuning.
 
   Attributes:
-    retriever_module_path: Embedder export (contract §3) with `encoded/encoded.ckpt` (block_emb).
+    retriever_module_path: Embedder export (contract §3) with `encoded/encoded.ckpt` (block_emb);
+      or either tower of a REALM run with separate towers (`export/<step>/embedder`, the query
+      tower, or `.../doc_embedder`, the document tower: block_emb then comes from the `embedder`
+      beside it, see `check_retriever_export`).
     reader_module_path: A `bert` export (or an ORQA `reader` export / training checkpoint); empty means
       a randomly initialised reader (tests only).
     block_records_path: `blocks.tfr`, or the knowledge-corpus directory holding it.
@@ -114,16 +118,32 @@ def resolve_blocks_path(path: str) -> str:
 
 
 def check_retriever_export(retriever_module_path: str) -> str:
-  """Returns the `encoded/encoded.ckpt` prefix; raises with one clear message when files are missing."""
+  """The `encoded/encoded.ckpt` prefix (block_emb) of a retriever source; one clear message when
+  files are missing.
+
+  The source is an embedder export with its own `encoded/encoded.ckpt`, or the DOCUMENT tower of a
+  REALM run with separate towers (`export/<step>/doc_embedder`, which has none): block_emb is then
+  `export/<step>/embedder/encoded/encoded.ckpt` beside it, the corpus as that same document tower
+  embedded it. Either tower thus initialises the question tower over the same block index.
+  """
   if not retriever_module_path:
     raise ValueError("--retriever_module_path is required (an embedder export with encoded/encoded.ckpt)")
   if not tf.io.gfile.exists(os.path.join(retriever_module_path, "saved_model.pb")):
     raise FileNotFoundError(f"--retriever_module_path {retriever_module_path}: no saved_model.pb")
-  prefix = os.path.join(retriever_module_path, "encoded", "encoded.ckpt")
-  if not tf.io.gfile.exists(prefix + ".index"):
-    raise FileNotFoundError(f"--retriever_module_path {retriever_module_path}: missing {prefix}.index "
-                            "(run the corpus embedding / refresh first)")
-  return prefix
+  prefix = export_common.encoded_checkpoint_path(retriever_module_path)
+  if tf.io.gfile.exists(prefix + ".index"):
+    return prefix
+  path = retriever_module_path.rstrip("/")
+  if os.path.basename(path) == export_common.DOC_EMBEDDER_SUBDIR:
+    sibling = export_common.encoded_checkpoint_path(os.path.join(os.path.dirname(path), "embedder"))
+    if tf.io.gfile.exists(sibling + ".index"):
+      return sibling
+    raise FileNotFoundError(
+        f"--retriever_module_path {retriever_module_path}: a document tower without "
+        f"{prefix}.index, and no {sibling}.index of the query tower beside it (run the corpus "
+        "embedding / refresh first)")
+  raise FileNotFoundError(f"--retriever_module_path {retriever_module_path}: missing {prefix}.index "
+                          "(run the corpus embedding / refresh first)")
 
 
 class OrqaTask(base.RealmBaseTask):
@@ -176,6 +196,7 @@ class OrqaTask(base.RealmBaseTask):
       return self._corpus
     tc = self.task_config
     emb_prefix = check_retriever_export(tc.retriever_module_path)
+    logging.info("block_emb: %s (question tower from %s)", emb_prefix, tc.retriever_module_path)
     blocks_path = resolve_blocks_path(tc.block_records_path)
     texts = qa_pipeline.read_block_texts(blocks_path, tc.num_block_records or None)
     block_emb = index_lib.read_block_emb_checkpoint(emb_prefix)

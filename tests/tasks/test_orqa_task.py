@@ -1,5 +1,6 @@
 """ORQA model/task: packing, correctness, loss zeroing, batch = singles, eval plumbing, fine-tuning."""
 import copy
+import os
 
 import numpy as np
 import pytest
@@ -11,6 +12,7 @@ from realm_tf2.data import qa_pipeline
 from realm_tf2.evaluation import answers as answers_lib
 from realm_tf2.modeling import orqa_model
 from realm_tf2.tasks import orqa_task
+from tests import tiny_fixtures
 from tests.tasks import orqa_world
 
 
@@ -220,3 +222,41 @@ def test_summary_has_the_original_top_k_match_up_to_the_beam():
 
 # Fine-tuning EM on held-out dev questions (issue 6) lives in test_orqa_generalisation.py: this
 # world has dev = train questions, so it can only show memorisation.
+
+
+def test_question_tower_from_either_tower_of_a_realm_export_with_separate_towers(world, tmp_path):
+  """A REALM export with `share_embedders=False`: `embedder/` (query tower, with encoded.ckpt: the
+  corpus as the document tower embedded it) and `doc_embedder/` (document tower, none). Either one
+  initialises ORQA's question tower; block_emb is `embedder/encoded/encoded.ckpt` for both."""
+  from realm_tf2.export import embedder_export
+  from realm_tf2.modeling import embedder as embedder_lib
+  from realm_tf2.retrieval import index as index_lib
+  step_dir = tmp_path / "export" / "7"
+  block_emb = world["block_emb"] + 1.0  # not the world's own index: the test sees where it came from
+  staging = str(tmp_path / "staging" / "encoded.ckpt")
+  index_lib.write_block_emb_checkpoint(staging, block_emb)
+  towers = {}
+  for seed, name in ((11, "embedder"), (12, "doc_embedder")):
+    tf.keras.utils.set_random_seed(seed)
+    tower = embedder_lib.RealmEmbedder(orqa_world.model_config().bert,
+                                       projection_size=orqa_world.PROJECTION,
+                                       vocab_size=len(tiny_fixtures.tiny_vocab()))
+    tower({k: tf.zeros([1, 4], tf.int32) for k in ("input_ids", "input_mask", "segment_ids")})
+    embedder_export.export_embedder(tower, world["vocab"], True, str(step_dir / name),
+                                    encoded_checkpoint=staging if name == "embedder" else None)
+    towers[name] = tower
+  assert not os.path.exists(step_dir / "doc_embedder" / "encoded")
+  for name, tower in towers.items():
+    cfg = orqa_world.task_config(world)
+    cfg.retriever_module_path = str(step_dir / name)
+    assert orqa_task.check_retriever_export(cfg.retriever_module_path) == str(
+        step_dir / "embedder" / "encoded" / "encoded.ckpt")
+    model = orqa_task.OrqaTask(cfg).build_model()
+    np.testing.assert_array_equal(model.block_emb.numpy(), block_emb)
+    for mine, theirs in zip(model.retriever.weights, tower.weights):
+      np.testing.assert_array_equal(mine.numpy(), theirs.numpy())
+  # A lone document tower (no query tower beside it) is a clear start-up error.
+  lone = tmp_path / "lone" / "doc_embedder"
+  embedder_export.export_embedder(towers["doc_embedder"], world["vocab"], True, str(lone))
+  with pytest.raises(FileNotFoundError, match="a document tower without"):
+    orqa_task.check_retriever_export(str(lone))
