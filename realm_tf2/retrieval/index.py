@@ -532,12 +532,36 @@ class ScannIndex(MipsIndex):
       ids, scores = ids.numpy(), scores.numpy()
     return ids.astype(np.int32), scores.astype(np.float32)
 
-  def search_tensors(self, query, k):
-    """TF-op search (backend "tf" only; CPU graph). query float32 [B, D] -> ([B, k] int32, float32)."""
+  def state_module(self):
+    """The searcher's state as a `scann_ops.ScannState` (a tf.Module of variables; backend "tf").
+
+    Track it in a SavedModel and pass it to `search_tensors(..., state=)`: the SavedModel then holds
+    the whole index (loading it needs `import scann`, which registers ScaNN's ops).
+    """
+    if self.backend != "tf":
+      raise ValueError("state_module needs backend='tf' (ScaNN TF ops)")
+    return self._searcher.serialize_to_module()
+
+  def search_tensors(self, query, k, state=None):
+    """TF-op search (backend "tf" only; CPU graph). query float32 [B, D] -> ([B, k'] int32, float32).
+
+    k' <= k is dynamic: ScaNN returns fewer columns when its partitions hold fewer than k rows
+    (missing results within k' have index 0 and a NaN distance).
+
+    Args:
+      query: float32 [B, D].
+      k: results per query.
+      state: None (the searcher built here) or a `state_module()` tracked by a SavedModel: the
+        searcher is then re-created in the graph from its variables (ScaNN's kernel builds it at the
+        first run of the traced function and keeps it).
+    """
     if self.backend != "tf":
       raise ValueError("search_tensors needs backend='tf' (ScaNN TF ops)")
-    search = (self._searcher.search_batched_parallel if self.parallel
-              else self._searcher.search_batched)
+    searcher = self._searcher
+    if state is not None:
+      from scann import scann_ops  # pylint: disable=g-import-not-at-top
+      searcher = scann_ops.ScannSearcher(state.recreate_handle())
+    search = searcher.search_batched_parallel if self.parallel else searcher.search_batched
     res = search(query, **self._search_args(k))
     return tf.cast(res.indices, tf.int32), tf.cast(res.distances, tf.float32)
 
@@ -634,21 +658,24 @@ class IndexFactory:
   Args:
     mips: "brute_force", "scann" or "auto" (`resolve_mips`).
     scann_settings: Overrides of `scann_settings_for(N)` (None values are left to it).
+    scann_backend: `ScannIndex` backend: "pybind" (host search) or "tf" (ScaNN's TF ops, for
+      searching inside a CPU graph, e.g. ORQA's step).
 
   Call: `factory(block_emb float32 [N, D])` -> a built index.
   """
 
-  def __init__(self, mips: str = "brute_force", scann_settings=None):
+  def __init__(self, mips: str = "brute_force", scann_settings=None, scann_backend="pybind"):
     resolve_mips(mips, 0)  # validates the name
     self.mips = mips
     self.scann_settings = {k: v for k, v in dict(scann_settings or {}).items() if v is not None}
+    self.scann_backend = scann_backend
 
   def kind_for(self, num_rows: int) -> str:
     return resolve_mips(self.mips, num_rows)
 
   def __call__(self, emb):
     if self.kind_for(int(np.shape(emb)[0])) == ScannIndex.kind:
-      return ScannIndex(settings=self.scann_settings).build(emb)
+      return ScannIndex(settings=self.scann_settings, backend=self.scann_backend).build(emb)
     return BruteForceIndex().build(emb)
 
   def load_or_build(self, directory, emb):
