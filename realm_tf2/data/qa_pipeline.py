@@ -6,7 +6,10 @@ Host side (once, before training):
   * `pretokenize_blocks` turns every block into reader wordpieces, padded to [N, Lb] + lengths, so
     the device step only gathers ids (no strings on device). They are the wordpieces whose byte
     offsets `RealmTokenizer.span_text` uses to cut answers out of the raw block text.
-  * `QAFeaturizer` turns one question + answers into static-shape int32 arrays.
+    `pretokenize_blocks_with_titles` does the same for the reader title option (`title [SEP] body`,
+    block text `reader_text(title, body)`; titles from `titles.tfr`, aligned with blocks.tfr).
+  * `QAFeaturizer` turns one question + answers into static-shape int32 arrays; for regex answers
+    (CuratedTrec) into the question's gold (block, span) list (`regex_gold.RegexGoldFinder`).
 
 The original fed one question per step with an unbounded question and ragged answers; TPUs need static
 shapes, so questions are cut to `max_question_len` wordpieces and answers to `max_answers` x
@@ -24,6 +27,9 @@ from realm_tf2 import io_utils
 
 SPLITS = ("train", "dev", "test")
 REGEX_DATASETS = ("curatedtrec",)
+# Between title and body in a block's text with the reader title option: whitespace, so the text's
+# wordpieces are the title's then the body's (the [SEP] between them has no text).
+TITLE_BODY_SEPARATOR = "\n"
 
 
 def qa_file_path(data_root: str, dataset_name: str, split: str) -> str:
@@ -118,6 +124,62 @@ def pretokenize_blocks(tokenizer, texts: Sequence[str], max_len: int,
   return ids, lens, truncated
 
 
+def titles_path_of(blocks_path: str) -> str:
+  """`titles.tfr` beside `blocks.tfr` (ORQA blocks, CONTRACTS §2: aligned by index)."""
+  return os.path.join(os.path.dirname(blocks_path), "titles.tfr")
+
+
+def reader_text(title: str, body: str) -> str:
+  """A block's text with the reader title option: `title\nbody` (just `body` without a title)."""
+  return f"{title}{TITLE_BODY_SEPARATOR}{body}" if title.strip() else body
+
+
+def pretokenize_blocks_with_titles(tokenizer, titles: Sequence[str], bodies: Sequence[str],
+                                   max_len: int, sep_id: int, batch_size: int = 2048):
+  """Reader wordpieces `title [SEP] body` of every block (the reader title option).
+
+  The wordpieces are those of `reader_text(title, body)` (as `pretokenize_blocks`, so
+  `RealmTokenizer.span_text` cuts answers out of that text) with a [SEP] inserted after the
+  title's; a block without title wordpieces has no [SEP].
+
+  Args:
+    tokenizer: `RealmTokenizer` of the reader.
+    titles, bodies: N titles and block strings, aligned.
+    max_len: Lb, kept wordpieces per block ([SEP] included).
+    sep_id: the [SEP] id.
+  Returns:
+    (texts: N reader texts, ids int32 [N, Lb], lengths int32 [N], sep_pos int32 [N] (position of the
+    [SEP] in the row, -1 = none), number of blocks truncated).
+  """
+  if len(titles) != len(bodies):
+    raise ValueError(f"{len(titles)} titles but {len(bodies)} blocks; titles.tfr must be aligned "
+                     "with blocks.tfr")
+  texts = [reader_text(t, b) for t, b in zip(titles, bodies)]
+  n = len(texts)
+  ids = np.zeros([n, max_len], np.int32)
+  lens = np.zeros([n], np.int32)
+  sep_pos = np.full([n], -1, np.int32)
+  truncated = 0
+  for start in range(0, n, batch_size):
+    text_wp = tokenizer.tokenize(tf.constant(texts[start:start + batch_size], tf.string)).numpy()
+    title_wp = tokenizer.tokenize(
+        tf.constant(list(titles[start:start + batch_size]), tf.string)).numpy()
+    for j, (row, title) in enumerate(zip(text_wp, title_wp)):
+      num_title = len(title)
+      if num_title:
+        if not np.array_equal(row[:num_title], title):  # whitespace always splits wordpieces
+          raise ValueError(f"block {start + j}: the wordpieces of its text do not start with its "
+                           "title's")
+        row = np.concatenate([row[:num_title], [sep_id], row[num_title:]])
+        sep_pos[start + j] = num_title
+      if len(row) > max_len:
+        truncated += 1
+      row = row[:max_len]
+      ids[start + j, :len(row)] = row
+      lens[start + j] = len(row)
+  return texts, ids, lens, sep_pos, truncated
+
+
 class QAFeaturizer:
   """Question + answers -> static-shape int32 features.
 
@@ -127,17 +189,21 @@ class QAFeaturizer:
     max_answers: A, answers kept per question.
     max_answer_len: L, wordpieces kept per answer; a longer answer is dropped (it could never match
       exactly), counted as `answer_too_long`.
+    gold_finder: for regex answers, a `regex_gold.RegexGoldFinder` over the corpus: the answers are
+      then patterns, not tokenized (answer_len 0), and the features carry their gold spans.
 
   Features (one example): question_ids [Q], question_len [], answer_ids [A, L], answer_len [A],
-  example_index [] (row in the QA file; -1 for batch padding).
+  example_index [] (row in the QA file; -1 for batch padding); with a gold_finder also
+  gold_spans [G, 3] (corpus row, first, last wordpiece; -1 padded) and gold_count [].
   """
 
   def __init__(self, tokenizer, max_question_len: int = 64, max_answers: int = 10,
-               max_answer_len: int = 16):
+               max_answer_len: int = 16, gold_finder=None):
     self.tokenizer = tokenizer
     self.max_question_len = max_question_len
     self.max_answers = max_answers
     self.max_answer_len = max_answer_len
+    self.gold_finder = gold_finder
     self.counters = io_utils.Counters("qa_features")
 
   def featurize(self, examples: Sequence[QAExample]) -> Dict[str, np.ndarray]:
@@ -148,7 +214,8 @@ class QAFeaturizer:
     a_ids = np.zeros([n, self.max_answers, self.max_answer_len], np.int32)
     a_len = np.zeros([n, self.max_answers], np.int32)
     questions = self.tokenizer.tokenize_np([e.question for e in examples])
-    flat_answers = [a for e in examples for a in e.answers]
+    regex = self.gold_finder is not None
+    flat_answers = [] if regex else [a for e in examples for a in e.answers]
     answer_wp = iter(self.tokenizer.tokenize_np(flat_answers))
     for i, (ex, q) in enumerate(zip(examples, questions)):
       if len(q) > self.max_question_len:
@@ -157,7 +224,7 @@ class QAFeaturizer:
       q_ids[i, :len(q)] = q
       q_len[i] = len(q)
       kept = 0
-      for _ in ex.answers:
+      for _ in ([] if regex else ex.answers):
         wp = next(answer_wp)
         if len(wp) > self.max_answer_len:
           self.counters.skip("answer_too_long")
@@ -171,12 +238,17 @@ class QAFeaturizer:
         a_ids[i, kept, :len(wp)] = wp
         a_len[i, kept] = len(wp)
         kept += 1
-    return {"question_ids": q_ids, "question_len": q_len, "answer_ids": a_ids,
-            "answer_len": a_len, "example_index": np.arange(n, dtype=np.int32)}
+    features = {"question_ids": q_ids, "question_len": q_len, "answer_ids": a_ids,
+                "answer_len": a_len, "example_index": np.arange(n, dtype=np.int32)}
+    if regex:
+      features["gold_spans"], features["gold_count"] = self.gold_finder.gold_spans(
+          [e.answers for e in examples])
+    return features
 
 
 def pad_features(features: Dict[str, np.ndarray], multiple: int) -> Dict[str, np.ndarray]:
-  """Pads the leading dim to a multiple of `multiple` with dummy rows (example_index -1, no answers)."""
+  """Pads the leading dim to a multiple of `multiple` with dummy rows (example_index -1, no answers,
+  no gold spans)."""
   n = len(features["example_index"])
   extra = (-n) % multiple
   if extra == 0:
@@ -184,7 +256,7 @@ def pad_features(features: Dict[str, np.ndarray], multiple: int) -> Dict[str, np
   out = {}
   for k, v in features.items():
     pad = np.zeros((extra,) + v.shape[1:], v.dtype)
-    if k == "example_index":
+    if k in ("example_index", "gold_spans"):
       pad -= 1
     out[k] = np.concatenate([v, pad])
   return out
