@@ -77,13 +77,26 @@ def is_correct(prediction: str, references: Union[str, Iterable[str]], is_regex:
   return exact_match(prediction, references)
 
 
-def has_answer(text: str, answers: Union[str, Iterable[str]]) -> bool:
+def has_answer(text: str, answers: Union[str, Iterable[str]], is_regex: bool = False) -> bool:
   """ORQA's `HasAnswer` op: case-sensitive raw substring test of any answer in the block text.
 
   Empty answers are ignored (an empty string is a substring of everything, which would make every
-  block "correct").
+  block "correct"). Regex mode (CuratedTrec, which the original never retrieved for): a pattern
+  `search`es the raw text anywhere (`regex_search`).
   """
+  if is_regex:
+    return regex_search(text, answers)
   return any(a and a in text for a in _as_list(answers))
+
+
+def regex_search(text: str, patterns: Union[str, Iterable[str], Sequence["re.Pattern"]]) -> bool:
+  """Regex `HasAnswer`: some pattern (compiled with ORQA's flags, or already compiled) matches a
+  non-empty part of the raw text anywhere; an invalid pattern never matches."""
+  for p in _as_list(patterns):
+    compiled = p if isinstance(p, re.Pattern) else compile_pattern(p)
+    if compiled is not None and any(m.end() > m.start() for m in compiled.finditer(text)):
+      return True
+  return False
 
 
 def has_answer_normalized(text: str, answers: Union[str, Iterable[str]]) -> bool:

@@ -5,8 +5,9 @@ ORQA semantics (reference §3.3, §3.5):
   keyed by the exact question string (a question listed twice counts once, its last line wins), a
   missing prediction counts as wrong, accuracy = correct / #distinct reference questions.
 - `top_k_match` = any retrieved block among the first k contains an answer (`HasAnswer`: raw,
-  case-sensitive substring); a normalised variant is offered too. `ORQA_TOP_KS` are the original's
-  eval cut-offs (`top_{5,10,50,100,500,1000,5000}_match`).
+  case-sensitive substring; for regex answers a pattern `search`es the raw text); a normalised
+  variant is offered too. `ORQA_TOP_KS` are the original's eval cut-offs
+  (`top_{5,10,50,100,500,1000,5000}_match`).
 Host-side only (strings). The token-level metrics (`exact_match`, `reader_oracle`) are computed on
 the device from `reader_correct` (`modeling.orqa_model.correct_at_prediction`).
 """
@@ -245,10 +246,15 @@ def train_overlap(references: Iterable[Any],
 
 
 def first_answer_rank(block_texts: Iterable[str], answers: Sequence[str],
-                      normalized: bool = False) -> int:
+                      normalized: bool = False, is_regex: bool = False) -> int:
   """0-based rank of the first block containing an answer, or -1 if none does. `block_texts` is
-  consumed only up to the first hit (a generator saves looking up the rest)."""
-  test = answers_lib.has_answer_normalized if normalized else answers_lib.has_answer
+  consumed only up to the first hit (a generator saves looking up the rest). `is_regex`: answers
+  are patterns, `answers.regex_search` on the raw text (compiled once here)."""
+  if is_regex:
+    compiled = answers_lib.compile_patterns(answers)
+    test = lambda text, _: answers_lib.regex_search(text, compiled)
+  else:
+    test = answers_lib.has_answer_normalized if normalized else answers_lib.has_answer
   for rank, text in enumerate(block_texts):
     if test(text, answers):
       return rank
@@ -258,7 +264,7 @@ def first_answer_rank(block_texts: Iterable[str], answers: Sequence[str],
 def recall_at_k(retrieved_texts: Sequence[Sequence[str]],
                 answers: Sequence[Sequence[str]],
                 ks: Sequence[int] = DEFAULT_KS,
-                normalized: bool = False) -> Dict[str, float]:
+                normalized: bool = False, is_regex: bool = False) -> Dict[str, float]:
   """ORQA's `top_k_match`: fraction of questions with an answer-bearing block among the first k.
 
   Args:
@@ -266,13 +272,14 @@ def recall_at_k(retrieved_texts: Sequence[Sequence[str]],
     answers: per question, its answer strings ([Q][A]).
     ks: cut-offs; a question with fewer than k retrieved blocks uses all of them.
     normalized: use `has_answer_normalized` instead of ORQA's case-sensitive raw substring test.
+    is_regex: answers are regular expressions (CuratedTrec): `answers.regex_search` on the raw text.
 
   Returns:
     {"top_{k}_match": float for each k, "num_questions": Q}; NaN recalls when Q == 0.
   """
   if len(retrieved_texts) != len(answers):
     raise ValueError(f"recall_at_k: {len(retrieved_texts)} retrieval lists vs {len(answers)} answer lists")
-  ranks = [first_answer_rank(t, a, normalized) for t, a in zip(retrieved_texts, answers)]
+  ranks = [first_answer_rank(t, a, normalized, is_regex) for t, a in zip(retrieved_texts, answers)]
   out: Dict[str, float] = {f"top_{k}_match": v for k, v in match_at_k(ranks, ks).items()}
   out["num_questions"] = len(ranks)
   return out

@@ -6,23 +6,40 @@ export (`export/serving_export.py` only adds question wordpieces in front and an
   `OrqaModel.call`      question wordpieces -> retrieval (top R) -> reader inputs of the top K
                          -> span logits + retriever logit                   (static shapes, XLA)
   `answer_correctness`  answers -> retriever_correct [B,R], reader_correct [B,K,S] (training/eval)
+  `gold_span_correctness` the same from a precomputed gold (block, span) list (regex answers,
+                         `data/regex_gold.py`)
   `predictions`         global argmax over (block, span) -> block row, span, score
   `correct_at_prediction` token-level exact match at the prediction, reader oracle
   answer text           `RealmTokenizer.span_text` on the predicted block's raw text (strings, so
                          host side in evaluation and in-graph in serving; never on the device)
 
-Everything in `call`, `answer_correctness`, `predictions` and `correct_at_prediction` is
-static-shape int32/float32 tensor code (no strings, no Python on values), so it runs under
-`tf.function(jit_compile=True)` and on TPU, for a batch of B >= 1 questions (the original ran one
-question per step).
+With exact retrieval (the default), everything in `call`, the correctness functions,
+`predictions` and `correct_at_prediction` is static-shape int32/float32 tensor code (no strings, no
+Python on values), so it runs under `tf.function(jit_compile=True)` and on TPU, for a batch of
+B >= 1 questions (the original ran one question per step).
 
 Correctness is kept out of `call` on purpose: it is the only part that looks at answers, so another
-definition (regular-expression answers, a precomputed gold (block, span) list) replaces
+definition (a precomputed gold (block, span) list: `gold_span_correctness`) replaces
 `answer_correctness` without touching retrieval or reading.
 
+Retrieval (§3.3 Retrieve): exact brute force (`matmul` + `top_k` over all N block embeddings) by
+default; or, with a `mips_index` (`ScannIndex(backend="tf")`), ScaNN's TF ops give the R candidate
+rows, as in the original. ScaNN's ops are CPU-only kernels with no XLA lowering, so a step that
+uses them cannot be `jit_compile=True` (the task refuses that combination at start-up). Either way
+the retriever logits are exact dot products of the retrieved rows (gradient to the question tower
+only), and the candidates are ordered by them. ScaNN may return fewer than R rows (a partitioning
+tree with few rows in the searched leaves): the missing slots are `retrieved_valid` False, with
+logit `INVALID_RETRIEVAL_LOGIT`, and are never correct.
+
+Reader title option (`block_sep_pos`; not in the original, whose reader never sees titles): a
+block's reader wordpieces are `title [SEP] body` (its text `title\nbody`, see
+`qa_pipeline.pretokenize_blocks`), so the reader input is `[CLS] q [SEP] title [SEP] body [SEP]`.
+Segment ids stay 0 on `[CLS] q [SEP]` and 1 on everything after it (title, inner [SEP], body, last
+[SEP]); `block_mask` is 1 on title and body wordpieces and 0 on the inner [SEP]; spans across it
+are invalid (`INVALID_SPAN_LOGIT`, like spans outside the block).
+
 Differences from the original, on purpose:
-* Retrieval is exact brute force (`matmul` + `top_k` over all N block embeddings) instead of ScaNN;
-  the retriever logits are exact dot products in both (§3.3 Retrieve 4).
+* Exact brute-force retrieval is the default (the original always used ScaNN).
 * `retriever_correct` is "an answer's wordpiece sequence occurs in the block's wordpieces". The
   original used a raw, case-sensitive substring test on the block TEXT (`HasAnswer`, §6.7), which
   needs strings on device. Wordpiece matching is what the reader uses, so both losses now agree.
@@ -62,6 +79,31 @@ class _Untracked:
 
   def __init__(self, **kwargs):
     self.__dict__.update(kwargs)
+
+
+# Logit of a retrieval slot ScaNN left empty: no probability mass in any softmax over the beam.
+INVALID_RETRIEVAL_LOGIT = -1e9
+BRUTE_FORCE = "brute_force"
+
+
+def scann_candidates(mips_index, query: tf.Tensor, k: int):
+  """Top-k candidate rows from a ScaNN TF-op index, padded to a static k.
+
+  Args:
+    mips_index: `ScannIndex(backend="tf")` (or an object with the same `search_tensors`).
+    query: float32 [B, D].
+    k: static number of rows.
+  Returns:
+    ids int32 [B, k] (0 where invalid), valid bool [B, k].
+  """
+  ids, dist = mips_index.search_tensors(tf.cast(query, tf.float32), k)  # [B, k'], k' <= k
+  ids, dist = ids[:, :k], dist[:, :k]
+  missing = k - tf.shape(ids)[1]
+  ids = tf.ensure_shape(tf.pad(ids, [[0, 0], [0, missing]]), [None, k])  # [B, k]
+  dist = tf.ensure_shape(tf.pad(dist, [[0, 0], [0, missing]], constant_values=np.nan),
+                         [None, k])  # [B, k]
+  valid = ~tf.math.is_nan(dist)  # [B, k]
+  return tf.where(valid, ids, 0), valid
 
 
 def pack_reader_inputs(question_ids, question_len, block_ids, block_len, seq_len, cls_id,
@@ -166,11 +208,57 @@ def answer_correctness(model: "OrqaModel", outputs: Mapping[str, tf.Tensor], ans
   answer_ids = tf.cast(answer_ids, tf.int32)
   answer_len = tf.cast(answer_len, tf.int32)
   block_ids, block_len = model.gather_blocks(outputs["retrieved_ids"])  # [B, R, Lb], [B, R]
-  return {
+  return _only_valid_slots(outputs, {
       "retriever_correct": retriever_correct(block_ids, block_len, answer_ids, answer_len),
       "reader_correct": reader_correct(outputs["reader_inputs"], outputs["starts"], outputs["ends"],
                                        answer_ids, answer_len),
-  }
+  })
+
+
+def _only_valid_slots(outputs, correct):
+  """Empty retrieval slots (`retrieved_valid` False) are never correct."""
+  valid = outputs["retrieved_valid"]  # [B, R]
+  num_read = correct["reader_correct"].shape[1]
+  return {"retriever_correct": correct["retriever_correct"] & valid,
+          "reader_correct": correct["reader_correct"] & valid[:, :num_read, tf.newaxis]}
+
+
+def gold_span_correctness(model: "OrqaModel", outputs: Mapping[str, tf.Tensor],
+                          gold_spans: tf.Tensor) -> Dict[str, tf.Tensor]:
+  """Correctness from a precomputed gold list of (corpus row, first, last wordpiece) triples, e.g.
+  the occurrences of regular-expression answers (`data/regex_gold.py`).
+
+  A retrieved block is correct when its row is a gold row; a span when (row, span) is a gold triple
+  and the span lies in the block region the reader sees (both ends on `block_mask`). Static shapes:
+  [B, R, G] and [B, K, S, G] comparisons.
+
+  Args:
+    model: the `OrqaModel` of `outputs` (unused: the triples already name corpus rows; kept for
+      the same signature as `answer_correctness`).
+    outputs: `OrqaModel.call` output.
+    gold_spans: int [B, G, 3]: corpus row, first and last position among the row's `block_ids`
+      (inclusive); rows < 0 are padding.
+  Returns:
+    retriever_correct bool [B, R]; reader_correct bool [B, K, S].
+  """
+  del model
+  gold = tf.cast(gold_spans, tf.int32)
+  rows, first, last = gold[..., 0], gold[..., 1], gold[..., 2]  # each [B, G]
+  retrieved = outputs["retrieved_ids"]  # [B, R]
+  row_hit = ((retrieved[:, :, tf.newaxis] == rows[:, tf.newaxis, :])
+             & (rows >= 0)[:, tf.newaxis, :])  # [B, R, G]
+  reader_inputs = outputs["reader_inputs"]
+  num_read = reader_inputs["block_mask"].shape[1]
+  starts, ends = outputs["starts"], outputs["ends"]  # [S]
+  block_start = outputs["block_start"][:, tf.newaxis]  # [B, 1]
+  span_hit = ((starts[tf.newaxis, :, tf.newaxis] == (first + block_start)[:, tf.newaxis, :])
+              & (ends[tf.newaxis, :, tf.newaxis] == (last + block_start)[:, tf.newaxis, :]))  # [B,S,G]
+  hit = tf.reduce_any(row_hit[:, :num_read, tf.newaxis, :] & span_hit[:, tf.newaxis, :, :],
+                      axis=-1)  # [B, K, S]
+  block_mask = reader_inputs["block_mask"] > 0  # [B, K, T]
+  readable = tf.gather(block_mask, starts, axis=2) & tf.gather(block_mask, ends, axis=2)  # [B,K,S]
+  return _only_valid_slots(outputs, {"retriever_correct": tf.reduce_any(row_hit, axis=-1),
+                                     "reader_correct": hit & readable})
 
 
 class OrqaModel(tf_keras.Model):
@@ -185,17 +273,22 @@ class OrqaModel(tf_keras.Model):
     vocab_size: word-embedding rows when `model_config.bert.vocab_size` is 0.
     retriever_beam_size: R (default from the config, capped at N).
     reader_beam_size: K blocks read (default from the config, capped at R).
+    block_sep_pos: int32 [N], position of the [SEP] between title and body in each row of
+      `block_ids` (-1 = no title), for the reader title option; None = no titles.
+    mips_index: None (exact in-graph brute force) or a `ScannIndex(backend="tf")` built on
+      `block_emb` (CPU only, not XLA-compilable; not tracked or saved).
 
   Call inputs (int32): question_ids [B, Q], question_len [B] (other keys are ignored).
   Call outputs: see `call`.
   Attributes: retriever (`RealmEmbedder`), reader (`OrqaReader`), num_blocks, retriever_beam_size,
-    reader_beam_size, block_emb / block_ids / block_len (non-trainable, NOT checkpointed).
+    reader_beam_size, block_emb / block_ids / block_len / block_sep_pos (non-trainable, NOT
+    checkpointed), has_titles, mips_index.
   """
 
   def __init__(self, model_config: configs.ModelConfig, block_emb, block_ids, block_len,
                cls_id: int, sep_id: int, vocab_size: Optional[int] = None,
                retriever_beam_size: Optional[int] = None, reader_beam_size: Optional[int] = None,
-               name: str = "orqa", **kwargs):
+               block_sep_pos=None, mips_index=None, name: str = "orqa", **kwargs):
     super().__init__(name=name, **kwargs)
     block_emb = np.asarray(block_emb, np.float32)
     block_ids = np.asarray(block_ids, np.int32)
@@ -204,6 +297,13 @@ class OrqaModel(tf_keras.Model):
     if block_ids.shape[0] != n or block_len.shape[0] != n:
       raise ValueError(f"block_emb has {n} rows but block_ids/block_len have "
                        f"{block_ids.shape[0]}/{block_len.shape[0]}")
+    self.has_titles = block_sep_pos is not None
+    block_sep_pos = (np.full([n], -1, np.int32) if block_sep_pos is None
+                     else np.asarray(block_sep_pos, np.int32))
+    if block_sep_pos.shape != (n,):
+      raise ValueError(f"block_sep_pos has shape {block_sep_pos.shape}, expected ({n},)")
+    if mips_index is not None and mips_index.num_rows != n:
+      raise ValueError(f"mips_index has {mips_index.num_rows} rows but block_emb has {n}")
     if block_emb.shape[1] != model_config.projection_size:
       raise ValueError(f"block_emb width {block_emb.shape[1]} != projection_size "
                        f"{model_config.projection_size}")
@@ -224,7 +324,9 @@ class OrqaModel(tf_keras.Model):
     self._index = _Untracked(
         block_emb=tf.Variable(block_emb, trainable=False, name="block_emb"),  # [N, D]
         block_ids=tf.Variable(block_ids, trainable=False, name="block_ids"),  # [N, Lb]
-        block_len=tf.Variable(block_len, trainable=False, name="block_len"))  # [N]
+        block_len=tf.Variable(block_len, trainable=False, name="block_len"),  # [N]
+        block_sep_pos=tf.Variable(block_sep_pos, trainable=False, name="block_sep_pos"),  # [N]
+        mips_index=mips_index)
 
   @property
   def block_emb(self):
@@ -237,6 +339,51 @@ class OrqaModel(tf_keras.Model):
   @property
   def block_len(self):
     return self._index.block_len
+
+  @property
+  def block_sep_pos(self):
+    return self._index.block_sep_pos
+
+  @property
+  def mips_index(self):
+    return self._index.mips_index
+
+  def retrieve(self, question_emb: tf.Tensor, beam: int, mips_index=None):
+    """The top `beam` corpus rows of each question, with exact logits.
+
+    Args:
+      question_emb: float32 [B, D] (the search itself sees it through `stop_gradient`).
+      beam: R (python int).
+      mips_index: None = the model's (`self.mips_index`), `BRUTE_FORCE` = exact in-graph search,
+        or another ScaNN TF-op index over the same rows (e.g. the serving export's).
+    Returns:
+      retrieved_ids int32 [B, R]; retriever_logits float32 [B, R] (exact dot products, gradient to
+      the question tower; `INVALID_RETRIEVAL_LOGIT` on empty slots); retrieved_valid bool [B, R].
+      Sorted by logit, best first.
+    """
+    index = self.mips_index if mips_index is None else mips_index
+    if isinstance(index, str):
+      if index != BRUTE_FORCE:
+        raise ValueError(f"mips_index must be an index, None or {BRUTE_FORCE!r}, got {index!r}")
+      index = None
+    block_emb = tf.convert_to_tensor(self.block_emb)  # [N, D]
+    query = tf.stop_gradient(question_emb)  # [B, D]
+    if index is None:
+      all_scores = tf.matmul(query, block_emb, transpose_b=True)  # [B, N]
+      _, retrieved_ids = tf.math.top_k(all_scores, k=beam)  # [B, R]
+      valid = tf.ones_like(retrieved_ids, tf.bool)  # [B, R]
+    else:
+      retrieved_ids, valid = scann_candidates(index, query, beam)  # [B, R] each
+    retrieved_emb = tf.gather(block_emb, retrieved_ids)  # [B, R, D]
+    logits = tf.einsum("bd,brd->br", question_emb, retrieved_emb)  # [B, R]
+    if index is not None:
+      # Exact order of ScaNN's candidates (its own order is by approximate score), empty slots last.
+      logits = tf.where(valid, logits, INVALID_RETRIEVAL_LOGIT)  # [B, R]
+      _, order = tf.math.top_k(tf.stop_gradient(logits), k=beam)  # [B, R]
+      retrieved_ids = tf.gather(retrieved_ids, order, batch_dims=1)
+      logits = tf.gather(logits, order, batch_dims=1)
+      valid = tf.gather(valid, order, batch_dims=1)
+    return retrieved_ids, logits, valid
 
   def gather_blocks(self, ids):
     """Corpus rows `ids` int32 [...] -> (block_ids int32 [..., Lb], block_len int32 [...])."""
@@ -255,7 +402,7 @@ class OrqaModel(tf_keras.Model):
             "segment_ids": tf.zeros_like(ids)}
 
   def call(self, inputs: Mapping[str, tf.Tensor], training=None,
-           retriever_beam_size: Optional[int] = None) -> Dict[str, tf.Tensor]:
+           retriever_beam_size: Optional[int] = None, mips_index=None) -> Dict[str, tf.Tensor]:
     """Retrieve the top R blocks and read the top K of them.
 
     Args:
@@ -263,9 +410,11 @@ class OrqaModel(tf_keras.Model):
       training: dropout switch.
       retriever_beam_size: R for this call (python int; default the model's, capped at it). The
         original's PREDICT mode retrieves only the blocks it reads (§3.3 Retrieve 6).
+      mips_index: the search of this call (see `retrieve`; default the model's).
     Returns dict:
       retrieved_ids int32 [B, R]; retriever_logits float32 [B, R] (exact, gradient to the question
-      tower only); reader_inputs (dict of int32 [B, K, T]); block_start int32 [B];
+      tower only); retrieved_valid bool [B, R]; reader_inputs (dict of int32 [B, K, T]);
+      block_start int32 [B]; read_sep_pos int32 [B, K] (the read blocks' `block_sep_pos`);
       reader_logits float32 [B, K, S] (span logits + retriever logit of the block); starts/ends
       int32 [S].
     """
@@ -277,25 +426,34 @@ class OrqaModel(tf_keras.Model):
     # Retrieve.
     question_emb = self.retriever(self.retriever_inputs(question_ids, question_len),
                                   training=training)  # [B, D]
-    block_emb = tf.convert_to_tensor(self.block_emb)  # [N, D]
-    all_scores = tf.matmul(tf.stop_gradient(question_emb), block_emb, transpose_b=True)  # [B, N]
-    _, retrieved_ids = tf.math.top_k(all_scores, k=beam)  # [B, R]
-    retrieved_emb = tf.gather(block_emb, retrieved_ids)  # [B, R, D]
-    retriever_logits = tf.einsum("bd,brd->br", question_emb, retrieved_emb)  # [B, R]
+    retrieved_ids, retriever_logits, retrieved_valid = self.retrieve(
+        question_emb, beam, mips_index)  # each [B, R]
 
     # Read the top K.
-    block_ids, block_len = self.gather_blocks(retrieved_ids[:, :num_read])  # [B, K, Lb], [B, K]
+    read_ids = retrieved_ids[:, :num_read]  # [B, K]
+    block_ids, block_len = self.gather_blocks(read_ids)  # [B, K, Lb], [B, K]
     packed = pack_reader_inputs(question_ids, question_len, block_ids, block_len, self.seq_len,
                                 self.cls_id, self.sep_id)  # each [B, K, T]
+    read_sep_pos = tf.gather(self.block_sep_pos, read_ids)  # [B, K]
+    if self.has_titles:
+      sep_at = tf.where(read_sep_pos >= 0, packed["block_start"][:, tf.newaxis] + read_sep_pos,
+                        -1)  # [B, K] position of the inner [SEP] in the reader input
+      not_sep = tf.range(self.seq_len)[tf.newaxis, tf.newaxis, :] != sep_at[..., tf.newaxis]
+      packed["block_mask"] = packed["block_mask"] * tf.cast(not_sep, tf.int32)  # [B, K, T]
     flat = {k: tf.reshape(packed[k], [-1, self.seq_len])
             for k in ("input_ids", "input_mask", "segment_ids", "block_mask")}  # [B*K, T]
     reader_out = self.reader(flat, training=training)
     starts, ends = reader_out["starts"], reader_out["ends"]  # [S]
     num_spans = starts.shape[0]
     span_logits = tf.reshape(reader_out["logits"], [-1, num_read, num_spans])  # [B, K, S]
+    if self.has_titles:
+      crosses = ((starts[tf.newaxis, tf.newaxis, :] < sep_at[..., tf.newaxis])
+                 & (ends[tf.newaxis, tf.newaxis, :] > sep_at[..., tf.newaxis]))  # [B, K, S]
+      span_logits += tf.cast(crosses, span_logits.dtype) * reader_lib.INVALID_SPAN_LOGIT
     reader_logits = losses.add_retriever_scores(span_logits, retriever_logits[:, :num_read])
     return {"retrieved_ids": retrieved_ids, "retriever_logits": retriever_logits,
-            "reader_inputs": packed, "block_start": packed["block_start"],
+            "retrieved_valid": retrieved_valid, "reader_inputs": packed,
+            "block_start": packed["block_start"], "read_sep_pos": read_sep_pos,
             "reader_logits": reader_logits, "starts": starts, "ends": ends}
 
 
@@ -307,8 +465,9 @@ def predictions(outputs: Mapping[str, tf.Tensor]) -> Dict[str, tf.Tensor]:
     pred_block_id int32 [B] (corpus row), pred_start/pred_end int32 [B] (positions in the packed
     reader input), pred_score float32 [B], pred_in_block bool [B] (both ends on block wordpieces;
     False only when no block had a readable token), pred_first_wordpiece / pred_last_wordpiece
-    int32 [B] (the span's positions among the block's wordpieces, as `RealmTokenizer.span_text`
-    takes them; -1 when not pred_in_block).
+    int32 [B] (the span's positions among the wordpieces of the block's TEXT, as
+    `RealmTokenizer.span_text` takes them: with the title option the inner [SEP] has no text, so
+    positions after it move back by one; -1 when not pred_in_block).
   """
   logits = outputs["reader_logits"]  # [B, K, S]
   num_spans = logits.shape[-1]
@@ -322,6 +481,12 @@ def predictions(outputs: Mapping[str, tf.Tensor]) -> Dict[str, tf.Tensor]:
   in_block = ((tf.gather(block_mask, start, batch_dims=1) > 0)
               & (tf.gather(block_mask, end, batch_dims=1) > 0))  # [B]
   block_start = outputs["block_start"]  # [B]
+  sep = tf.gather(outputs["read_sep_pos"], block, batch_dims=1)  # [B], -1 = no title
+  first = start - block_start  # [B] position in block_ids
+  last = end - block_start  # [B]
+  # To positions among the text's wordpieces: the inner [SEP] (never inside a valid span) has none.
+  first -= tf.cast((sep >= 0) & (first > sep), tf.int32)
+  last -= tf.cast((sep >= 0) & (last > sep), tf.int32)
   return {
       "pred_block": block,
       "pred_span": span,
@@ -330,8 +495,8 @@ def predictions(outputs: Mapping[str, tf.Tensor]) -> Dict[str, tf.Tensor]:
       "pred_end": end,
       "pred_score": tf.reduce_max(flat, axis=-1),
       "pred_in_block": in_block,
-      "pred_first_wordpiece": tf.where(in_block, start - block_start, -1),
-      "pred_last_wordpiece": tf.where(in_block, end - block_start, -1),
+      "pred_first_wordpiece": tf.where(in_block, first, -1),
+      "pred_last_wordpiece": tf.where(in_block, last, -1),
   }
 
 

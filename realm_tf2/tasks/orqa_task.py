@@ -1,8 +1,17 @@
 """ORQA open-domain QA fine-tuning Task (reference §3.3–§3.5).
 
-Device side (`compute_loss` / `validation_step`, XLA-able): `OrqaModel` (retrieve + read),
-`orqa_model.answer_correctness` (kept apart so another definition of gold blocks/spans can replace
-it), `losses.orqa_loss`, `orqa_model.predictions` and the token-level metrics.
+Device side (`compute_loss` / `validation_step`, XLA-able with exact retrieval): `OrqaModel`
+(retrieve + read), the correctness of retrieved blocks and read spans (`orqa_model.answer_correctness`
+on answer wordpieces; `orqa_model.gold_span_correctness` on the gold (block, span) lists of regex
+answers, precomputed on the host by `data/regex_gold.py`), `losses.orqa_loss`,
+`orqa_model.predictions` and the token-level metrics.
+
+Retrieval (`task.mips`, as REALM's: `index.resolve_mips`): "brute_force" (default; exact, in the
+step, XLA/TPU), "scann" (ScaNN's TF ops give the candidates, CPU only) or "auto" (ScaNN from
+`index.AUTO_SCANN_MIN_ROWS` blocks). ScaNN needs `jit_compile=false`, checked at start-up: its ops
+have no XLA lowering and its candidates depend on the question embedding of the same step
+(searching outside the compiled step would cost a second question-tower forward; on CPU, ScaNN's
+only device, the step without XLA is the faster one anyway).
 
 Host side (eval only, via Model Garden's `aggregate_logs` / `reduce_aggregated_logs`): the predicted
 span is cut out of the raw block text (`RealmTokenizer.span_text`, the function the serving export
@@ -12,8 +21,9 @@ runs in-graph) and the metrics of the original's evaluation are computed over th
                          best export is chosen on it, as the original's exporter does (§3.4)
   official_exact_match   SQuAD-normalised string EM of the answer text (regex mode for CuratedTrec)
   reader_oracle          some span of the read blocks is correct
-  top_{k}_match          an answer (`HasAnswer`: raw, case-sensitive substring) in the top k
-                         retrieved blocks, k in 5, 10, 50, ..., 5000 up to the retriever beam
+  top_{k}_match          an answer (`HasAnswer`: raw, case-sensitive substring; regex mode: a
+                         pattern `search`es the raw text) in the top k retrieved blocks, k in 5,
+                         10, 50, ..., 5000 up to the retriever beam
   recall_at_{1,5,20,100} the same test at this project's cut-offs
 plus retriever_any_correct, prediction_block_has_answer, the losses and validation_loss. These land
 in metrics.jsonl through the driver's eval action. Each question of the eval file counts once per
@@ -32,10 +42,12 @@ from absl import logging
 import tensorflow as tf
 
 from official.core import config_definitions as cfg
+from realm_tf2 import configs
 from realm_tf2 import io_utils
 from realm_tf2 import optimization
 from realm_tf2 import tokenization
 from realm_tf2.data import qa_pipeline
+from realm_tf2.data import regex_gold
 from realm_tf2.evaluation import answers as answers_lib
 from realm_tf2.export import common as export_common
 from realm_tf2.evaluation import metrics as metrics_lib
@@ -48,6 +60,7 @@ from realm_tf2.retrieval import index as index_lib
 from realm_tf2.tasks import base
 
 RECALL_KS = (1, 5, 20, 100)
+SERVING_MIPS_CHOICES = ("brute_force", "scann")
 
 
 @dataclasses.dataclass
@@ -75,7 +88,21 @@ class OrqaTaskConfig(base.RealmTaskConfig):
     block_records_path: `blocks.tfr`, or the knowledge-corpus directory holding it.
     num_block_records: Expected number of blocks (0 = whatever blocks.tfr holds).
     max_question_len / max_answers / max_answer_len: static shapes (cuts are counted, see qa_pipeline).
-    is_regex: Regex answers (None = automatic: True for CuratedTrec).
+    is_regex: Regex answers (None = automatic: True for CuratedTrec). Training then takes as gold
+      the occurrences of the patterns in the corpus (`data/regex_gold.py`; the original refuses
+      CuratedTrec training).
+    max_gold_spans: G, gold (block, span) triples kept per regex question (truncations counted).
+    mips: Retrieval over the corpus: "brute_force" (exact, in the step; XLA/TPU), "scann" (ScaNN's
+      TF ops, CPU only, needs jit_compile=false) or "auto" (ScaNN from `index.AUTO_SCANN_MIN_ROWS`
+      blocks), as REALM's `task.mips`.
+    scann: ScaNN settings (None fields: chosen from the corpus size), for `mips` and the serving
+      export.
+    export_serving_mips: Retrieval inside `export/serving`: "brute_force" (default; plain TF ops,
+      portable) or "scann" (the SavedModel then holds ScaNN's index and ops: loading it needs
+      `import scann`).
+    reader_include_title: The reader reads `[CLS] question [SEP] title [SEP] body [SEP]` (titles
+      from `titles.tfr` beside blocks.tfr), answers may come from the title; block texts (answer
+      extraction, HasAnswer, serving) are then `title\nbody`. Off by default, as the original.
     predict_output: If set, eval predictions are written there as JSONL.
     freeze_question_word_embeddings: Keep the question tower's wordpiece embeddings at their
       initial (retriever export) values; the rest of the tower still trains. Off by default (the
@@ -102,6 +129,11 @@ class OrqaTaskConfig(base.RealmTaskConfig):
   max_answers: int = 10
   max_answer_len: int = 16
   is_regex: Optional[bool] = None
+  max_gold_spans: int = 256
+  mips: str = "brute_force"
+  scann: configs.ScannConfig = dataclasses.field(default_factory=configs.ScannConfig)
+  export_serving_mips: str = "brute_force"
+  reader_include_title: bool = False
   predict_output: str = ""
   freeze_question_word_embeddings: bool = False
   reader_learning_rate_multiplier: float = 1.0
@@ -146,6 +178,25 @@ def check_retriever_export(retriever_module_path: str) -> str:
                           "(run the corpus embedding / refresh first)")
 
 
+def mips_problems(task_config: OrqaTaskConfig, num_blocks: Optional[int]) -> List[str]:
+  """Start-up problems of `task.mips` / `task.export_serving_mips` (num_blocks None: not known yet,
+  only the names are checked)."""
+  problems = []
+  try:
+    kind = index_lib.resolve_mips(task_config.mips, num_blocks or 0)
+  except ValueError as e:
+    return [f"task.mips: {e}"]
+  if task_config.export_serving_mips not in SERVING_MIPS_CHOICES:
+    problems.append(f"task.export_serving_mips must be one of {SERVING_MIPS_CHOICES}, got "
+                    f"{task_config.export_serving_mips!r}")
+  if num_blocks is not None and kind == index_lib.ScannIndex.kind and task_config.jit_compile:
+    problems.append(
+        f"task.mips={task_config.mips} searches the {num_blocks} blocks with ScaNN, whose TF ops are "
+        "CPU-only kernels with no XLA lowering: set task.jit_compile=false (--noxla) or "
+        "--mips=brute_force")
+  return problems
+
+
 class OrqaTask(base.RealmBaseTask):
   """Open-domain QA fine-tuning with a fixed block index (ORQA / REALM fine-tuning)."""
 
@@ -159,7 +210,8 @@ class OrqaTask(base.RealmBaseTask):
     self._corpus = None
     self._tokenizer = None
     # Plain namespace: attributes of a tf.Module would be wrapped (ListWrapper/DictWrapper) and tracked.
-    self._host = types.SimpleNamespace(eval_examples={}, eval_split="dev", last_predictions=[])
+    self._host = types.SimpleNamespace(eval_examples={}, eval_split="dev", last_predictions=[],
+                                       gold_finder=None)
     self.counters = io_utils.Counters("orqa")
 
   @property
@@ -199,6 +251,13 @@ class OrqaTask(base.RealmBaseTask):
     logging.info("block_emb: %s (question tower from %s)", emb_prefix, tc.retriever_module_path)
     blocks_path = resolve_blocks_path(tc.block_records_path)
     texts = qa_pipeline.read_block_texts(blocks_path, tc.num_block_records or None)
+    titles = None
+    if tc.reader_include_title:
+      titles_path = qa_pipeline.titles_path_of(blocks_path)
+      titles = qa_pipeline.read_block_texts(titles_path)
+      if len(titles) != len(texts):
+        raise ValueError(f"{titles_path} has {len(titles)} titles but {blocks_path} has "
+                         f"{len(texts)} blocks; they must be aligned")
     block_emb = index_lib.read_block_emb_checkpoint(emb_prefix)
     if block_emb.shape[0] != len(texts):
       raise ValueError(f"{emb_prefix}: block_emb has {block_emb.shape[0]} rows but {blocks_path} "
@@ -217,12 +276,40 @@ class OrqaTask(base.RealmBaseTask):
     if tc.max_question_len > tc.model.reader_seq_len - 4:
       raise ValueError(f"max_question_len {tc.max_question_len} leaves no room for a block in "
                        f"reader_seq_len {tc.model.reader_seq_len}")
-    ids, lens, truncated = qa_pipeline.pretokenize_blocks(
-        self.tokenizer, texts, tc.model.reader_seq_len - 3)
+    sep_pos = None
+    if titles is None:
+      ids, lens, truncated = qa_pipeline.pretokenize_blocks(
+          self.tokenizer, texts, tc.model.reader_seq_len - 3)
+    else:
+      texts, ids, lens, sep_pos, truncated = qa_pipeline.pretokenize_blocks_with_titles(
+          self.tokenizer, titles, texts, tc.model.reader_seq_len - 3, self.tokenizer.sep_id)
     if truncated:
       self.counters.add("blocks_truncated_for_reader", truncated)
-    self._corpus = {"texts": texts, "block_emb": block_emb, "block_ids": ids, "block_len": lens}
+    self._corpus = {"texts": texts, "block_emb": block_emb, "block_ids": ids, "block_len": lens,
+                    "block_sep_pos": sep_pos}
     return self._corpus
+
+  def gold_finder(self) -> regex_gold.RegexGoldFinder:
+    """The regex gold-span finder over the corpus (cached; regex mode)."""
+    if self._host.gold_finder is None:
+      corpus = self.load_corpus()
+      self._host.gold_finder = regex_gold.RegexGoldFinder(
+          self.tokenizer, corpus["texts"], corpus["block_len"], corpus["block_sep_pos"],
+          self.task_config.max_gold_spans)
+    return self._host.gold_finder
+
+  def build_mips_index(self, block_emb):
+    """The ScaNN TF-op index `task.mips` asks for over `block_emb` [N, D], or None (exact search in
+    the step). Raises ValueError on a combination `mips_problems` rejects."""
+    tc = self.task_config
+    problems = mips_problems(tc, int(block_emb.shape[0]))
+    if problems:
+      raise ValueError("; ".join(problems))
+    factory = index_lib.IndexFactory(tc.mips, tc.scann.as_dict(), scann_backend="tf")
+    if factory.kind_for(int(block_emb.shape[0])) != index_lib.ScannIndex.kind:
+      return None
+    logging.info("ORQA retrieval: ScaNN TF ops over %d blocks", block_emb.shape[0])
+    return factory(block_emb)
 
   # --- Model Garden hooks -------------------------------------------------------------------------
   def build_model(self) -> orqa_model.OrqaModel:
@@ -231,7 +318,8 @@ class OrqaTask(base.RealmBaseTask):
     tok = self.tokenizer
     model = orqa_model.OrqaModel(tc.model, corpus["block_emb"], corpus["block_ids"],
                                  corpus["block_len"], tok.cls_id, tok.sep_id,
-                                 vocab_size=tok.vocab_size)
+                                 vocab_size=tok.vocab_size, block_sep_pos=corpus["block_sep_pos"],
+                                 mips_index=self.build_mips_index(corpus["block_emb"]))
     init_utils.init_embedder(model.retriever, tc.retriever_module_path)
     if tc.reader_module_path:
       init_reader(model.reader, tc.reader_module_path, tc.model, tok.vocab_size)
@@ -255,11 +343,14 @@ class OrqaTask(base.RealmBaseTask):
     examples = qa_pipeline.read_qa_file(path, self.counters)
     if not examples:
       raise ValueError(f"{path}: no questions")
+    gold_finder = self.gold_finder() if self.is_regex else None
     featurizer = qa_pipeline.QAFeaturizer(self.tokenizer, self.task_config.max_question_len,
                                           self.task_config.max_answers,
-                                          self.task_config.max_answer_len)
+                                          self.task_config.max_answer_len, gold_finder=gold_finder)
     features = featurizer.featurize(examples)
     logging.info("%s: %s", path, featurizer.counters.report())
+    if gold_finder is not None:
+      logging.info("%s: %s", path, gold_finder.counters.report())
     batch = params.global_batch_size
     if input_context is not None:
       batch = input_context.get_per_replica_batch_size(params.global_batch_size)
@@ -271,8 +362,11 @@ class OrqaTask(base.RealmBaseTask):
   def _forward(self, model, inputs, training):
     """Model + correctness + loss + prediction; per-question values [B] under `metric_names`."""
     outputs = model(inputs, training=training)
-    correct = orqa_model.answer_correctness(model, outputs, inputs["answer_ids"],
-                                            inputs["answer_len"])
+    if "gold_spans" in inputs:  # regex answers: the precomputed gold (block, span) list
+      correct = orqa_model.gold_span_correctness(model, outputs, inputs["gold_spans"])
+    else:
+      correct = orqa_model.answer_correctness(model, outputs, inputs["answer_ids"],
+                                              inputs["answer_len"])
     loss_dict = losses.orqa_loss(outputs["retriever_logits"], correct["retriever_correct"],
                                  outputs["reader_logits"], correct["reader_correct"])
     preds = orqa_model.predictions(outputs)
@@ -301,6 +395,7 @@ class OrqaTask(base.RealmBaseTask):
     logs.update({
         "example_index": inputs["example_index"],
         "retrieved_ids": outputs["retrieved_ids"],  # [B, R]
+        "retrieved_valid": outputs["retrieved_valid"],  # [B, R]
         "pred_block_id": preds["pred_block_id"],
         "pred_first_wordpiece": preds["pred_first_wordpiece"],
         "pred_last_wordpiece": preds["pred_last_wordpiece"],
@@ -310,7 +405,8 @@ class OrqaTask(base.RealmBaseTask):
 
   def aggregate_logs(self, state=None, step_outputs=None):
     """Keeps per-question rows of the real questions; retrieved blocks are reduced to the rank of
-    the first one holding an answer (`HasAnswer` on the raw text) right away."""
+    the first one holding an answer (`HasAnswer` on the raw text, regex `search` in regex mode)
+    right away."""
     state = state or {"rows": [], "num_retrieved": 0}
     examples = self._host.eval_examples.get(self._host.eval_split, [])
     texts = self.load_corpus()["texts"]
@@ -320,9 +416,11 @@ class OrqaTask(base.RealmBaseTask):
       state["num_retrieved"] = int(arrays["retrieved_ids"].shape[1])
       for i in np.nonzero(arrays["example_index"] >= 0)[0]:
         ex = examples[int(arrays["example_index"][i])]
-        row = {k: arrays[k][i].item() for k in arrays if k != "retrieved_ids"}
+        row = {k: arrays[k][i].item() for k in arrays
+               if k not in ("retrieved_ids", "retrieved_valid")}
+        retrieved = arrays["retrieved_ids"][i][arrays["retrieved_valid"][i]]  # empty slots dropped
         row["first_answer_rank"] = metrics_lib.first_answer_rank(
-            (texts[b] for b in arrays["retrieved_ids"][i]), ex.answers)
+            (texts[b] for b in retrieved), ex.answers, is_regex=self.is_regex)
         state["rows"].append(row)
     return state
 
@@ -370,7 +468,8 @@ class OrqaTask(base.RealmBaseTask):
           "retriever_any_correct": bool(row["example_retriever_any_correct"]),
           # Whether the block the answer was taken from holds a gold answer (HasAnswer, as
           # top_k_match): tells a wrong block (the reader overrode retrieval) from a wrong span.
-          "prediction_block_has_answer": answers_lib.has_answer(block_text, ex.answers),
+          "prediction_block_has_answer": answers_lib.has_answer(block_text, ex.answers,
+                                                                is_regex=self.is_regex),
           "first_answer_rank": row["first_answer_rank"],
       })
     num = max(len(rows), 1)

@@ -50,6 +50,12 @@ def check_startup(params, mode: str, model_dir: Optional[str]):
     problems.append(f"--block_records_path: '{blocks}' does not exist")
   if tc.reader_module_path and not tf.io.gfile.exists(tc.reader_module_path):
     problems.append(f"--reader_module_path '{tc.reader_module_path}' does not exist")
+  if blocks and tc.reader_include_title:
+    titles = qa_pipeline.titles_path_of(blocks)
+    if not tf.io.gfile.exists(titles):
+      problems.append(f"task.reader_include_title: '{titles}' does not exist (titles.tfr, aligned "
+                      "with blocks.tfr, as build_knowledge_corpus writes it)")
+  problems += orqa_task.mips_problems(tc, None)
   if not tc.reader_learning_rate_multiplier > 0:
     problems.append(f"task.reader_learning_rate_multiplier={tc.reader_learning_rate_multiplier} "
                     "must be > 0 (1.0 = the question tower's rate)")
@@ -136,12 +142,14 @@ def export_best(task: orqa_task.OrqaTask, model, model_dir: str, step: int):
 
 
 def export_serving_model(task: orqa_task.OrqaTask, model, model_dir: str) -> str:
-  """`model_dir/export/serving` (the servable QA model) from `model`; returns its path."""
+  """`model_dir/export/serving` (the servable QA model) from `model`, retrieving with
+  `task.export_serving_mips`; returns its path."""
   tc = task.task_config
   return serving_export.export_serving(
       model, task.load_corpus()["texts"], task.vocab_file, tc.do_lower_case,
       os.path.join(model_dir, export_common.EXPORT_SUBDIR, "serving"),
-      max_question_len=tc.max_question_len, reader_beam_size=model.reader_beam_size)
+      max_question_len=tc.max_question_len, reader_beam_size=model.reader_beam_size,
+      mips=tc.export_serving_mips, scann_settings=tc.scann.as_dict())
 
 
 def best_checkpoint(model_dir: str) -> Optional[str]:
@@ -213,9 +221,10 @@ def run(params, mode: str, model_dir: str, export_serving: bool = True,
   check_startup(params, mode, model_dir)
   task = orqa_task.OrqaTask(params.task, logging_dir=model_dir)
   try:
-    task.load_corpus()  # checks block_emb rows == blocks and beam sizes <= corpus
+    corpus = task.load_corpus()  # checks block_emb rows == blocks and beam sizes <= corpus
   except ValueError as e:
     startup_checks.fail_if(TOOL, [str(e)])
+  startup_checks.fail_if(TOOL, orqa_task.mips_problems(params.task, len(corpus["texts"])))
   if mode == "predict":
     return predict(params, task, model_dir, metrics_output)
   strategy = strategy_lib.get_strategy(params.runtime.distribution_strategy,

@@ -84,7 +84,8 @@ def test_predictions_and_correct_at_prediction():
   outputs = {"reader_logits": tf.constant(logits), "starts": starts, "ends": ends,
              "retrieved_ids": tf.constant([[7, 5, 9], [1, 2, 3]], tf.int32),
              "reader_inputs": {"block_mask": tf.constant(block_mask)},
-             "block_start": tf.constant([2, 2], tf.int32)}
+             "block_start": tf.constant([2, 2], tf.int32),
+             "read_sep_pos": tf.fill([2, 2], -1)}
   preds = {k: v.numpy() for k, v in orqa_model.predictions(outputs).items()}
   assert preds["pred_block"].tolist() == [1, 0] and preds["pred_block_id"].tolist() == [5, 1]
   assert preds["pred_start"].tolist() == [2, 0] and preds["pred_end"].tolist() == [3, 0]
@@ -92,6 +93,17 @@ def test_predictions_and_correct_at_prediction():
   assert preds["pred_first_wordpiece"].tolist() == [0, -1]
   assert preds["pred_last_wordpiece"].tolist() == [1, -1]
   np.testing.assert_allclose(preds["pred_score"], [3.0, -9990.0])
+  # Title option: block 1 of question 0 is `title [SEP] body` with its [SEP] at block position 0
+  # (reader position 2); the [SEP] has no text, so span (3, 3), block position 1, is the first
+  # wordpiece of the text.
+  body_logits = logits.copy()
+  body_logits[0, 1, 3] = 5.0
+  for sep, expected in ((-1, 1), (0, 0)):
+    titled = dict(outputs, reader_logits=tf.constant(body_logits),
+                  read_sep_pos=tf.constant([[-1, sep], [-1, -1]], tf.int32))
+    got = orqa_model.predictions(titled)
+    assert got["pred_first_wordpiece"].numpy().tolist() == [expected, -1]
+    assert got["pred_last_wordpiece"].numpy().tolist() == [expected, -1]
   correct = np.zeros([2, 2, 7], bool)
   correct[0, 0, 2] = True  # the right span, but the prediction is elsewhere
   correct[1, 0, 0] = True
@@ -154,3 +166,62 @@ def test_answer_text_vs_original_get_final_text(tok):
     assert answers_lib.exact_match(ours, [reference]), (ours, reference)
     if not same:
       assert not answers_lib.exact_match(original, [reference]), original
+
+
+def _retrieval_model(block_emb, beam, mips_index=None):
+  """A tiny OrqaModel over `block_emb` [N, D] (its blocks' wordpieces are irrelevant here)."""
+  from realm_tf2 import configs
+  n, d = block_emb.shape
+  mc = configs.ModelConfig(
+      bert=configs.BertConfig(vocab_size=30, hidden_size=16, num_layers=1, num_attention_heads=2,
+                              intermediate_size=16),
+      projection_size=d, reader_seq_len=16, retriever_beam_size=beam, reader_beam_size=2,
+      max_span_width=2, span_hidden_size=8)
+  return orqa_model.OrqaModel(mc, block_emb, np.full([n, 4], 7, np.int32), np.full([n], 4, np.int32),
+                              CLS, SEP, mips_index=mips_index)
+
+
+def test_scann_and_brute_force_retrieve_the_same_rows():
+  """ScaNN's TF ops (brute-force scoring below 20k rows) and the in-graph exact search return the
+  same rows in the same order on well-separated scores, with the same exact logits."""
+  from realm_tf2.retrieval import index as index_lib
+  rng = np.random.RandomState(0)
+  block_emb = rng.randn(300, 16).astype(np.float32)
+  scann = index_lib.IndexFactory("scann", scann_backend="tf")(block_emb)
+  assert scann.settings["scoring"] == "brute_force"
+  model = _retrieval_model(block_emb, beam=20, mips_index=scann)
+  question_emb = tf.constant(rng.randn(5, 16).astype(np.float32))
+  ids, logits, valid = model.retrieve(question_emb, 20)  # the model's own: ScaNN
+  exact_ids, exact_logits, exact_valid = model.retrieve(question_emb, 20, orqa_model.BRUTE_FORCE)
+  np.testing.assert_array_equal(ids.numpy(), exact_ids.numpy())
+  np.testing.assert_allclose(logits.numpy(), exact_logits.numpy(), rtol=1e-6)
+  assert valid.numpy().all() and exact_valid.numpy().all()
+  expected = np.argsort(-question_emb.numpy() @ block_emb.T, axis=1)[:, :20]
+  np.testing.assert_array_equal(ids.numpy(), expected)
+
+
+def test_scann_with_fewer_candidates_than_the_beam_marks_empty_slots():
+  """A partitioning tree searching 1 of 30 leaves finds ~10 rows for a beam of 50: the rest are
+  `retrieved_valid` False, logit INVALID_RETRIEVAL_LOGIT, never correct, sorted last."""
+  from realm_tf2.retrieval import index as index_lib
+  rng = np.random.RandomState(1)
+  block_emb = rng.randn(300, 16).astype(np.float32)
+  scann = index_lib.ScannIndex(settings=dict(num_leaves=30, num_leaves_to_search=1,
+                                             training_sample_size=300), backend="tf").build(block_emb)
+  model = _retrieval_model(block_emb, beam=50, mips_index=scann)
+  question_emb = tf.constant(rng.randn(3, 16).astype(np.float32))
+  ids, logits, valid = (t.numpy() for t in model.retrieve(question_emb, 50))
+  assert ids.shape == (3, 50) and 0 < valid.sum() < 150
+  for row_ids, row_logits, row_valid in zip(ids, logits, valid):
+    k = row_valid.sum()
+    assert row_valid[:k].all() and not row_valid[k:].any()  # empty slots last
+    assert (row_logits[k:] == orqa_model.INVALID_RETRIEVAL_LOGIT).all()
+    assert (np.diff(row_logits[:k]) <= 0).all() and len(set(row_ids[:k])) == k
+  # Gold row 0 everywhere: an empty slot (id 0) is never correct.
+  outputs = {"retrieved_ids": tf.constant(ids), "retrieved_valid": tf.constant(valid),
+             "reader_inputs": {"block_mask": tf.ones([3, 2, 16], tf.int32)},
+             "starts": tf.constant([0], tf.int32), "ends": tf.constant([0], tf.int32),
+             "block_start": tf.zeros([3], tf.int32)}
+  gold = tf.constant([[[0, 0, 0]]] * 3, tf.int32)  # [B, G=1, 3]
+  correct = orqa_model.gold_span_correctness(model, outputs, gold)
+  np.testing.assert_array_equal(correct["retriever_correct"].numpy(), (ids == 0) & valid)
