@@ -70,3 +70,28 @@ def test_train_and_eval_then_predict(tmp_path):
   assert {"question", "prediction", "block_index", "block_text"} <= set(preds[0])
   assert predicted["official_exact_match"] == pytest.approx(
       sum(p["official_exact_match"] for p in preds) / len(preds))
+
+
+@pytest.mark.slow
+def test_scann_retrieval_and_scann_serving_export(tmp_path):
+  """--mips=scann trains and evaluates (the non-XLA step), --export_serving_mips=scann writes a
+  serving model holding ScaNN's index; --mips=scann with --xla is a start-up error."""
+  world = orqa_world.build_world(str(tmp_path / "world"))
+  model_dir = str(tmp_path / "run")
+  common = [f"--model_dir={model_dir}", "--config_file=configs/sizes/tiny.yaml",
+            "--config_file=configs/runs/orqa_tiny.yaml", f"--vocab_file={world['vocab']}",
+            f"--retriever_module_path={world['retriever']}", f"--block_records_path={world['corpus']}",
+            f"--data_root={world['qa']}", "--dataset_name=World", "--reader_beam_size=4",
+            "--mips=scann", "--params_override=task.model.projection_size=16,"
+            "task.model.reader_seq_len=32,trainer.validation_interval=10,trainer.steps_per_loop=10"]
+  proc = _run(common + ["--mode=train", "--num_train_steps=10", "--xla"])
+  assert proc.returncode != 0
+  assert "cannot start" in proc.stderr and "no XLA lowering" in proc.stderr
+  proc = _run(common + ["--mode=train_and_eval", "--num_train_steps=10",
+                        "--export_serving_mips=scann"])
+  assert proc.returncode == 0, proc.stderr[-4000:]
+  records = [json.loads(l) for l in open(os.path.join(model_dir, "metrics.jsonl"))]
+  evals = [r for r in records if r["split"] == "eval"]
+  assert evals and evals[-1]["num_questions"] == len(orqa_world.QA)
+  with open(os.path.join(model_dir, "export", "serving", "saved_model.pb"), "rb") as f:
+    assert b"Scann" in f.read()

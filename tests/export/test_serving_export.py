@@ -54,7 +54,7 @@ def served(tmp_path_factory):
   export_dir = serving_export.export_serving(model, task.load_corpus()["texts"], world["vocab"], True,
                                              str(root / "serving"), max_question_len=8)
   return {"world": world, "records": task.last_predictions, "metrics": metrics,
-          "export_dir": export_dir}
+          "export_dir": export_dir, "task": task, "model": model}
 
 
 @pytest.mark.slow  # tiny world + 40 training steps + export tracing: ~1 min on 2 cores
@@ -98,3 +98,32 @@ def test_serving_export_fresh_process(served):
   by_question = {r["question"]: r for r in served["records"]}
   assert out["answer"][0] == by_question["where was mary born?"]["prediction"]
   assert out["block_index"][0] == by_question["where was mary born?"]["block_index"]
+
+
+_SCANN_LOADER = _LOADER.replace("import tensorflow_text  # noqa: F401  (registers the TF Text ops)",
+                                "import tensorflow_text  # noqa: F401\nimport scann  # noqa: F401")
+
+
+@pytest.mark.slow  # a second export + a fresh TF process
+def test_serving_with_scann_answers_as_brute_force(served, tmp_path):
+  """`mips="scann"`: the SavedModel holds a ScaNN index and its ops (loading needs `import scann`);
+  on this corpus (brute-force scoring, every block read) it answers as the portable default."""
+  task, model = served["task"], served["model"]
+  scann_dir = serving_export.export_serving(model, task.load_corpus()["texts"],
+                                            served["world"]["vocab"], True, str(tmp_path / "scann"),
+                                            max_question_len=8, mips="scann")
+  assert model.mips_index is None  # the training model keeps exact search
+  with open(os.path.join(served["export_dir"], "saved_model.pb"), "rb") as f:
+    assert b"Scann" not in f.read()  # the default stays portable: no ScaNN op
+  with open(os.path.join(scann_dir, "saved_model.pb"), "rb") as f:
+    assert b"Scann" in f.read()
+  questions = [r["question"] for r in served["records"]]
+  env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
+  proc = subprocess.run([sys.executable, "-c", _SCANN_LOADER, scann_dir, json.dumps(questions)],
+                        capture_output=True, text=True, timeout=300, env=env)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  out = json.loads(proc.stdout.strip().splitlines()[-1])
+  assert out["answer"] == [r["prediction"] for r in served["records"]]
+  assert out["block_index"] == [r["block_index"] for r in served["records"]]
+  for got, r in zip(out["score"], served["records"]):
+    assert got == pytest.approx(r["score"], abs=1e-4)

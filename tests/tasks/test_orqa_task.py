@@ -1,5 +1,6 @@
 """ORQA model/task: packing, correctness, loss zeroing, batch = singles, eval plumbing, fine-tuning."""
 import copy
+import json
 import os
 
 import numpy as np
@@ -260,3 +261,178 @@ def test_question_tower_from_either_tower_of_a_realm_export_with_separate_towers
   embedder_export.export_embedder(towers["doc_embedder"], world["vocab"], True, str(lone))
   with pytest.raises(FileNotFoundError, match="a document tower without"):
     orqa_task.check_retriever_export(str(lone))
+
+
+def _train(task, model, steps, batch_pairs):
+  cfg = task.task_config
+  opt = optimization.create_optimizer(cfg.optimizer, 100)
+  logs = [task.train_step(_features_of(task, batch_pairs), model, opt) for _ in range(steps)]
+  return logs
+
+
+def _features_of(task, pairs):
+  """Features as `build_inputs` makes them (regex mode: gold spans instead of answer wordpieces)."""
+  gold_finder = task.gold_finder() if task.is_regex else None
+  feat = qa_pipeline.QAFeaturizer(task.tokenizer, 8, 2, 4, gold_finder=gold_finder).featurize(
+      [qa_pipeline.QAExample(q, a) for q, a in pairs])
+  return {k: tf.constant(v) for k, v in feat.items()}
+
+
+def test_orqa_trains_and_evaluates_with_scann(world):
+  cfg = orqa_world.task_config(world)
+  cfg.mips = "scann"
+  cfg.optimizer.num_warmup_steps = 0
+  task = orqa_task.OrqaTask(cfg)
+  tf.keras.utils.set_random_seed(5)
+  model = task.build_model()
+  assert model.mips_index is not None and model.mips_index.backend == "tf"
+  before = [v.numpy() for v in model.retriever.trainable_variables]
+  logs = _train(task, model, 3, orqa_world.QA[:4])
+  assert all(np.isfinite(float(l["loss"])) for l in logs) and float(logs[0]["reader_loss"]) > 0
+  assert any(not np.array_equal(v.numpy(), b)
+             for v, b in zip(model.retriever.trainable_variables, before))
+  metrics = _evaluate(task, model, 3)
+  assert metrics["num_questions"] == len(orqa_world.QA)
+  assert metrics["recall_at_5"] == pytest.approx(6 / 8)  # all 4 blocks retrieved, as brute force
+  # XLA cannot compile ScaNN's ops: a clear error before any step.
+  cfg.jit_compile = True
+  with pytest.raises(ValueError, match="no XLA lowering: set task.jit_compile=false"):
+    orqa_task.OrqaTask(cfg).build_model()
+  assert orqa_task.mips_problems(cfg, None) == []  # unknown corpus size: names only
+  cfg.mips = "auto"  # 4 blocks: brute force, XLA is fine
+  assert orqa_task.mips_problems(cfg, 4) == []
+
+
+REGEX_QA = [("where was john born?", ["Par[iI]s"]), ("when was mary born?", [r"19\d\d"]),
+            ("who wrote a book?", ["(the )?king"]), ("what is missing?", ["zebra"])]
+
+
+def _regex_world(world, tmp_path):
+  qa = tmp_path / "regex_qa"
+  qa.mkdir()
+  for split in ("train", "dev", "test"):
+    with open(qa / f"CuratedTrec.resplit.{split}.jsonl", "w") as f:
+      for q, a in REGEX_QA:
+        f.write(json.dumps({"question": q, "answer": a}) + "\n")
+  cfg = orqa_world.task_config(world)
+  cfg.train_data.data_root = cfg.validation_data.data_root = str(qa)
+  cfg.train_data.dataset_name = cfg.validation_data.dataset_name = "CuratedTrec"
+  cfg.optimizer.num_warmup_steps = 0
+  return cfg
+
+
+def test_regex_answers_train_with_gold_spans_and_recall_uses_regex(world, tmp_path):
+  """CuratedTrec-style patterns on the tiny world (blocks: "John was born in Paris in 1875.",
+  "Mary was born in London in 1900.", "The king wrote a book in 1999.", "The queen built the city in
+  June."): the gold spans are the patterns' occurrences, by hand below."""
+  task = orqa_task.OrqaTask(_regex_world(world, tmp_path))
+  assert task.is_regex  # CuratedTrec
+  tf.keras.utils.set_random_seed(6)
+  model = task.build_model()
+  data = copy.deepcopy(task.task_config.train_data)
+  data.is_training = False
+  batch = next(iter(task.build_inputs(data)))
+  gold = [sorted(map(tuple, g[:c].tolist()))
+          for g, c in zip(batch["gold_spans"].numpy(), batch["gold_count"].numpy())]
+  # Wordpieces: 0 "john was born in paris in 1875 .", 1 "mary ... london in 1900 .",
+  # 2 "the king wrote a book in 1999 .", 3 "the queen built the city in june ."
+  assert gold == [[(0, 4, 4)], [(1, 6, 6), (2, 6, 6)], [(2, 0, 1), (2, 1, 1)], []]
+  loss, logs = task.compute_loss(model, batch, training=False)
+  assert float(logs["reader_loss"]) > 0 and float(logs["retriever_loss"]) > 0
+  out = model(batch, training=False)
+  correct = orqa_model.gold_span_correctness(model, out, batch["gold_spans"])
+  retrieved = out["retrieved_ids"].numpy()
+  np.testing.assert_array_equal(correct["retriever_correct"].numpy(),
+                                [np.isin(retrieved[b], [r for r, _, _ in gold[b]])
+                                 for b in range(4)])
+  # reader_correct: exactly the gold spans, at their reader positions (block_start = q_len + 2).
+  starts, ends = out["starts"].numpy(), out["ends"].numpy()
+  block_start = out["block_start"].numpy()
+  for b in range(4):
+    expected = np.zeros_like(correct["reader_correct"].numpy()[b])
+    for k, row in enumerate(retrieved[b]):
+      for r, first, last in gold[b]:
+        if r == row:
+          expected[k] |= (starts == first + block_start[b]) & (ends == last + block_start[b])
+    np.testing.assert_array_equal(correct["reader_correct"].numpy()[b], expected)
+  before = float(logs["reader_loss"])
+  opt = optimization.create_optimizer(task.task_config.optimizer, 100)
+  for _ in range(5):
+    task.train_step(batch, model, opt)
+  _, after = task.compute_loss(model, batch, training=False)
+  assert float(after["reader_loss"]) < before
+  # Recall by regex search on the raw text: "Par[iI]s" is no substring of any block, yet block 0
+  # matches it; "zebra" never does.
+  metrics = _evaluate(task, model, 4)
+  ranks = [r["first_answer_rank"] for r in task.last_predictions]
+  assert [rank >= 0 for rank in ranks] == [True, True, True, False]
+  assert metrics["recall_at_5"] == pytest.approx(3 / 4)
+  for r in task.last_predictions:
+    assert r["prediction_block_has_answer"] == answers_lib.has_answer(r["block_text"], r["answers"],
+                                                                     is_regex=True)
+    assert r["official_exact_match"] == answers_lib.regex_match(r["prediction"], r["answers"])
+
+
+def _titled_world(world, tmp_path):
+  """The tiny world with `titles.tfr`; the QA set asks for block 2's title ("war"), which no body
+  holds."""
+  corpus = tmp_path / "titled_corpus"
+  corpus.mkdir()
+  for name, records in (("blocks.tfr", orqa_world.BLOCKS),
+                        ("titles.tfr", ["john", "mary", "war", "city"])):
+    with tf.io.TFRecordWriter(str(corpus / name)) as w:
+      for r in records:
+        w.write(r.encode("utf-8"))
+  cfg = orqa_world.task_config(world)
+  cfg.block_records_path = str(corpus)
+  return cfg
+
+
+def test_reader_title_option_answers_from_the_title(world, tmp_path):
+  question = [("what did the king write?", ["war"])]
+  cfg = _titled_world(world, tmp_path)
+  oracle = {}
+  for include_title in (False, True):
+    cfg.reader_include_title = include_title
+    task = orqa_task.OrqaTask(cfg)
+    tf.keras.utils.set_random_seed(7)
+    model = task.build_model()
+    inputs = _features_of(task, question)
+    out = model(inputs, training=False)
+    correct = orqa_model.answer_correctness(model, out, inputs["answer_ids"], inputs["answer_len"])
+    oracle[include_title] = bool(correct["reader_correct"].numpy().any())
+    assert bool(correct["retriever_correct"].numpy().any()) == include_title
+  assert oracle == {False: False, True: True}
+  # With the option: block 2 reads `war [SEP] the king ...`; segment 1 after the first [SEP],
+  # block_mask 0 on the inner [SEP].
+  corpus = task.load_corpus()
+  assert corpus["texts"][2] == "war\nThe king wrote a book in 1999."
+  k = list(out["retrieved_ids"].numpy()[0]).index(2)
+  packed = {name: v.numpy()[0, k] for name, v in out["reader_inputs"].items() if v.shape.rank == 3}
+  q_len = int(inputs["question_len"][0])
+  body = task.tokenizer.tokenize_np([orqa_world.BLOCKS[2]])[0].tolist()
+  war = task.tokenizer.tokenize_np(["war"])[0].tolist()
+  n = q_len + 2 + 1 + 1 + len(body) + 1
+  assert packed["input_ids"][q_len + 2:n].tolist() == war + [3] + body + [3]
+  assert packed["segment_ids"][:n].tolist() == [0] * (q_len + 2) + [1] * (n - q_len - 2)
+  assert packed["block_mask"][:n].tolist() == [0] * (q_len + 2) + [1, 0] + [1] * len(body) + [0]
+  # Spans across the inner [SEP] are invalid; the title span's answer text is the title.
+  starts, ends = out["starts"].numpy(), out["ends"].numpy()
+  sep_at = q_len + 3
+  crossing = (starts < sep_at) & (ends > sep_at)
+  logits = out["reader_logits"].numpy()[0, k]
+  assert (logits[crossing] < -5000).all()
+  title_span = np.nonzero((starts == q_len + 2) & (ends == q_len + 2))[0][0]
+  pinned = np.full_like(out["reader_logits"].numpy(), -1e4)
+  pinned[0, k, title_span] = 1.0
+  preds = orqa_model.predictions(dict(out, reader_logits=tf.constant(pinned)))
+  answer = task.tokenizer.span_text(tf.constant([corpus["texts"][2]]),
+                                    preds["pred_first_wordpiece"], preds["pred_last_wordpiece"])
+  assert answer.numpy()[0].decode() == "war"
+  body_span = np.nonzero((starts == sep_at + 2) & (ends == sep_at + 2))[0][0]  # "king"
+  pinned[0, k, title_span] = -1e4
+  pinned[0, k, body_span] = 1.0
+  preds = orqa_model.predictions(dict(out, reader_logits=tf.constant(pinned)))
+  answer = task.tokenizer.span_text(tf.constant([corpus["texts"][2]]),
+                                    preds["pred_first_wordpiece"], preds["pred_last_wordpiece"])
+  assert answer.numpy()[0].decode() == "king"
