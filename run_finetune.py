@@ -52,14 +52,16 @@ flags.DEFINE_bool("is_regex", None, "Regex answers (default: automatic, True for
                   "Training takes the patterns' occurrences in the corpus as gold spans.")
 flags.DEFINE_enum("mips", None, ["brute_force", "scann", "auto"],
                   "Retrieval over the corpus (default from the config: brute_force, exact and "
-                  "XLA-compilable); scann = ScaNN's TF ops (CPU only, needs --noxla); auto = ScaNN from "
-                  "realm_tf2.retrieval.index.AUTO_SCANN_MIN_ROWS blocks. Settings under task.scann.")
+                  "XLA-compilable); scann = ScaNN's TF ops (CPU only, needs --noxla); auto = "
+                  "ScaNN from realm_tf2.retrieval.index.AUTO_SCANN_MIN_ROWS blocks. Settings "
+                  "under task.scann.")
 flags.DEFINE_enum("export_serving_mips", None, ["brute_force", "scann"],
-                  "Retrieval inside export/serving (default brute_force: plain TF, portable); scann "
-                  "embeds a ScaNN index and its ops (loading needs `import scann`).")
+                  "Retrieval inside export/serving (default brute_force: plain TF, portable); "
+                  "scann embeds a ScaNN index and its ops (loading needs `import scann`).")
 flags.DEFINE_bool("reader_include_title", None,
-                  "The reader reads `[CLS] question [SEP] title [SEP] body [SEP]` (titles.tfr beside "
-                  "blocks.tfr); answers may come from the title. Off by default, as the original.")
+                  "The reader reads `[CLS] question [SEP] title [SEP] body [SEP]` (titles.tfr "
+                  "beside blocks.tfr); answers may come from the title. Off by default, as the "
+                  "original.")
 flags.DEFINE_enum("eval_split", None, ["dev", "test"], "Split evaluated / predicted (default dev).")
 flags.DEFINE_integer("seed", None, "Seed of the training input order and of the weights that start fresh.")
 flags.DEFINE_bool("export_serving", True, "Write model_dir/export/serving at every best export.")

@@ -80,7 +80,8 @@ def test_scann_retrieval_and_scann_serving_export(tmp_path):
   model_dir = str(tmp_path / "run")
   common = [f"--model_dir={model_dir}", "--config_file=configs/sizes/tiny.yaml",
             "--config_file=configs/runs/orqa_tiny.yaml", f"--vocab_file={world['vocab']}",
-            f"--retriever_module_path={world['retriever']}", f"--block_records_path={world['corpus']}",
+            f"--retriever_module_path={world['retriever']}",
+            f"--block_records_path={world['corpus']}",
             f"--data_root={world['qa']}", "--dataset_name=World", "--reader_beam_size=4",
             "--mips=scann", "--params_override=task.model.projection_size=16,"
             "task.model.reader_seq_len=32,trainer.validation_interval=10,trainer.steps_per_loop=10"]

@@ -126,8 +126,8 @@ class QAServingModule(tf.Module):
 def export_serving(model, block_texts, vocab_file: str, do_lower_case: bool, export_dir: str,
                    max_question_len: int = 64, reader_beam_size: Optional[int] = None,
                    mips: str = "brute_force", scann_settings=None) -> str:
-  """Writes `model_dir/export/serving` atomically (signatures `serving_default`, `tokenization_info`);
-  arguments as `QAServingModule`."""
+  """Writes `model_dir/export/serving` atomically (signatures `serving_default`,
+  `tokenization_info`); arguments as `QAServingModule`."""
   module = QAServingModule(model, block_texts, vocab_file, do_lower_case, max_question_len,
                            reader_beam_size, mips, scann_settings)
   signatures = {"serving_default": module.serve.get_concrete_function(),

@@ -251,8 +251,10 @@ def gold_span_correctness(model: "OrqaModel", outputs: Mapping[str, tf.Tensor],
   num_read = reader_inputs["block_mask"].shape[1]
   starts, ends = outputs["starts"], outputs["ends"]  # [S]
   block_start = outputs["block_start"][:, tf.newaxis]  # [B, 1]
-  span_hit = ((starts[tf.newaxis, :, tf.newaxis] == (first + block_start)[:, tf.newaxis, :])
-              & (ends[tf.newaxis, :, tf.newaxis] == (last + block_start)[:, tf.newaxis, :]))  # [B,S,G]
+  first_at = (first + block_start)[:, tf.newaxis, :]  # [B, 1, G] positions in the reader input
+  last_at = (last + block_start)[:, tf.newaxis, :]  # [B, 1, G]
+  span_hit = ((starts[tf.newaxis, :, tf.newaxis] == first_at)
+              & (ends[tf.newaxis, :, tf.newaxis] == last_at))  # [B, S, G]
   hit = tf.reduce_any(row_hit[:, :num_read, tf.newaxis, :] & span_hit[:, tf.newaxis, :, :],
                       axis=-1)  # [B, K, S]
   block_mask = reader_inputs["block_mask"] > 0  # [B, K, T]

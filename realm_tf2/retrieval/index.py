@@ -543,7 +543,8 @@ class ScannIndex(MipsIndex):
     return self._searcher.serialize_to_module()
 
   def search_tensors(self, query, k, state=None):
-    """TF-op search (backend "tf" only; CPU graph). query float32 [B, D] -> ([B, k'] int32, float32).
+    """TF-op search (backend "tf" only; CPU graph): query float32 [B, D] -> (ids int32 [B, k'],
+    scores float32 [B, k']).
 
     k' <= k is dynamic: ScaNN returns fewer columns when its partitions hold fewer than k rows
     (missing results within k' have index 0 and a NaN distance).

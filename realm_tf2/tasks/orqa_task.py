@@ -1,9 +1,10 @@
 """ORQA open-domain QA fine-tuning Task (reference §3.3–§3.5).
 
 Device side (`compute_loss` / `validation_step`, XLA-able with exact retrieval): `OrqaModel`
-(retrieve + read), the correctness of retrieved blocks and read spans (`orqa_model.answer_correctness`
-on answer wordpieces; `orqa_model.gold_span_correctness` on the gold (block, span) lists of regex
-answers, precomputed on the host by `data/regex_gold.py`), `losses.orqa_loss`,
+(retrieve + read), the correctness of retrieved blocks and read spans
+(`orqa_model.answer_correctness` on answer wordpieces; `orqa_model.gold_span_correctness` on the
+gold (block, span) lists of regex answers, precomputed on the host by `data/regex_gold.py`),
+`losses.orqa_loss`,
 `orqa_model.predictions` and the token-level metrics.
 
 Retrieval (`task.mips`, as REALM's: `index.resolve_mips`): "brute_force" (default; exact, in the
@@ -174,8 +175,8 @@ def check_retriever_export(retriever_module_path: str) -> str:
         f"--retriever_module_path {retriever_module_path}: a document tower without "
         f"{prefix}.index, and no {sibling}.index of the query tower beside it (run the corpus "
         "embedding / refresh first)")
-  raise FileNotFoundError(f"--retriever_module_path {retriever_module_path}: missing {prefix}.index "
-                          "(run the corpus embedding / refresh first)")
+  raise FileNotFoundError(f"--retriever_module_path {retriever_module_path}: missing "
+                          f"{prefix}.index (run the corpus embedding / refresh first)")
 
 
 def mips_problems(task_config: OrqaTaskConfig, num_blocks: Optional[int]) -> List[str]:
@@ -191,8 +192,8 @@ def mips_problems(task_config: OrqaTaskConfig, num_blocks: Optional[int]) -> Lis
                     f"{task_config.export_serving_mips!r}")
   if num_blocks is not None and kind == index_lib.ScannIndex.kind and task_config.jit_compile:
     problems.append(
-        f"task.mips={task_config.mips} searches the {num_blocks} blocks with ScaNN, whose TF ops are "
-        "CPU-only kernels with no XLA lowering: set task.jit_compile=false (--noxla) or "
+        f"task.mips={task_config.mips} searches the {num_blocks} blocks with ScaNN, whose TF ops "
+        "are CPU-only kernels with no XLA lowering: set task.jit_compile=false (--noxla) or "
         "--mips=brute_force")
   return problems
 

@@ -46,7 +46,8 @@ def test_prefilter_finds_every_row_the_regex_matches(tok):
   """Case folding keeps what IGNORECASE matches: long s, the Kelvin sign and dotless i."""
   texts = TEXTS + ["PARIſ", "\u212aing of ınn", "the kings", "no match here"]
   finder = _finder(tok, texts)
-  for pattern in ["Paris", "king", "Inn", "the king", r"(mary|john) was", "born in \\d+", "nothing"]:
+  patterns = ["Paris", "king", "Inn", "the king", r"(mary|john) was", "born in \\d+", "nothing"]
+  for pattern in patterns:
     compiled = regex_gold.answers_lib.compile_pattern(pattern)
     everywhere = [r for r, t in enumerate(texts) if compiled.search(t)]
     assert [r for r, _ in finder.matching_rows([pattern])] == everywhere, pattern
@@ -112,4 +113,5 @@ def test_featurizer_regex_mode_and_padding(tok):
   assert feats["gold_spans"].shape == (2, 4, 3) and feats["gold_count"].tolist() == [2, 0]
   assert not feats["answer_len"].any()  # patterns are not tokenized as answers
   padded = qa_pipeline.pad_features(feats, 4)
-  assert (padded["gold_spans"][2:] == -1).all() and padded["example_index"].tolist() == [0, 1, -1, -1]
+  assert (padded["gold_spans"][2:] == -1).all()
+  assert padded["example_index"].tolist() == [0, 1, -1, -1]

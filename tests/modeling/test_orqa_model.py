@@ -177,8 +177,8 @@ def _retrieval_model(block_emb, beam, mips_index=None):
                               intermediate_size=16),
       projection_size=d, reader_seq_len=16, retriever_beam_size=beam, reader_beam_size=2,
       max_span_width=2, span_hidden_size=8)
-  return orqa_model.OrqaModel(mc, block_emb, np.full([n, 4], 7, np.int32), np.full([n], 4, np.int32),
-                              CLS, SEP, mips_index=mips_index)
+  return orqa_model.OrqaModel(mc, block_emb, np.full([n, 4], 7, np.int32),
+                              np.full([n], 4, np.int32), CLS, SEP, mips_index=mips_index)
 
 
 def test_scann_and_brute_force_retrieve_the_same_rows():
@@ -206,8 +206,8 @@ def test_scann_with_fewer_candidates_than_the_beam_marks_empty_slots():
   from realm_tf2.retrieval import index as index_lib
   rng = np.random.RandomState(1)
   block_emb = rng.randn(300, 16).astype(np.float32)
-  scann = index_lib.ScannIndex(settings=dict(num_leaves=30, num_leaves_to_search=1,
-                                             training_sample_size=300), backend="tf").build(block_emb)
+  settings = dict(num_leaves=30, num_leaves_to_search=1, training_sample_size=300)
+  scann = index_lib.ScannIndex(settings=settings, backend="tf").build(block_emb)
   model = _retrieval_model(block_emb, beam=50, mips_index=scann)
   question_emb = tf.constant(rng.randn(3, 16).astype(np.float32))
   ids, logits, valid = (t.numpy() for t in model.retrieve(question_emb, 50))

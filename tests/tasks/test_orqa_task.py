@@ -233,7 +233,7 @@ def test_question_tower_from_either_tower_of_a_realm_export_with_separate_towers
   from realm_tf2.modeling import embedder as embedder_lib
   from realm_tf2.retrieval import index as index_lib
   step_dir = tmp_path / "export" / "7"
-  block_emb = world["block_emb"] + 1.0  # not the world's own index: the test sees where it came from
+  block_emb = world["block_emb"] + 1.0  # not the world's index: the test sees where it came from
   staging = str(tmp_path / "staging" / "encoded.ckpt")
   index_lib.write_block_emb_checkpoint(staging, block_emb)
   towers = {}
@@ -408,7 +408,8 @@ def test_reader_title_option_answers_from_the_title(world, tmp_path):
   corpus = task.load_corpus()
   assert corpus["texts"][2] == "war\nThe king wrote a book in 1999."
   k = list(out["retrieved_ids"].numpy()[0]).index(2)
-  packed = {name: v.numpy()[0, k] for name, v in out["reader_inputs"].items() if v.shape.rank == 3}
+  packed = {name: v.numpy()[0, k] for name, v in out["reader_inputs"].items()
+            if v.shape.rank == 3}
   q_len = int(inputs["question_len"][0])
   body = task.tokenizer.tokenize_np([orqa_world.BLOCKS[2]])[0].tolist()
   war = task.tokenizer.tokenize_np(["war"])[0].tolist()
