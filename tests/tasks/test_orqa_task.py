@@ -437,3 +437,20 @@ def test_reader_title_option_answers_from_the_title(world, tmp_path):
   answer = task.tokenizer.span_text(tf.constant([corpus["texts"][2]]),
                                     preds["pred_first_wordpiece"], preds["pred_last_wordpiece"])
   assert answer.numpy()[0].decode() == "king"
+
+
+@pytest.mark.slow  # XLA compilation on CPU takes ~1 min.
+def test_xla_gradient_step_with_titles_and_gold_spans(world, tmp_path):
+  """The new in-graph pieces compile with jit_compile=True: the title option's masks and the gold
+  (block, span) correctness of regex answers."""
+  cfg = _titled_world(world, tmp_path)
+  cfg.reader_include_title = True
+  cfg.is_regex = True
+  task = orqa_task.OrqaTask(cfg)
+  model = task.build_model()
+  inputs = _features_of(task, REGEX_QA[:2])
+  assert int(inputs["gold_count"].numpy().sum()) > 0
+  fn = tf.function(task._forward_backward, jit_compile=True)
+  grads, loss, logs = fn(model, inputs)
+  assert np.isfinite(float(loss)) and float(logs["reader_loss"]) > 0
+  assert any(g is not None and float(tf.reduce_sum(tf.abs(g))) > 0 for g in grads)
