@@ -250,9 +250,10 @@ def embed_blocks(store, embedder, cls_id, sep_id, batch_size=128,
       their own length; `_batch_plan` may run a few in a longer batch), `bucket_lengths`,
       `padded_tokens` and `real_tokens` (token slots of the plan vs. block lengths),
       first_batch_seconds and steady_blocks_per_sec (after the first batch).
-    xla: Compile one XLA program per bucket (Keras embedders, no strategy). None = only for corpora
-      of at least `XLA_MIN_BLOCKS` blocks: the refresher embeds with a NEW embedder per snapshot, so
-      each refresh pays the compiles again, which a small corpus does not win back. The threshold
+    xla: Compile one XLA program per bucket (Keras embedders, no strategy). None = only where the
+      CPU speed-ups of `realm_tf2.accel` do not apply (an accelerator, or `cpu_accel="off"`) and
+      for corpora of at least `XLA_MIN_BLOCKS` blocks: the refresher embeds with a NEW embedder per
+      snapshot, so each refresh pays the compiles again, which a small corpus does not win back. The threshold
       is a conservative choice, not a measured crossover (docs/scaling.md): large models gain
       from `xla=True` well below it.
     max_buckets: At most this many buckets with `buckets="auto"`.
@@ -271,7 +272,11 @@ def embed_blocks(store, embedder, cls_id, sep_id, batch_size=128,
   replicas = strategy.num_replicas_in_sync if strategy is not None else 1
   global_batch = int(np.ceil(batch_size / replicas)) * replicas
   lengths = packed_lengths(store, seq_len)
-  use_xla = n >= XLA_MIN_BLOCKS if xla is None else bool(xla)
+  if xla is None:
+    # On a CPU the step without XLA but with realm_tf2.accel is the faster one (docs/scaling.md).
+    use_xla = n >= XLA_MIN_BLOCKS and not accel.is_enabled(cpu_accel, False, strategy)
+  else:
+    use_xla = bool(xla)
   if isinstance(buckets, str):
     if buckets != AUTO_BUCKETS:
       raise ValueError(f"buckets must be a sequence of lengths or {AUTO_BUCKETS!r}, got {buckets!r}")
