@@ -1,26 +1,24 @@
-r"""The real-data recipe as a benchmark: BM25 vs ICT→ORQA vs ICT→REALM→ORQA on a real corpus.
+r"""The README's real-data recipe as a benchmark: BM25 vs ICT→ORQA vs ICT→REALM→ORQA.
 
-  python -m benchmarks.real_data --proxy_dir=/work/data/proxy --encoder_dir=<HF BERT dir> \
-      --work_dir=/tmp/real --seeds=0,1,2
+  python -m benchmarks.real_data --data_dir=/work/data/proxy --encoder_dir=<HF BERT dir> \
+      --work_dir=/tmp/real --seeds=0,1,2 [--pretrain_text=<jsonl>]
 
-Runs, with the CLIs of the README section "From a pretrained BERT to a QA model on your corpus"
-(each a subprocess; nothing here re-implements a stage):
-  convert   data_prep.convert_checkpoint --source_format=hf_bert (once)
-  corpus    data_prep.build_knowledge_corpus + build_pretrain_corpus (once)
-  bm25      benchmarks.bm25 over the same blocks (once)
-  per seed: ict → orqa(retriever = ICT export, reader = converted BERT)
-            realm(from the ICT export and the converted BERT) → orqa(retriever and reader = REALM)
-and for each ORQA run the dev split (evaluated during training; best checkpoint by EM) and the
-test split (`run_finetune --mode=predict --eval_split=test` on that checkpoint).
+For each seed this runs the bash block of the README section "From a pretrained BERT to a QA model
+on your corpus" (read from README.md between `<!-- recipe:begin -->` and `<!-- recipe:end -->`, with
+its variables E, D, N, T, W, SEED set from the flags), so the benchmark is the recipe, verbatim. The
+recipe ends with ICT→REALM→ORQA; the baseline ICT→ORQA is the recipe's two ORQA commands again with
+the retriever from the ICT export, the reader from the converted BERT and its own model_dir. The
+conversion and corpus commands run for the first seed only (later seeds link to their outputs).
+BM25 (`benchmarks/bm25.py`) runs over the same blocks.
 
-`--proxy_dir` holds `docs.jsonl` and `{dataset}.resplit.{train,dev,test}.jsonl`
-(`benchmarks/real_data_proxy.py` builds DictQA; any corpus in these formats works). Output: one
-JSON object a line: the BM25 rows, one row per (variant, seed) with dev/test EM, recall@1/5/20 and
-the wall seconds of each stage, and a `summary` row with the means over seeds and the differences
-REALM − ICT.
+Output, one JSON object a line: a `bm25` row per split; per (variant, seed) dev/test EM
+(`official_exact_match`: normalised string match, at the checkpoint the best export holds),
+dev/test recall@1/5/20 and the wall seconds of each recipe stage; a `summary` row with the means
+over seeds, REALM − ICT differences, and the recipe's wall time per seed.
 """
 import json
 import os
+import re
 import statistics
 import subprocess
 import sys
@@ -35,39 +33,94 @@ from absl import app  # noqa: E402
 from absl import flags  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-RUNS = os.path.join(REPO, "configs", "runs")
 FLAGS = flags.FLAGS
+_STAGE_MARK = "@@stage"
+_SHARED = ("bert", "K", "P")  # outputs of the once-only commands
 
-flags.DEFINE_string("proxy_dir", None, "docs.jsonl + {dataset}.resplit.{train,dev,test}.jsonl.")
-flags.DEFINE_string("dataset_name", "DictQA", "QA dataset name.")
-flags.DEFINE_string("encoder_dir", None, "A Hugging Face BERT directory (data_prep.convert_checkpoint "
-                    "--source_format=hf_bert).")
-flags.DEFINE_string("work_dir", None, "Where every stage writes (reused: finished stages are skipped).")
-flags.DEFINE_list("seeds", ["0", "1", "2"], "Seeds; each runs ICT, ICT→ORQA, REALM, REALM→ORQA.")
-flags.DEFINE_list("variants", ["ict_orqa", "ict_realm_orqa"], "Rows to run besides BM25.")
-flags.DEFINE_multi_string("ict_override", [], "Extra --params_override for ICT (repeatable).")
-flags.DEFINE_multi_string("realm_override", [], "Extra --params_override for REALM (repeatable).")
-flags.DEFINE_multi_string("orqa_override", [], "Extra --params_override for ORQA (repeatable).")
+
+def define_flags():
+  flags.DEFINE_string("data_dir", None, "docs.jsonl and {dataset}.resplit.{train,dev,test}.jsonl.")
+  flags.DEFINE_string("dataset_name", "DictQA", "QA dataset name.")
+  flags.DEFINE_string("encoder_dir", None, "A Hugging Face BERT directory.")
+  flags.DEFINE_string("pretrain_text", None, "Pre-training text JSONL (the recipe's T; default "
+                      "<data_dir>/docs.jsonl).")
+  flags.DEFINE_string("work_dir", None, "Where every seed's run is written (seed_<s>/).")
+  flags.DEFINE_list("seeds", ["0", "1", "2"], "Seeds.")
+  flags.DEFINE_string("readme", os.path.join(REPO, "README.md"), "Where the recipe block is read.")
 
 
 def emit(record):
   print(json.dumps(record, sort_keys=True), flush=True)
 
 
-def run(stage, args, log_dir):
-  """Runs a CLI of the repo; its output goes to `log_dir/<stage>.log`; returns wall seconds."""
-  os.makedirs(log_dir, exist_ok=True)
-  start = time.time()
-  with open(os.path.join(log_dir, f"{stage}.log"), "w") as log:
-    proc = subprocess.run([sys.executable, *args], cwd=REPO, stdout=log, stderr=subprocess.STDOUT,
-                          check=False)
-  if proc.returncode != 0:
-    raise SystemExit(f"stage {stage} failed (exit {proc.returncode}); see {log_dir}/{stage}.log")
-  return time.time() - start
+def recipe_commands(readme_path):
+  """The recipe block of README.md as a list of logical lines (continuations joined)."""
+  with open(readme_path) as f:
+    text = f.read()
+  m = re.search(r"<!-- recipe:begin -->\s*```bash\n(.*?)```\s*<!-- recipe:end -->", text, re.S)
+  if not m:
+    raise ValueError(f"{readme_path}: no recipe block between <!-- recipe:begin/end --> markers")
+  lines, current = [], ""
+  for raw in m.group(1).splitlines():
+    current += raw[:-1] + " " if raw.endswith("\\") else raw
+    if not raw.endswith("\\"):
+      if current.strip():
+        lines.append(current.strip())
+      current = ""
+  return lines
 
 
-def done(marker):
-  return os.path.exists(marker)
+def stage_name(command):
+  """A short name for a recipe command (None for variable assignments)."""
+  if re.match(r"^[A-Z_]+=", command):
+    return None
+  if "-m data_prep." in command:
+    return command.split("-m data_prep.")[1].split()[0]
+  mode = re.search(r"--mode=(\w+)", command).group(1)
+  if "run_pretrain.py" in command:
+    return mode
+  return "orqa_test" if mode == "predict" else "orqa"
+
+
+def baseline_commands(commands):
+  """ICT→ORQA: the recipe's ORQA commands with the ICT retriever and the converted BERT reader."""
+  out = []
+  for c in commands:
+    if stage_name(c) in ("orqa", "orqa_test"):
+      c = (c.replace("$REALM/embedder", "$ICT/embedder").replace("$REALM/bert", "$W/bert/bert")
+           .replace("$W/orqa", "$W/orqa_ict"))
+      out.append((stage_name(c) + "_ict", c))
+  return out
+
+
+def script_for(commands, variables, skip_stages, baseline):
+  """A bash script running the recipe (variables replaced), timing every stage."""
+  body = ["set -euo pipefail"]
+  for c in commands:
+    assignment = re.match(r"^([A-Z_]+)=(\S*)", c)
+    if assignment and assignment.group(1) in variables:
+      body.append(f"{assignment.group(1)}={variables[assignment.group(1)]}")
+      continue
+    name = stage_name(c)
+    if name in skip_stages:
+      continue
+    if name:
+      body.append(f'echo "{_STAGE_MARK} {name} $(date +%s.%N)"')
+    body.append(c)
+  for name, c in baseline:
+    body += [f'echo "{_STAGE_MARK} {name} $(date +%s.%N)"', c]
+  body.append(f'echo "{_STAGE_MARK} end $(date +%s.%N)"')
+  return "\n".join(body) + "\n"
+
+
+def stage_seconds(log_path):
+  marks = []
+  with open(log_path) as f:
+    for line in f:
+      if line.startswith(_STAGE_MARK):
+        _, name, t = line.split()
+        marks.append((name, float(t)))
+  return {a: round(tb - ta, 1) for (a, ta), (_, tb) in zip(marks, marks[1:])}
 
 
 def read_jsonl(path):
@@ -75,24 +128,13 @@ def read_jsonl(path):
     return [json.loads(l) for l in f if l.strip()]
 
 
-def latest_step_dir(export_dir):
-  steps = sorted(int(d) for d in os.listdir(export_dir) if d.isdigit())
-  return os.path.join(export_dir, str(steps[-1]))
-
-
-def overrides(values):
-  return [f"--params_override={v}" for v in values]
-
-
 def orqa_metrics(model_dir):
-  """Dev metrics of the evaluation the best export was taken at (run_finetune picks it by the
-  original's token-level `exact_match`) and test metrics of that checkpoint; EM = the normalised
-  string match (`official_exact_match`)."""
+  """Dev metrics of the evaluation the best export was taken at and test metrics of that
+  checkpoint; EM = the normalised string match (`official_exact_match`)."""
   with open(os.path.join(model_dir, "export", "best", "best_metric.txt")) as f:
     best_step = int(f.read().split()[0])
-  evals = [r for r in read_jsonl(os.path.join(model_dir, "metrics.jsonl"))
-           if r["split"] == "eval" and r["step"] == best_step]
-  best = evals[-1]
+  best = [r for r in read_jsonl(os.path.join(model_dir, "metrics.jsonl"))
+          if r["split"] == "eval" and r["step"] == best_step][-1]
   with open(os.path.join(model_dir, "test_metrics.json")) as f:
     test = json.load(f)
   out = {"dev_em": best["official_exact_match"], "dev_step": best_step,
@@ -103,127 +145,67 @@ def orqa_metrics(model_dir):
   return out
 
 
-class Recipe:
-  """The stages of one benchmark run in `work_dir` (finished stages are reused)."""
-
-  def __init__(self, work_dir):
-    self.w = work_dir
-    self.logs = os.path.join(work_dir, "logs")
-    self.seconds = {}
-
-  def path(self, *parts):
-    return os.path.join(self.w, *parts)
-
-  @property
-  def size_config(self):
-    return f"--config_file={self.path('bert', 'model_config.yaml')}"
-
-  @property
-  def vocab(self):
-    return self.path("bert", "bert", "assets", "vocab.txt")
-
-  def convert(self):
-    if not done(self.path("bert", "conversion_report.json")):
-      self.seconds["convert"] = run("convert", [
-          "-m", "data_prep.convert_checkpoint", "--source_format=hf_bert",
-          f"--source={FLAGS.encoder_dir}", f"--output_dir={self.path('bert')}"], self.logs)
-
-  def corpus(self):
-    docs = os.path.join(FLAGS.proxy_dir, "docs.jsonl")
-    if not done(self.path("K", "corpus_info.json")):
-      self.seconds["knowledge_corpus"] = run("knowledge_corpus", [
-          "-m", "data_prep.build_knowledge_corpus", f"--input={docs}", f"--vocab_file={self.vocab}",
-          f"--output_dir={self.path('K')}", "--num_shards=4"], self.logs)
-    if not done(self.path("P", "pretrain-00000-of-00004")):
-      self.seconds["pretrain_corpus"] = run("pretrain_corpus", [
-          "-m", "data_prep.build_pretrain_corpus", f"--input={docs}", f"--output_dir={self.path('P')}",
-          f"--knowledge_corpus_dir={self.path('K')}", "--num_shards=4"], self.logs)
-
-  def bm25(self):
-    out = subprocess.run([sys.executable, "-m", "benchmarks.bm25", f"--knowledge_dir={self.path('K')}",
-                          f"--data_root={FLAGS.proxy_dir}", f"--dataset_name={FLAGS.dataset_name}",
-                          "--splits=dev,test"], cwd=REPO, capture_output=True, text=True, check=True)
-    rows = [json.loads(l) for l in out.stdout.splitlines() if l.startswith("{")]
-    for r in rows:
-      emit({"benchmark": "real_data", "row": "bm25", **r})
-    return {r["split"]: r for r in rows}
-
-  def ict(self, seed):
-    model_dir = self.path(f"ict_s{seed}")
-    if not done(os.path.join(model_dir, "export")):
-      self.seconds[f"ict_s{seed}"] = run(f"ict_s{seed}", [
-          "run_pretrain.py", "--mode=ict", f"--model_dir={model_dir}",
-          f"--examples_path={self.path('K', 'examples.tfr')}",
-          f"--retrieval_corpus_path={self.path('K', 'realm', 'blocks-*')}",
-          f"--vocab_file={self.vocab}", f"--bert_hub_module_handle={self.path('bert', 'bert')}",
-          self.size_config, f"--config_file={RUNS}/real_ict.yaml", f"--seed={seed}",
-          "--run_mode=train", *overrides(FLAGS.ict_override)], self.logs)
-    return os.path.join(latest_step_dir(os.path.join(model_dir, "export")), "embedder")
-
-  def realm(self, seed, ict_embedder):
-    model_dir = self.path(f"realm_s{seed}")
-    if not done(os.path.join(model_dir, "TRAINING_DONE")):
-      self.seconds[f"realm_s{seed}"] = run(f"realm_s{seed}", [
-          "run_pretrain.py", "--mode=realm", f"--model_dir={model_dir}",
-          f"--pretrain_corpus_path={self.path('P', 'pretrain-*')}",
-          f"--retrieval_corpus_path={self.path('K', 'realm', 'blocks-*')}",
-          f"--embedder_hub_module_handle={ict_embedder}",
-          f"--bert_hub_module_handle={self.path('bert', 'bert')}", f"--vocab_file={self.vocab}",
-          self.size_config, f"--config_file={RUNS}/real_realm.yaml", f"--seed={seed}",
-          "--run_mode=train", *overrides(FLAGS.realm_override)], self.logs)
-    export = latest_step_dir(os.path.join(model_dir, "export"))
-    return os.path.join(export, "embedder"), os.path.join(export, "bert")
-
-  def orqa(self, name, retriever, reader, seed):
-    model_dir = self.path(name)
-    common = [f"--model_dir={model_dir}", f"--retriever_module_path={retriever}",
-              f"--reader_module_path={reader}", f"--block_records_path={self.path('K')}",
-              f"--data_root={FLAGS.proxy_dir}", f"--dataset_name={FLAGS.dataset_name}",
-              f"--vocab_file={self.vocab}", self.size_config, f"--config_file={RUNS}/real_orqa.yaml",
-              *overrides(FLAGS.orqa_override)]
-    if not done(os.path.join(model_dir, "export", "best")):
-      self.seconds[name] = run(name, ["run_finetune.py", "--mode=train_and_eval", f"--seed={seed}",
-                                      *common], self.logs)
-    if not done(os.path.join(model_dir, "test_metrics.json")):
-      self.seconds[name + "_test"] = run(name + "_test", [
-          "run_finetune.py", "--mode=predict", "--eval_split=test",
-          f"--predict_output={os.path.join(model_dir, 'test_predictions.jsonl')}",
-          f"--metrics_output={os.path.join(model_dir, 'test_metrics.json')}", *common], self.logs)
-    return orqa_metrics(model_dir)
+def run_seed(commands, seed, first_work_dir):
+  work = os.path.join(FLAGS.work_dir, f"seed_{seed}")
+  os.makedirs(work, exist_ok=True)
+  skip = set()
+  if first_work_dir and first_work_dir != work:
+    for d in _SHARED:
+      if not os.path.exists(os.path.join(work, d)):
+        os.symlink(os.path.join(first_work_dir, d), os.path.join(work, d))
+    skip = {"convert_checkpoint", "build_knowledge_corpus", "build_pretrain_corpus"}
+  variables = {"E": FLAGS.encoder_dir, "D": FLAGS.data_dir, "N": FLAGS.dataset_name,
+               "T": FLAGS.pretrain_text or os.path.join(FLAGS.data_dir, "docs.jsonl"),
+               "W": work, "SEED": str(seed)}
+  script = script_for(commands, variables, skip, baseline_commands(commands))
+  log = os.path.join(work, "recipe.log")
+  with open(os.path.join(work, "recipe.sh"), "w") as f:
+    f.write(script)
+  with open(log, "w") as out:
+    # `python` in the recipe is this interpreter (the venv's).
+    env = dict(os.environ, PATH=os.path.dirname(sys.executable) + os.pathsep + os.environ["PATH"])
+    proc = subprocess.run(["bash", os.path.join(work, "recipe.sh")], cwd=REPO, stdout=out,
+                          stderr=subprocess.STDOUT, check=False, env=env)
+  if proc.returncode != 0:
+    raise SystemExit(f"seed {seed}: the recipe failed (exit {proc.returncode}); see {log}")
+  return work, stage_seconds(log)
 
 
 def main(argv):
   del argv
-  for name in ("proxy_dir", "encoder_dir", "work_dir"):
-    if not getattr(FLAGS, name):
-      raise app.UsageError(f"--{name} is required")
-  recipe = Recipe(FLAGS.work_dir)
-  t0 = time.time()
-  recipe.convert()
-  recipe.corpus()
-  bm25 = recipe.bm25()
-  rows = {v: [] for v in FLAGS.variants}
+  commands = recipe_commands(FLAGS.readme)
+  first = None
+  rows = {"ict_orqa": [], "ict_realm_orqa": []}
+  recipe_seconds = []
   for seed in (int(s) for s in FLAGS.seeds):
-    ict = recipe.ict(seed)
-    variants = {}
-    if "ict_orqa" in rows:
-      variants["ict_orqa"] = recipe.orqa(f"orqa_ict_s{seed}", ict, recipe.path("bert", "bert"), seed)
-    if "ict_realm_orqa" in rows:
-      retriever, reader = recipe.realm(seed, ict)
-      variants["ict_realm_orqa"] = recipe.orqa(f"orqa_realm_s{seed}", retriever, reader, seed)
-    for variant, metrics in variants.items():
+    work, seconds = run_seed(commands, seed, first)
+    if first is None:
+      first = work
+      bm25 = subprocess.run([sys.executable, "-m", "benchmarks.bm25",
+                             f"--knowledge_dir={os.path.join(work, 'K')}",
+                             f"--data_root={FLAGS.data_dir}", f"--dataset_name={FLAGS.dataset_name}",
+                             "--splits=dev,test"], cwd=REPO, capture_output=True, text=True,
+                            check=True)
+      bm25_rows = {r["split"]: r for r in (json.loads(l) for l in bm25.stdout.splitlines()
+                                           if l.startswith("{"))}
+      for r in bm25_rows.values():
+        emit({"benchmark": "real_data", "row": "bm25", **r})
+    recipe = sum(v for k, v in seconds.items() if not k.endswith("_ict"))
+    recipe_seconds.append(recipe)
+    for variant, model_dir in (("ict_orqa", "orqa_ict"), ("ict_realm_orqa", "orqa")):
+      metrics = orqa_metrics(os.path.join(work, model_dir))
       rows[variant].append(metrics)
+      baseline = variant == "ict_orqa"
       emit({"benchmark": "real_data", "row": variant, "seed": seed, **metrics,
-            "stage_seconds": {k: round(v, 1) for k, v in recipe.seconds.items()
-                              if k.endswith(f"s{seed}") or k.endswith(f"s{seed}_test")}})
+            "stage_seconds": {k: v for k, v in seconds.items()
+                              if k.endswith("_ict") == baseline or k == "ict"}})
   summary = {"benchmark": "real_data", "row": "summary", "seeds": FLAGS.seeds,
-             "bm25_dev_recall@5": bm25["dev"]["recall@5"], "bm25_test_recall@5": bm25["test"]["recall@5"],
-             "total_seconds": round(time.time() - t0, 1),
-             "once_seconds": {k: round(recipe.seconds[k], 1)
-                              for k in ("convert", "knowledge_corpus", "pretrain_corpus")
-                              if k in recipe.seconds}}
+             "bm25_dev_recall@5": bm25_rows["dev"]["recall@5"],
+             "bm25_test_recall@5": bm25_rows["test"]["recall@5"],
+             "recipe_seconds_per_seed": [round(s, 1) for s in recipe_seconds]}
   for variant, results in rows.items():
-    for key in ("dev_em", "test_em", "dev_recall@1", "dev_recall@5", "dev_recall@20", "test_recall@5"):
+    for key in ("dev_em", "test_em", "dev_recall@1", "dev_recall@5", "dev_recall@20",
+                "test_recall@5"):
       values = [r[key] for r in results if r.get(key) is not None]
       if values:
         summary[f"{variant}/{key}_mean"] = round(statistics.mean(values), 4)
@@ -235,5 +217,6 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  flags.mark_flags_as_required(["proxy_dir", "encoder_dir", "work_dir"])
+  define_flags()
+  flags.mark_flags_as_required(["data_dir", "encoder_dir", "work_dir"])
   app.run(main)
