@@ -39,8 +39,11 @@ def _tiny_world(d):
   vocab = os.path.join(d, "vocab.txt")
   conv.tiny_fixtures.write_tiny_vocab(vocab)
   w = conv._bert_arrays(rng, mlm_prefix=None)  # pylint: disable=protected-access
+  # BERT's 512 positions: the real-data run configs use sequences of up to 144.
+  w["bert/embeddings/position_embeddings"] = rng.normal(0, 0.2, (512, conv.H)).astype(np.float32)
   enc = os.path.join(d, "encoder")
-  conv.write_hf_dir(enc, conv._hf_bert_model_state(w), conv._hf_config("gelu"),  # pylint: disable=protected-access
+  conv.write_hf_dir(enc, conv._hf_bert_model_state(w),  # pylint: disable=protected-access
+                    conv._hf_config("gelu", max_position_embeddings=512),  # pylint: disable=protected-access
                     vocab_file=vocab)
   conv.write_sentence_transformers_dir(enc, transformer_path="")
   data = os.path.join(d, "data")
