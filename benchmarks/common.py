@@ -253,18 +253,23 @@ def set_threads(intra_op: Optional[int] = None, inter_op: Optional[int] = None):
     tf.config.threading.set_inter_op_parallelism_threads(inter_op)
 
 
-def time_steps(run_step: Callable[[], float], steps: int, tracker, total_flops: float):
+def time_steps(run_step: Callable[[], float], steps: int, tracker, total_flops: float,
+               cpu_times=None):
   """Runs `run_step()` (returns the loss) `steps` times.
 
   Returns (seconds per step, efficiency per step, last loss); efficiency is the step's useful FLOP/s
-  over the mean of the matmul rate `tracker` measured right before and right after that step.
+  over the mean of the matmul rate `tracker` measured right before and right after that step. With a
+  list `cpu_times`, each step's process CPU seconds (all threads) are appended to it: on a shared
+  machine the work a step costs, which wall time (waiting for the cores) does not show.
   """
   times, ratios, loss = [], [], float("nan")
   before = tracker.sample()
   for _ in range(steps):
-    t = time.perf_counter()
+    t, c = time.perf_counter(), time.process_time()
     loss = run_step()
     dt = time.perf_counter() - t
+    if cpu_times is not None:
+      cpu_times.append(time.process_time() - c)
     after = tracker.sample()
     times.append(dt)
     ratios.append(total_flops / dt / 1e9 / (0.5 * (before + after)))

@@ -125,8 +125,9 @@ def run(a):
   required = common.realm_step_flops(a.batch, a.k, a.query_len, a.cand_len, a.joint_len, a.hidden,
                                      a.layers, a.intermediate or 4 * a.hidden, a.vocab_size,
                                      a.max_masks, a.projection, required=True)
+  cpu_times = []
   times, ratios, loss = common.time_steps(lambda: float(step(batch)["loss"]), a.steps, tracker,
-                                           flops["total"])
+                                           flops["total"], cpu_times)
   s = common.summarize(times)
   refresh = measure_with_refresh(a, step, batch, s) if a.refresh_threads else {}
   if a.profile_dir:
@@ -139,9 +140,10 @@ def run(a):
       "max_masks": a.max_masks, "xla": a.xla, "precision": a.precision, "dropout": a.dropout,
       "cpu_accel": accel.is_enabled(a.cpu_accel, a.xla),
       "accel_pieces": list(accel_pieces(a)) if accel.is_enabled(a.cpu_accel, a.xla) else [],
-      "cpp_kernels": custom_kernels.load() is not None,
+      "cpp_kernels": accel.is_enabled(a.cpu_accel, a.xla) and custom_kernels.load() is not None,
       "steps": a.steps, "compile_s": compile_s, "loss": loss,
       "seconds_per_step_best": s["best"], "seconds_per_step_median": s["median"],
+      "cpu_seconds_per_step_median": float(np.median(cpu_times)),
       "examples_per_s": a.batch / s["median"],
       "useful_gflop_per_step": flops["total"] / 1e9,
       **{f"gflop_{k}": v / 1e9 for k, v in flops.items() if k != "total"},
