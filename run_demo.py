@@ -54,6 +54,8 @@ flags.DEFINE_integer("max_block_length", _D.max_block_length,
                      "Knowledge-corpus block length in wordpieces (also the candidate/reader block length).")
 flags.DEFINE_integer("num_samples", _D.num_samples, "Dev questions answered via the serving model.")
 flags.DEFINE_bool("xla", _D.xla, "XLA-compile the training steps (long compile on CPU; use on TPU/GPU).")
+flags.DEFINE_enum("retrieval", _D.retrieval, ["host", "device"],
+                  "REALM stage: where the candidates are chosen (run_pretrain.py --retrieval).")
 flags.DEFINE_string("ict_overrides", "", "Extra --params_override for the ICT stage ('a.b=1,...').")
 flags.DEFINE_string("realm_overrides", "", "Extra --params_override for the REALM stage.")
 flags.DEFINE_string("orqa_overrides", "", "Extra --params_override for ORQA fine-tuning/prediction.")
@@ -73,6 +75,7 @@ def main(argv):
       realm_batch_size=FLAGS.realm_batch_size, orqa_batch_size=FLAGS.orqa_batch_size,
       refresh_every_steps=FLAGS.refresh_every_steps, vocab_size=FLAGS.vocab_size,
       max_block_length=FLAGS.max_block_length, num_samples=FLAGS.num_samples, xla=FLAGS.xla,
+      retrieval=FLAGS.retrieval,
       extra_overrides={k: v for k, v in (("ict", FLAGS.ict_overrides), ("realm", FLAGS.realm_overrides),
                                          ("orqa", FLAGS.orqa_overrides)) if v})
   try:

@@ -10,6 +10,14 @@ times) and the efficiency is reported per step against the neighbouring samples,
 
 Output (JSON lines): a `pretrain_step` record with examples_per_s, seconds_per_step (best/median),
 useful_gflop_per_step (by part), achieved_gflops, peak_gflops (same run), efficiency.
+
+`--retrieval=device --num_blocks=N` times the device-retrieval step instead (`task.retrieval=device`):
+the batch holds only masked queries, and the step embeds them with the live query tower, searches a
+`DeviceBlockStore` of N synthetic blocks (random `block_emb`, `--emb_dtype`), packs the K candidates
+and runs the towers and loss. The record adds the retrieval alone (`RealmTask.retrieve`, compiled as
+the step is) timed between the steps: retrieval_seconds_median, retrieval_share (of the step median)
+and gflop_retrieval (query-tower forward + the [B, N] inner products); the step's FLOP counts include
+it.
 """
 import argparse
 import os
@@ -27,6 +35,8 @@ from realm_tf2 import accel  # noqa: E402
 from realm_tf2 import configs  # noqa: E402
 from realm_tf2.accel import custom_kernels  # noqa: E402
 from realm_tf2 import optimization  # noqa: E402
+from realm_tf2.retrieval import block_store as block_store_lib  # noqa: E402
+from realm_tf2.retrieval import device_retrieval  # noqa: E402
 from realm_tf2.tasks import realm_task  # noqa: E402
 
 
@@ -84,10 +94,37 @@ def synthetic_batch(batch, k, q, c, j, m, vocab, seed=0):
   return {name: tf.constant(v) for name, v in out.items()}
 
 
+def synthetic_block_store(num_blocks, cand_len, vocab, seed=0):
+  """`num_blocks` blocks of a 4-token title and a body filling the candidate layout; row uids
+  0..N-1 (valid `graph_doc_uid` values, distinct)."""
+  rng = np.random.default_rng(seed)
+  body = max(1, cand_len - 7)
+  titles = rng.integers(5, vocab, [num_blocks, 4]).astype(np.int32)
+  bodies = rng.integers(5, vocab, [num_blocks, body]).astype(np.int32)
+  store = block_store_lib.BlockStore(
+      titles.reshape(-1), np.arange(num_blocks + 1, dtype=np.int64) * 4, bodies.reshape(-1),
+      np.arange(num_blocks + 1, dtype=np.int64) * body, np.arange(num_blocks, dtype=np.int64),
+      source="synthetic")
+  return store, np.arange(num_blocks, dtype=np.int32)
+
+
+def device_batch(batch, q, m, vocab, num_blocks, seed=0):
+  """A device-mode batch (`pretrain_pipeline.DEVICE_FEATURES`): masked queries, no candidates."""
+  full = synthetic_batch(batch, 1, q, 8, 8, m, vocab, seed)
+  rng = np.random.default_rng(seed + 1)
+  out = {k: full[k] for k in ("query_input_ids", "query_input_mask", "query_segment_ids",
+                              "mlm_positions", "mlm_targets", "mlm_mask")}
+  out["source_uid"] = tf.constant(rng.integers(0, num_blocks, batch).astype(np.int32))
+  out["pipeline_counts"] = tf.zeros([batch, 5], tf.int32)
+  return out
+
+
 def build(a):
   """(task, model, optimizer, batch, step_fn) for the flags."""
   common.set_precision(a.precision)
-  cfg = realm_task.RealmPretrainTaskConfig(jit_compile=a.xla)
+  cfg = realm_task.RealmPretrainTaskConfig(jit_compile=a.xla, retrieval=a.retrieval)
+  cfg.device_retrieval.emb_dtype = a.emb_dtype
+  cfg.device_retrieval.rows_per_chunk = a.rows_per_chunk
   cfg.model.bert = bert_config(a)
   cfg.model.projection_size = a.projection
   cfg.model.embedder_dropout_rate = a.dropout
@@ -99,10 +136,34 @@ def build(a):
   if accel.is_enabled(a.cpu_accel, a.xla):  # as training/driver.py does
     accel.apply(model, pieces=accel_pieces(a))
   opt = optimization.create_optimizer(configs.OptimizerConfig(num_warmup_steps=10), 1000)
-  batch = synthetic_batch(a.batch, a.k, a.query_len, a.cand_len, a.joint_len, a.max_masks,
-                          a.vocab_size)
+  if a.retrieval == "device":
+    store, uids = synthetic_block_store(a.num_blocks, a.cand_len, a.vocab_size)
+    emb = np.random.default_rng(1).standard_normal([a.num_blocks, a.projection]).astype(np.float32)
+    task.set_device_retrieval(device_retrieval.DeviceBlockStore(
+        store, emb, candidate_seq_len=a.cand_len, joint_seq_len=a.joint_len, cls_id=2, sep_id=3,
+        block_uids=uids, emb_dtype=cfg.device_retrieval.tf_emb_dtype,
+        rows_per_chunk=a.rows_per_chunk or None))
+    batch = device_batch(a.batch, a.query_len, a.max_masks, a.vocab_size, a.num_blocks)
+  else:
+    batch = synthetic_batch(a.batch, a.k, a.query_len, a.cand_len, a.joint_len, a.max_masks,
+                            a.vocab_size)
   step = tf.function(lambda x: task.train_step(x, model, opt))
   return task, model, opt, batch, step
+
+
+def retrieval_flops(a) -> float:
+  """Device retrieval per step: the query tower's inference forward + 2*B*N*D inner products
+  (top-k and packing are not matmuls)."""
+  return (common.embedder_forward_flops(a.batch, a.query_len, a.hidden, a.layers,
+                                        a.intermediate or 4 * a.hidden, a.projection, cls_only=True)
+          + 2.0 * a.batch * a.num_blocks * a.projection)
+
+
+def time_retrieval(a, task, model, batch):
+  """Seconds of `RealmTask.retrieve` alone (compiled like the step), after one warm-up call."""
+  fn = tf.function(lambda x: task.retrieve(model, x)["candidate_input_ids"], jit_compile=a.xla)
+  fn(batch).numpy()
+  return common.time_calls(lambda: fn(batch), a.steps, sync=lambda x: x.numpy())
 
 
 def accel_pieces(a):
@@ -114,7 +175,7 @@ def run(a):
   os.environ["REALM_TF2_CUSTOM_KERNELS"] = "1" if a.cpp_kernels else "0"
   common.set_threads(a.intra_op)
   tracker = common.PeakTracker(tuple(int(s) for s in a.peak_sizes.split(",")), repeats=3)
-  _, model, _, batch, step = build(a)
+  task, model, _, batch, step = build(a)
   t = time.perf_counter()
   for _ in range(a.warmup):
     float(step(batch)["loss"])
@@ -126,9 +187,20 @@ def run(a):
                                      a.layers, a.intermediate or 4 * a.hidden, a.vocab_size,
                                      a.max_masks, a.projection, required=True)
   cpu_times = []
+  device = {}
+  if a.retrieval == "device":
+    extra = retrieval_flops(a)
+    flops = dict(flops, retrieval=extra, total=flops["total"] + extra)
+    required = dict(required, total=required["total"] + extra)
   times, ratios, loss = common.time_steps(lambda: float(step(batch)["loss"]), a.steps, tracker,
                                            flops["total"], cpu_times)
   s = common.summarize(times)
+  if a.retrieval == "device":
+    r = common.summarize(time_retrieval(a, task, model, batch))
+    device = {"num_blocks": a.num_blocks, "emb_dtype": a.emb_dtype,
+              "rows_per_chunk": task.device_store.rows_per_chunk,
+              "retrieval_seconds_median": r["median"], "retrieval_seconds_best": r["best"],
+              "retrieval_share": r["median"] / s["median"]}
   refresh = measure_with_refresh(a, step, batch, s) if a.refresh_threads else {}
   if a.profile_dir:
     top_ops = profile_step(step, batch, a.profile_dir)
@@ -138,6 +210,7 @@ def run(a):
       "intermediate": a.intermediate or 4 * a.hidden, "vocab": a.vocab_size, "batch": a.batch,
       "k": a.k, "query_len": a.query_len, "cand_len": a.cand_len, "joint_len": a.joint_len,
       "max_masks": a.max_masks, "xla": a.xla, "precision": a.precision, "dropout": a.dropout,
+      "retrieval": a.retrieval, **device,
       "cpu_accel": accel.is_enabled(a.cpu_accel, a.xla),
       "accel_pieces": list(accel_pieces(a)) if accel.is_enabled(a.cpu_accel, a.xla) else [],
       "cpp_kernels": accel.is_enabled(a.cpu_accel, a.xla) and custom_kernels.load() is not None,
@@ -262,7 +335,9 @@ def measure_with_refresh(a, step, batch, alone):
 
 
 def parser():
-  ap = argparse.ArgumentParser(description=__doc__,
+  # "resolve": benchmarks/input_pipeline.py extends this parser and defines its own --num_blocks
+  # (the size of its host index), which replaces the device-retrieval one.
+  ap = argparse.ArgumentParser(description=__doc__, conflict_handler="resolve",
                                formatter_class=argparse.RawDescriptionHelpFormatter)
   add_model_flags(ap)
   ap.add_argument("--batch", type=int, default=4)
@@ -271,6 +346,14 @@ def parser():
   ap.add_argument("--cand_len", type=int, default=288)
   ap.add_argument("--joint_len", type=int, default=384)
   ap.add_argument("--max_masks", type=int, default=10)
+  ap.add_argument("--retrieval", choices=realm_task.RETRIEVAL_MODES, default="host",
+                  help="host: the batch carries the K packed candidates; device: the step retrieves "
+                       "them from --num_blocks synthetic blocks")
+  ap.add_argument("--num_blocks", type=int, default=100000, help="device: corpus rows")
+  ap.add_argument("--emb_dtype", choices=("float32", "bfloat16"), default="float32",
+                  help="device: block_emb storage/scoring dtype")
+  ap.add_argument("--rows_per_chunk", type=int, default=0,
+                  help="device: rows scored at once (0 = the whole shard)")
   ap.add_argument("--profile_dir", default="", help="trace one step with tf.profiler here")
   ap.add_argument("--refresh_threads", type=int, default=0,
                   help="also time steps beside a refresher process with this many intra-op threads")

@@ -12,12 +12,20 @@ Measured here (each printed with its unit cost):
     packing with the NumPy packers, null doc, uid filter);
   * the CPU's fp32 matmul rate per core and the embedder-forward efficiency on it (small RealmEmbedder
     over [32,96] queries, tf.function), used for host-side query embedding at BERT-base.
+  * host core-seconds per example of the input pipeline's graph stage (read, parse, pick a span,
+    tokenize, mask, batch: `pretrain_pipeline.build_device_pretrain_dataset`, process CPU time over
+    synthetic shards), which both modes pay; in `task.retrieval=device` it is all the host does.
 Assumed (flags, stated in the output): TPU v3 peak 61.5 bf16 TFLOP/s per core (123 per chip, 2 cores),
-model-FLOP utilisation `--tpu_mfu`, 8 hosts x 96 vCPUs for 64 cores, mean block length.
-FLOP counts are analytic (benchmarks/common.py). One JSON line per quantity, then a summary line.
+model-FLOP utilisation `--tpu_mfu`, 8 hosts x 96 vCPUs for 64 cores, mean block length; device mode:
+16 GiB HBM per core, the dense title/body widths of the `DeviceBlockStore`, the utilisation of the
+in-step search `--mips_utilisation`.
+FLOP counts are analytic (benchmarks/common.py). One JSON line per quantity, then a summary line per
+mode (`summary` = host retrieval, `summary_device` = device retrieval).
 """
 import argparse
+import math
 import os
+import resource
 import sys
 import tempfile
 import time
@@ -129,6 +137,88 @@ def measure_packing(num_blocks=20000, n_queries=64, k=8, seed=0):
     index.search(qv, k)
   search = (time.perf_counter() - t) / (3 * n_queries)
   return {"pack_s_per_example": max(total - search, 0.0)}
+
+
+def measure_graph_stage(num_records=2000, batches=20, batch=64, vocab_size=30522, seed=0):
+  """Host core-seconds per example of the pipeline's graph stage (the device-mode pipeline:
+  read, parse, pick a span, tokenize, mask, batch), from the process CPU time while iterating it
+  over synthetic CONTRACTS §2 shards (`benchmarks/input_pipeline.py`: 4 sentences of 12-40 words)."""
+  from benchmarks import input_pipeline  # pylint: disable=g-import-not-at-top
+  root = tempfile.mkdtemp(prefix="realm_budget_")
+  vocab_file = os.path.join(root, "vocab.txt")
+  words = input_pipeline.write_vocab(vocab_file, vocab_size)
+  pattern = input_pipeline.write_pretrain_shards(os.path.join(root, "pretrain"), words, num_records,
+                                                 seed=seed)
+  cfg = pretrain_pipeline.PretrainInputConfig(shuffle_buffer=100, repeat=True)
+  ds = pretrain_pipeline.build_device_pretrain_dataset(
+      pattern, tokenization.RealmTokenizer(vocab_file), batch, cfg)
+  it = iter(ds)
+  next(it)  # warm-up: tracing, file opening
+
+  def cpu_seconds():
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+  cpu0, t0 = cpu_seconds(), time.perf_counter()
+  n = sum(int(next(it)["query_input_ids"].shape[0]) for _ in range(batches))
+  cpu, wall = cpu_seconds() - cpu0, time.perf_counter() - t0
+  return {"core_s_per_example": cpu / n, "examples_per_s": n / wall, "examples": n}
+
+
+def device_budget(a, step_flops, step_s, tpu_rate, graph_core_s):
+  """Paper-setting budget of `task.retrieval=device` (analytic sizes of the `DeviceBlockStore`).
+
+  Returns the JSON records: HBM per core, retrieval FLOPs and time per step, host cores, summary.
+  """
+  n, cores, d = a.num_blocks, a.train_cores, BASE["projection"]
+  shard = math.ceil(n / cores)
+  chunk = min(a.device_rows_per_chunk or shard, shard)
+  emb_bytes = {"float32": shard * d * 4, "bfloat16": shard * d * 2}
+  # title_ids [S, Lt] + body_ids [S, Lb] + title_len, body_len, uids [S], int32.
+  token_bytes = shard * (a.device_title_width + a.device_body_width + 3) * 4
+  # Per step: the [R*b, chunk] float32 score block of the running top-k, and the all-reduced token
+  # rows of the kept candidates [R*b, K-1, Lt+Lb+2] int32.
+  scores_bytes = a.batch * chunk * 4
+  payload_bytes = a.batch * (a.k - 1) * (a.device_title_width + a.device_body_width + 2) * 4
+  hbm = emb_bytes["bfloat16"] + token_bytes + scores_bytes + payload_bytes
+  out = [dict(quantity="device_hbm_per_core", rows_per_core=shard, rows_per_chunk=chunk,
+              block_emb_gib_bfloat16=emb_bytes["bfloat16"] / GIB,
+              block_emb_gib_float32=emb_bytes["float32"] / GIB, token_gib=token_bytes / GIB,
+              title_width=a.device_title_width, body_width=a.device_body_width,
+              step_scores_gib=scores_bytes / GIB, step_payload_gib=payload_bytes / GIB,
+              total_gib=hbm / GIB, hbm_per_core_gib=a.hbm_per_core_gib,
+              share_of_hbm=hbm / GIB / a.hbm_per_core_gib)]
+  embed = common.embedder_forward_flops(a.batch, 96, BASE["hidden"], BASE["layers"],
+                                        BASE["intermediate"], d, cls_only=True)
+  search = 2.0 * a.batch * n * d  # every query against every row, summed over the shards
+  retrieval_s = (embed / (cores * tpu_rate) +
+                 search / (cores * a.tpu_core_tflops * 1e12 * a.mips_utilisation))
+  out.append(dict(quantity="device_retrieval_per_step", query_embed_tflop=embed / 1e12,
+                  search_tflop=search / 1e12, step_tflop=step_flops / 1e12,
+                  retrieval_share_of_step_flops=(embed + search) / step_flops,
+                  mips_utilisation=a.mips_utilisation, seconds=retrieval_s,
+                  step_s_without=step_s, step_s_with=step_s + retrieval_s,
+                  all_reduce_mib_per_step=payload_bytes / 2**20,
+                  note="search FLOPs do not shrink with more cores per query: each core scores the "
+                       "global batch against its shard"))
+  per_host = a.batch / a.hosts
+  core_s = per_host * graph_core_s
+  out.append(dict(quantity="device_input_per_host_per_step", examples=per_host,
+                  graph_stage_core_s=core_s, step_s=step_s + retrieval_s,
+                  cores_needed=core_s / (step_s + retrieval_s), host_cores=a.host_cores))
+  bottlenecks = []
+  if hbm / GIB > a.hbm_per_core_gib:
+    bottlenecks.append(f"HBM: {hbm / GIB:.1f} GiB per core > {a.hbm_per_core_gib}")
+  bottlenecks.append(f"in-step search: +{retrieval_s / step_s:.0%} step time "
+                     f"({search / step_flops:.2f}x the step's FLOPs)")
+  out.append(dict(quantity="summary_device", blocks=n, batch=a.batch, k=a.k, train_cores=cores,
+                  hbm_per_core_gib=hbm / GIB, step_s=step_s + retrieval_s,
+                  retrieval_share_of_step_time=retrieval_s / (step_s + retrieval_s),
+                  input_cores_per_host=core_s / (step_s + retrieval_s),
+                  refresh="as host mode (same corpus re-embedding); the new block_emb is assigned "
+                          "to the shards between steps",
+                  bottlenecks=bottlenecks))
+  return out
 
 
 def measure_cpu_embed(peak_per_core_gflops):
@@ -261,11 +351,14 @@ def run(a):
   embed_core_s = q_flops / (per_core * 1e9 * cpu_eff)
   pack_s = measure_packing()["pack_s_per_example"]
   search_s = idx["scann"]["search_s_per_query"] * (n / a.measure_rows) * a.scann_scaling
-  core_s = per_host * (embed_core_s + pack_s + search_s)
+  graph = measure_graph_stage(a.graph_records)
+  rec(quantity="graph_stage_measured", **graph)
+  graph_s = graph["core_s_per_example"]
+  core_s = per_host * (embed_core_s + pack_s + search_s + graph_s)
   rec(quantity="input_pipeline_per_host_per_step", examples=per_host,
       query_embed_core_s=per_host * embed_core_s, cpu_embed_efficiency=cpu_eff,
       pack_core_s=per_host * pack_s, scann_search_core_s=per_host * search_s,
-      total_core_s=core_s, step_s=step_s, cores_needed=core_s / step_s, host_cores=a.host_cores,
+      graph_stage_core_s=per_host * graph_s, total_core_s=core_s, step_s=step_s, cores_needed=core_s / step_s, host_cores=a.host_cores,
       note="ScaNN search time scaled linearly in N (leaves searched grow with sqrt(N) and "
            "points per leaf with sqrt(N))")
 
@@ -278,9 +371,11 @@ def run(a):
       train_cores=a.train_cores, memory_per_host_gib=mem_total, step_s=step_s,
       refresh_wall_min=refresh_wall_s / 60, refresh_tpu_core_hours=refresh_core_h,
       input_cores_per_host=core_s / step_s, dominant_input_cost=max(
-          (("query_embed", embed_core_s), ("pack", pack_s), ("search", search_s)),
-          key=lambda x: x[1])[0],
+          (("query_embed", embed_core_s), ("pack", pack_s), ("search", search_s),
+           ("graph_stage", graph_s)), key=lambda x: x[1])[0],
       bottlenecks=bottlenecks or ["none above the host limits"])
+  for record in device_budget(a, step["total"], step_s, tpu_rate, graph_s):
+    rec(**record)
 
 
 def parser():
@@ -304,6 +399,17 @@ def parser():
   ap.add_argument("--scann_scaling", type=float, default=1.0)
   ap.add_argument("--measure_blocks", type=int, default=20000)
   ap.add_argument("--measure_rows", type=int, default=50000)
+  ap.add_argument("--graph_records", type=int, default=2000,
+                  help="synthetic pre-training records for the graph-stage measurement")
+  ap.add_argument("--hbm_per_core_gib", type=float, default=16.0, help="TPU v3: 16 GiB per core")
+  ap.add_argument("--device_title_width", type=int, default=32,
+                  help="device mode: dense title width (the longest title, at most C-3)")
+  ap.add_argument("--device_body_width", type=int, default=288,
+                  help="device mode: dense body width (the longest body, at most max(C,J)-3)")
+  ap.add_argument("--device_rows_per_chunk", type=int, default=65536,
+                  help="device mode: rows scored at once per core (0 = the whole shard)")
+  ap.add_argument("--mips_utilisation", type=float, default=0.4,
+                  help="device mode: share of the TPU peak the in-step search reaches")
   ap.add_argument("--refresh_blocks", type=int, default=0,
                   help="also measure corpus embedding (4L/256) on this many blocks")
   ap.add_argument("--refresh_batch", type=int, default=128, help="embedding batch of --refresh_blocks")

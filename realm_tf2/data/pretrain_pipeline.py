@@ -26,6 +26,14 @@ Output features (per example; K=num_candidates, Q/C/J = query/candidate/joint le
   mlm_positions/mlm_targets/mlm_mask                            int32 [M]
   retrieved_block_ids int32 [K] (corpus rows; -1 for the null document)
   index_version int32 [], index_step int32 []  (snapshot used for this example)
+
+`task.retrieval=device` (`build_device_pretrain_dataset`): the host only reads, masks and batches; the
+train step embeds the masked queries with the live query tower and retrieves and packs on the
+accelerator (`retrieval/device_retrieval.py`). Same records, same masking, but no `py_function`, no
+candidate_*/joint_*/retrieved_block_ids/index_* features. Instead, per example:
+  source_uid int32 []  (`device_retrieval.graph_doc_uid` of the record's title and text)
+  pipeline_counts int32 [len(DEVICE_COUNT_KEYS)]  (records read and skipped by reason since the
+    previous example, this one included; the train step sums them, see `RealmTask`)
 """
 import dataclasses
 import hashlib
@@ -43,10 +51,16 @@ import tf_keras
 from realm_tf2 import io_utils
 from realm_tf2 import tokenization
 from realm_tf2.data import pipeline_stats
+from realm_tf2.retrieval import device_retrieval
 
 # Skip reasons decided in the graph stage (code 0 = usable).
 SKIP_REASONS = ("ok", "no_valid_spans", "no_masked_token", "mask_out_of_range")
 _OK, _NO_VALID_SPANS, _NO_MASKED_TOKEN, _MASK_OUT_OF_RANGE = range(4)
+# Device mode: what `pipeline_counts` counts, in this order (keys of `PipelineStats.as_metrics`).
+DEVICE_COUNT_KEYS = ("records",) + tuple(f"skipped/{r}" for r in SKIP_REASONS[1:]) + (
+    "skipped/malformed_record",)
+DEVICE_FEATURES = ("query_input_ids", "query_input_mask", "query_segment_ids", "mlm_positions",
+                   "mlm_targets", "mlm_mask", "source_uid", "pipeline_counts")
 
 PRETRAIN_FEATURES = {
     "title": tf.io.FixedLenFeature([], tf.string, default_value=""),
@@ -325,6 +339,48 @@ class RetrievalFeaturizer:
     return out
 
 
+def _masked_queries(file_pattern, tokenizer, cfg: PretrainInputConfig, input_context, files,
+                    with_source_uid: bool = False) -> tf.data.Dataset:
+  """Records -> masked queries (`_query_features` + `record_index`), one element per record read;
+  records tf.data could not parse are dropped here and show up as gaps in `record_index`.
+  `with_source_uid` adds the record's `graph_doc_uid` (device mode)."""
+  files = sorted(files if files is not None else io_utils.list_shards(file_pattern))
+  files, record_shard = shard_files(files, input_context)
+  ds = tf.data.Dataset.from_tensor_slices(files)
+  if cfg.repeat and not cfg.deterministic:
+    ds = ds.shuffle(len(files), seed=cfg.seed, reshuffle_each_iteration=True)
+  if cfg.repeat:
+    ds = ds.repeat()
+  ds = ds.interleave(lambda f: tf.data.TFRecordDataset(f, compression_type="GZIP"),
+                     cycle_length=min(len(files), 4), block_length=1,
+                     num_parallel_calls=None if cfg.deterministic else tf.data.AUTOTUNE,
+                     deterministic=cfg.deterministic)
+  if record_shard is not None:
+    ds = ds.shard(*record_shard)
+  if cfg.shuffle_buffer and cfg.repeat:
+    ds = ds.shuffle(cfg.shuffle_buffer, seed=cfg.seed)
+  ds = ds.enumerate()
+
+  def graph_stage(index, serialized):
+    record = tf.io.parse_single_example(serialized, PRETRAIN_FEATURES)
+    record = {k: (tf.sparse.to_dense(v) if isinstance(v, tf.sparse.SparseTensor) else v)
+              for k, v in record.items()}
+    out = _query_features(record, index, tokenizer, cfg)
+    out["record_index"] = tf.cast(index, tf.int64)
+    if with_source_uid:
+      out["source_uid"] = device_retrieval.graph_doc_uid(out["title"], out["text"])
+    return out
+
+  ds = ds.map(graph_stage, num_parallel_calls=tf.data.AUTOTUNE, deterministic=cfg.deterministic)
+  # A malformed record (wrong feature type, missing `text`, sentence offsets past the end of the
+  # text, invalid UTF-8 for the tokenizer) fails inside graph_stage; tf.data cannot branch on that,
+  # so it is dropped here (the error is logged) and counted as `skipped/malformed_record` from its
+  # index gap by the host stage (`PipelineStats.observe_record_indices`; device mode:
+  # `_count_records`).
+  ds = ds.ignore_errors(log_warning=True)
+  return ds
+
+
 def build_pretrain_dataset(file_pattern: str,
                            tokenizer: tokenization.RealmTokenizer,
                            holder,
@@ -349,37 +405,7 @@ def build_pretrain_dataset(file_pattern: str,
   Returns:
     A dataset of dicts of int32 tensors with a static batch dimension (`drop_remainder=True`).
   """
-  files = sorted(files if files is not None else io_utils.list_shards(file_pattern))
-  files, record_shard = shard_files(files, input_context)
-  ds = tf.data.Dataset.from_tensor_slices(files)
-  if cfg.repeat and not cfg.deterministic:
-    ds = ds.shuffle(len(files), seed=cfg.seed, reshuffle_each_iteration=True)
-  if cfg.repeat:
-    ds = ds.repeat()
-  ds = ds.interleave(lambda f: tf.data.TFRecordDataset(f, compression_type="GZIP"),
-                     cycle_length=min(len(files), 4), block_length=1,
-                     num_parallel_calls=None if cfg.deterministic else tf.data.AUTOTUNE,
-                     deterministic=cfg.deterministic)
-  if record_shard is not None:
-    ds = ds.shard(*record_shard)
-  if cfg.shuffle_buffer and cfg.repeat:
-    ds = ds.shuffle(cfg.shuffle_buffer, seed=cfg.seed)
-  ds = ds.enumerate()
-
-  def graph_stage(index, serialized):
-    record = tf.io.parse_single_example(serialized, PRETRAIN_FEATURES)
-    record = {k: (tf.sparse.to_dense(v) if isinstance(v, tf.sparse.SparseTensor) else v)
-              for k, v in record.items()}
-    out = _query_features(record, index, tokenizer, cfg)
-    out["record_index"] = tf.cast(index, tf.int64)
-    return out
-
-  ds = ds.map(graph_stage, num_parallel_calls=tf.data.AUTOTUNE, deterministic=cfg.deterministic)
-  # A malformed record (wrong feature type, missing `text`, sentence offsets past the end of the
-  # text, invalid UTF-8 for the tokenizer) fails inside graph_stage; tf.data cannot branch on that,
-  # so it is dropped here (the error is logged) and counted as `skipped/malformed_record` from its
-  # index gap by the host stage (`PipelineStats.observe_record_indices`).
-  ds = ds.ignore_errors(log_warning=True)
+  ds = _masked_queries(file_pattern, tokenizer, cfg, input_context, files)
   ds = ds.batch(cfg.retrieval_batch_size)
   featurizer = RetrievalFeaturizer(holder, block_store, (tokenizer.cls_id, tokenizer.sep_id), cfg,
                                    stats)
@@ -404,6 +430,53 @@ def build_pretrain_dataset(file_pattern: str,
   ds = ds.map(retrieval_stage, num_parallel_calls=1 if cfg.deterministic else 2,
               deterministic=cfg.deterministic)
   ds = ds.unbatch()
+  ds = ds.batch(batch_size, drop_remainder=True)
+  options = tf.data.Options()
+  options.deterministic = cfg.deterministic
+  ds = ds.with_options(options)
+  return ds.prefetch(2)
+
+
+def _count_records(ds: tf.data.Dataset) -> tf.data.Dataset:
+  """Adds `pipeline_counts` [len(DEVICE_COUNT_KEYS)] to every usable record: the records read and
+  skipped (by reason, malformed ones from `record_index` gaps) since the previous usable record,
+  itself included; zeros on skipped records (they are filtered out next). A record a parallel map
+  delivers after a later one was counted missing when the gap appeared: it counts -1 malformed then.
+  Summed over all examples, the counts are those of every record before the last example."""
+  reasons = tf.range(1, len(SKIP_REASONS), dtype=tf.int32)  # [S-1] codes of the skip reasons
+
+  def step(state, record):
+    max_index, pending = state  # int64 [], int32 [C]
+    index, code = record["record_index"], record["skip_code"]
+    gap = tf.cast(tf.where(index > max_index, index - max_index - 1, -1), tf.int32)  # []
+    delta = tf.concat([[1 + gap], tf.cast(tf.equal(reasons, code), tf.int32), [gap]], 0)  # [C]
+    pending = pending + delta
+    ok = tf.equal(code, _OK)
+    out = dict(record, pipeline_counts=tf.where(ok, pending, tf.zeros_like(pending)))
+    return (tf.maximum(max_index, index), tf.where(ok, tf.zeros_like(pending), pending)), out
+
+  init = (tf.constant(-1, tf.int64), tf.zeros([len(DEVICE_COUNT_KEYS)], tf.int32))
+  return ds.scan(init, step)
+
+
+def build_device_pretrain_dataset(file_pattern: str,
+                                  tokenizer: tokenization.RealmTokenizer,
+                                  batch_size: int,
+                                  cfg: PretrainInputConfig,
+                                  input_context: Optional[tf.distribute.InputContext] = None,
+                                  files: Optional[List[str]] = None) -> tf.data.Dataset:
+  """The REALM dataset of `task.retrieval=device`: masked queries only (see module docstring).
+
+  Args: as `build_pretrain_dataset`, without holder, block store and stats (retrieval and its
+    counts happen in the train step; records and skips travel as `pipeline_counts`).
+  Returns:
+    A dataset of dicts of int32 tensors (`DEVICE_FEATURES`) with a static batch dimension
+    (`drop_remainder=True`).
+  """
+  ds = _masked_queries(file_pattern, tokenizer, cfg, input_context, files, with_source_uid=True)
+  ds = _count_records(ds)
+  ds = ds.filter(lambda record: tf.equal(record["skip_code"], _OK))
+  ds = ds.map(lambda record: {name: tf.cast(record[name], tf.int32) for name in DEVICE_FEATURES})
   ds = ds.batch(batch_size, drop_remainder=True)
   options = tf.data.Options()
   options.deterministic = cfg.deterministic

@@ -56,6 +56,8 @@ class DemoConfig:
     max_block_length: `build_knowledge_corpus --max_block_length` (wordpieces incl. specials).
     num_samples: Dev questions answered through the serving model at the end.
     xla: Compile the training steps with XLA (slow to compile on CPU; on for TPU/GPU).
+    retrieval: REALM stage's `run_pretrain.py --retrieval`: "host" (input pipeline, stale snapshot)
+      or "device" (in the train step, live query tower).
     extra_overrides: {stage: "a.b=1,..."} extra --params_override per training stage.
     python: Interpreter of the stage subprocesses.
   """
@@ -76,6 +78,7 @@ class DemoConfig:
   max_block_length: int = 96
   num_samples: int = 5
   xla: bool = False
+  retrieval: str = "host"
   extra_overrides: Dict[str, str] = dataclasses.field(default_factory=dict)
   python: str = sys.executable
 
@@ -303,7 +306,8 @@ class Demo:
             f"--vocab_file={self.vocab_path}", *self.size_args(), f"--config_file={_cfg('demo_realm.yaml')}",
             f"--num_train_steps={self.c.realm_steps}", f"--batch_size={self.c.realm_batch_size}",
             f"--refresh_every_steps={self.c.refresh_every_steps}", "--refresh_poll_secs=0.5",
-            f"--seed={self.c.seed}", f"--xla={str(self.c.xla).lower()}"]
+            f"--seed={self.c.seed}", f"--xla={str(self.c.xla).lower()}",
+            f"--retrieval={self.c.retrieval}"]
     if self.c.init_from:
       args.append(f"--bert_hub_module_handle={os.path.join(self.c.init_from, 'bert')}")
     # A randomly initialised encoder first learns to read with the retriever frozen at the ICT warm
@@ -456,7 +460,9 @@ class Demo:
                      "extra": c.extra_overrides.get("ict")}, self.stage_ict, [self.path("ict")])
     realm = st("realm", {"size": size, "steps": c.realm_steps, "batch": c.realm_batch_size,
                          "refresh": c.refresh_every_steps, "xla": c.xla,
-                         "extra": c.extra_overrides.get("realm")},
+                         "extra": c.extra_overrides.get("realm"),
+                         # host mode keeps the fingerprint of runs made before the flag existed
+                         **({"retrieval": c.retrieval} if c.retrieval != "host" else {})},
                lambda: self.stage_realm(ict["export"]), [self.path("realm")])
     enc = st("encode", {"step": realm["step"]}, lambda: self.stage_encode(realm["step"]))
     orqa_fp = {"size": size, "steps": c.orqa_steps, "batch": c.orqa_batch_size, "xla": c.xla,

@@ -60,6 +60,7 @@ from typing import Dict, Optional
 
 import realm_tf2  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow is imported)
 
+from absl import logging
 import numpy as np
 import tensorflow as tf
 
@@ -567,3 +568,88 @@ class DeviceBlockStore:
       for key in ("input_ids", "input_mask", "segment_ids"):
         out[prefix + key] = packed[key]
     return out
+
+
+# ----------------------------------------------------------------------------- refresh wiring
+
+
+class BlockEmbeddings:
+  """The index of a device-mode `IndexSnapshot`: just the block embeddings.
+
+  In `task.retrieval=device` the search runs in the train step over the `DeviceBlockStore`; a
+  refreshed snapshot only has to carry `embeddings` float32 [N, D] to the trainer, which assigns them
+  between steps (`DeviceIndexSwap`). No host index is built (no second copy of `block_emb`).
+  """
+
+  kind = "device"
+
+  def __init__(self, emb):
+    emb = np.asarray(emb, np.float32)
+    if emb.ndim != 2 or emb.shape[0] == 0:
+      raise ValueError(f"block embeddings must be a non-empty [N, D] matrix, got {emb.shape}")
+    self.embeddings = emb
+
+  @property
+  def num_rows(self) -> int:
+    return self.embeddings.shape[0]
+
+  @property
+  def dim(self) -> int:
+    return self.embeddings.shape[1]
+
+
+class BlockEmbeddingsFactory:
+  """`index_factory` of device-mode refreshers and initial snapshots (the `index.IndexFactory`
+  interface): wraps `block_emb` in `BlockEmbeddings`; an index saved beside an `encoded.ckpt` is
+  not loaded (the accelerators search)."""
+
+  def __call__(self, emb) -> BlockEmbeddings:
+    return BlockEmbeddings(emb)
+
+  def load_or_build(self, directory, emb) -> BlockEmbeddings:
+    del directory
+    return BlockEmbeddings(emb)
+
+
+class DeviceIndexSwap:
+  """Orbit train action: keeps a `DeviceBlockStore` at the newest snapshot of an `IndexHolder`.
+
+  Runs in the training-loop thread after every train loop (between steps, as `assign_block_emb`
+  requires): when the holder's version moved, assigns that snapshot's `index.embeddings` with its
+  version and step. The refresher (thread or external process) keeps building the snapshots.
+
+  Args:
+    holder: `refresher.IndexHolder` whose snapshots carry `embeddings` (`BlockEmbeddings`, or a
+      `BruteForceIndex`).
+    device_store: The `DeviceBlockStore` the train step searches.
+  Attributes:
+    version, step, wall_time: Of the snapshot assigned last; swaps: assignments so far.
+  """
+
+  def __init__(self, holder, device_store: DeviceBlockStore):
+    self.holder = holder
+    self.device_store = device_store
+    snapshot = holder.get()
+    self.version = int(device_store.index_version.numpy())
+    self.step = int(device_store.index_step.numpy())
+    self.wall_time = float(getattr(snapshot, "wall_time", 0.0) or 0.0)
+    self.swaps = 0
+
+  def __call__(self, output=None) -> bool:
+    """Assigns the holder's snapshot if it is newer than the store's; True if it did."""
+    del output
+    snapshot = self.holder.get()
+    if snapshot is None or int(snapshot.version) <= self.version:
+      return False
+    emb = getattr(snapshot.index, "embeddings", None)
+    if emb is None:
+      raise ValueError(f"index snapshot version {snapshot.version} ({snapshot.source}) has no "
+                       "embeddings to assign to the device index (device mode builds snapshots "
+                       "with BlockEmbeddingsFactory)")
+    self.device_store.assign_block_emb(emb, index_version=int(snapshot.version),
+                                       index_step=int(snapshot.step))
+    self.version, self.step = int(snapshot.version), int(snapshot.step)
+    self.wall_time = float(snapshot.wall_time or 0.0)
+    self.swaps += 1
+    logging.info("device index: assigned snapshot version %d (step %d)", self.version, self.step)
+    return True

@@ -1,8 +1,16 @@
 """REALM pre-training (reference §1.1) as a Model Garden Task.
 
-The index is used only to CHOOSE the K candidates (in the input pipeline, from a stale snapshot); the
-train step re-embeds the query and all K candidates with the live embedder, so retrieval gets
-gradients through `log_softmax(scores)`, exactly as the original.
+The index is used only to CHOOSE the K candidates; the train step re-embeds the query and all K
+candidates with the live embedder, so retrieval gets gradients through `log_softmax(scores)`, exactly
+as the original. Where the candidates are chosen is `task.retrieval`:
+  host    (default; the only mode for ScaNN) the input pipeline picks them with the stale snapshot's
+          query embedder and index (`pretrain_pipeline.RetrievalFeaturizer`), as the original.
+  device  the train step picks them: the live query tower (inference mode) embeds the masked query,
+          `device_retrieval.DeviceBlockStore` searches `block_emb` held on the accelerators and packs
+          the candidate/joint inputs, then the usual forward/backward. With one replica or on TPU it
+          is one XLA program; with several MirroredStrategy replicas the search (whose collectives
+          XLA compiles only on TPU) runs before the XLA-compiled forward/backward
+          (`RealmTask.train_step`; docs/architecture.md "Device retrieval").
 """
 import dataclasses
 from typing import Dict, Optional, Tuple
@@ -14,6 +22,7 @@ import tf_keras
 
 from official.core import config_definitions as cfg
 from official.core import task_factory
+from official.modeling.hyperparams import base_config
 from realm_tf2 import configs
 from realm_tf2 import io_utils
 from realm_tf2 import optimization
@@ -24,6 +33,7 @@ from realm_tf2.modeling import embedder as embedder_lib
 from realm_tf2.modeling import init_utils
 from realm_tf2.modeling import knowledge_encoder
 from realm_tf2.modeling import losses
+from realm_tf2.retrieval import device_retrieval
 from realm_tf2.tasks import base
 from realm_tf2.tasks.ict_task import vocab_size_of
 
@@ -45,6 +55,34 @@ class RealmDataConfig(cfg.DataConfig):
   retrieval_batch_size: int = 32
 
 
+RETRIEVAL_MODES = ("host", "device")
+_EMB_DTYPES = {"float32": tf.float32, "bfloat16": tf.bfloat16}
+
+
+@dataclasses.dataclass
+class DeviceRetrievalConfig(base_config.Config):
+  """Settings of `task.retrieval=device` (`device_retrieval.DeviceBlockStore`).
+
+  Attributes:
+    extra_candidates: Rows searched beyond K, to refill slots of a dropped source or repeated uid.
+    emb_dtype: "float32" or "bfloat16": how `block_emb` is stored and scored on the accelerators.
+    rows_per_chunk: Rows scored at once per replica (bounds the [global batch, rows] score
+      matrix); 0 = the whole shard.
+    recall_target: 0 = exact top-k; else `tf.math.approx_max_k` with this recall (TPU).
+  """
+  extra_candidates: int = 2
+  emb_dtype: str = "float32"
+  rows_per_chunk: int = 0
+  recall_target: float = 0.0
+
+  @property
+  def tf_emb_dtype(self):
+    if self.emb_dtype not in _EMB_DTYPES:
+      raise ValueError(f"task.device_retrieval.emb_dtype must be one of {sorted(_EMB_DTYPES)}, "
+                       f"got {self.emb_dtype!r}")
+    return _EMB_DTYPES[self.emb_dtype]
+
+
 @dataclasses.dataclass
 class RealmPretrainTaskConfig(base.RealmTaskConfig):
   """REALM pre-training task.
@@ -52,6 +90,10 @@ class RealmPretrainTaskConfig(base.RealmTaskConfig):
   Attributes:
     train_data / validation_data: `RealmDataConfig`s.
     retrieval_corpus_path: Glob of the retrieval corpus shards (index rows).
+    retrieval: Where the K candidates are chosen: "host" (input pipeline, stale snapshot embedder,
+      any `mips`) or "device" (train step, live query tower, exact or approximate top-k on the
+      accelerators; `device_retrieval`); see the module docstring.
+    device_retrieval: Settings of `retrieval="device"`.
     mips: Index the input pipeline searches: "brute_force" (exact), "scann", or "auto" (ScaNN from
       `index.AUTO_SCANN_MIN_ROWS` rows on); built with every snapshot, swapped with it.
     scann: ScaNN settings (None fields: chosen from the corpus size).
@@ -78,6 +120,8 @@ class RealmPretrainTaskConfig(base.RealmTaskConfig):
   validation_data: RealmDataConfig = dataclasses.field(
       default_factory=lambda: RealmDataConfig(is_training=False, shuffle_buffer_size=0))
   retrieval_corpus_path: str = ""
+  retrieval: str = "host"
+  device_retrieval: DeviceRetrievalConfig = dataclasses.field(default_factory=DeviceRetrievalConfig)
   mips: str = "auto"
   scann: configs.ScannConfig = dataclasses.field(default_factory=configs.ScannConfig)
   embedder_init: str = ""
@@ -138,35 +182,78 @@ class RealmPretrainModel(tf_keras.Model):
     return {"retrieval_scores": scores, "mlm_logits": logits}
 
 
+# Device mode: counters summed over the train steps (`RealmTask.device_pipeline_metrics`): the
+# pipeline's record/skip counts (`pipeline_counts`), then what the retrieval in the step counted.
+DEVICE_COUNT_KEYS = pretrain_pipeline.DEVICE_COUNT_KEYS + (
+    "examples", "skipped/too_few_candidates", "trivial_retrievals_removed",
+    "duplicate_retrievals_removed")
+_COUNTS_LOG = "device_counts"  # log key of one step's count vector (popped before the trainer)
+
+
 @task_factory.register_task_cls(RealmPretrainTaskConfig)
 class RealmTask(base.RealmBaseTask):
   """REALM marginal-MLM pre-training over K retrieved documents (candidate 0 = null document).
 
-  The retrieval side is attached with `set_retrieval(holder, block_store)` before inputs are built
-  (run_pretrain.py does it): the pipeline reads `holder.get()` for every retrieval batch.
-  Metrics: loss, mlm_accuracy, retrieval_utility, null_doc_prob, index_version (mean over batch).
+  Host retrieval (`task.retrieval=host`) is attached with `set_retrieval(holder, block_store)` before
+  inputs are built: the pipeline reads `holder.get()` for every retrieval batch. Device retrieval
+  (`task.retrieval=device`) with `set_device_retrieval(device_store)` before the first step: the
+  step retrieves (`retrieve`). run_pretrain.py / training/pretrain.py do either.
+  Metrics: loss, mlm_accuracy, retrieval_utility, null_doc_prob, index_version, index_step (means
+  over the batch); device mode adds example_valid (share of examples with K candidates, the others
+  weigh 0 in the loss), trivial_removed and duplicates_removed (per example, among the top K).
   """
 
   metric_names = ("mlm_accuracy", "retrieval_utility", "null_doc_prob", "index_version",
                   "index_step")
+  device_metric_names = ("example_valid", "trivial_removed", "duplicates_removed")
 
   def __init__(self, params, logging_dir=None, name=None):
     super().__init__(params, logging_dir=logging_dir, name=name)
+    if params.retrieval not in RETRIEVAL_MODES:
+      raise ValueError(f"task.retrieval must be one of {RETRIEVAL_MODES}, got {params.retrieval!r}")
     self.stats = pipeline_stats.PipelineStats("realm_train")
     self.eval_stats = pipeline_stats.PipelineStats("realm_eval")
     self._holder = None
     self._store = None
     self._tokenizer = None
+    self._device_store = None
+    self._device_counts = None
+
+  @property
+  def device_mode(self) -> bool:
+    return self.task_config.retrieval == "device"
 
   def set_retrieval(self, holder, block_store):
-    """Attaches the `IndexHolder` and `BlockStore` the input pipeline retrieves from."""
+    """Attaches the `IndexHolder` and `BlockStore` the input pipeline retrieves from (host mode)."""
     if holder is None or block_store is None:
       raise ValueError("set_retrieval needs an IndexHolder and a BlockStore")
     self._holder, self._store = holder, block_store
 
+  def set_device_retrieval(self, device_store: device_retrieval.DeviceBlockStore):
+    """Attaches the accelerator-resident index the train step retrieves from (device mode).
+
+    Also creates the step counters (`device_pipeline_metrics`) under the store's strategy.
+    """
+    if not self.device_mode:
+      raise ValueError("set_device_retrieval needs task.retrieval='device'")
+    self._device_store = device_store
+    with device_store.strategy.scope():
+      self._device_counts = tf.Variable(
+          tf.zeros([len(DEVICE_COUNT_KEYS)], tf.int32), trainable=False, name="device_counts",
+          synchronization=tf.VariableSynchronization.ON_READ,
+          aggregation=tf.VariableAggregation.SUM)
+
   @property
   def holder(self):
     return self._holder
+
+  @property
+  def device_store(self) -> Optional[device_retrieval.DeviceBlockStore]:
+    return self._device_store
+
+  def build_metrics(self, training: bool = True):
+    names = self.metric_names + (self.device_metric_names if self.device_mode else ())
+    return [tf_keras.metrics.Mean(name, dtype=tf.float32) for name in names]
 
   def build_model(self) -> tf_keras.Model:
     return RealmPretrainModel(self.task_config.model, vocab_size_of(self.task_config))
@@ -185,7 +272,7 @@ class RealmTask(base.RealmBaseTask):
       logging.info("REALM: no bert_init; the knowledge-augmented encoder starts from random weights")
 
   def build_inputs(self, params: RealmDataConfig, input_context=None):
-    if self._holder is None:
+    if self._holder is None and not self.device_mode:
       raise ValueError("RealmTask.build_inputs: call set_retrieval(holder, block_store) first")
     if self._tokenizer is None:
       self._tokenizer = tokenization.RealmTokenizer(self.task_config.vocab_file,
@@ -198,6 +285,9 @@ class RealmTask(base.RealmBaseTask):
                                            params.num_eval_shards, params.is_training)
     batch = (input_context.get_per_replica_batch_size(params.global_batch_size)
              if input_context else params.global_batch_size)
+    if self.device_mode:
+      return pretrain_pipeline.build_device_pretrain_dataset(
+          params.input_path, self._tokenizer, batch, input_cfg, input_context, files=files)
     stats = self.stats if params.is_training else self.eval_stats
     return pretrain_pipeline.build_pretrain_dataset(
         params.input_path, self._tokenizer, self._holder, self._store, batch, input_cfg, stats,
@@ -220,11 +310,83 @@ class RealmTask(base.RealmBaseTask):
     return [(retriever, optimization.DelayedLinearRamp(cfg_.retriever_warmup_steps,
                                                        cfg_.retriever_ramp_steps, multiplier))]
 
+  # --- device retrieval ---------------------------------------------------------------------------
+  def retrieve(self, model, inputs: Dict[str, tf.Tensor]) -> Dict[str, tf.Tensor]:
+    """Device mode: picks and packs the K candidates of a replica's batch (replica context).
+
+    The masked queries are embedded by the live query tower in inference mode (no dropout; the
+    candidates are picked with the current weights, and the search has no gradient), searched in the
+    `DeviceBlockStore` and packed there.
+
+    Args:
+      model: `RealmPretrainModel`.
+      inputs: a device-mode batch (`pretrain_pipeline.DEVICE_FEATURES`), int32 [b, ...].
+    Returns:
+      `inputs` plus the `DeviceBlockStore.retrieve_candidates` outputs: candidate_* [b, K, C],
+      joint_* [b, K, J], block_rows / candidate_valid [b, K], example_valid, index_version,
+      index_step, trivial_removed, duplicates_removed [b].
+    """
+    if self._device_store is None:
+      raise ValueError("task.retrieval='device': call set_device_retrieval(device_store) before "
+                       "the first step")
+    settings = self.task_config.device_retrieval
+    query = {"input_ids": inputs["query_input_ids"], "input_mask": inputs["query_input_mask"],
+             "segment_ids": inputs["query_segment_ids"]}
+    query_emb = model.embedder(query, training=False)  # [b, D]
+    retrieved = self._device_store.retrieve_candidates(
+        query_emb, inputs["source_uid"], inputs["query_input_ids"], inputs["query_input_mask"],
+        self.task_config.model.num_candidates, extra_candidates=settings.extra_candidates,
+        recall_target=settings.recall_target or None)
+    return dict(inputs, **retrieved)
+
+  def retrieval_in_compiled_step(self) -> bool:
+    """Whether device retrieval runs inside the (XLA-compiled) forward/backward function.
+
+    True without XLA, with one replica and on TPU (XLA compiles the cross-replica collectives there);
+    False with several replicas of another strategy: TF compiles those collectives only as NCCL
+    ops, so on CPUs (and GPUs) the search runs in the replica function before the compiled part.
+    """
+    strategy = tf.distribute.get_strategy()
+    tpu = isinstance(strategy, (tf.distribute.TPUStrategy, tf.distribute.experimental.TPUStrategy))
+    return (not self.task_config.jit_compile or strategy.num_replicas_in_sync == 1 or tpu)
+
+  def device_pipeline_metrics(self, prefix: str = "") -> Dict[str, float]:
+    """Device mode: the summed step counters as `PipelineStats.as_metrics` names them (records,
+    examples, `skipped/<reason>`, `skipped_total`, trivial/duplicate retrievals removed); {} before
+    `set_device_retrieval`. Call in cross-replica context (reads the sum over replicas)."""
+    if self._device_counts is None:
+      return {}
+    values = self._device_counts.read_value().numpy()
+    out = {prefix + key: int(v) for key, v in zip(DEVICE_COUNT_KEYS, values)}
+    out[prefix + "skipped_total"] = sum(int(v) for key, v in zip(DEVICE_COUNT_KEYS, values)
+                                        if key.startswith("skipped/"))
+    return out
+
+  # --- steps --------------------------------------------------------------------------------------
+  def train_step(self, inputs, model: tf_keras.Model, optimizer, metrics=None):
+    if self.device_mode and not self.retrieval_in_compiled_step():
+      inputs = self.retrieve(model, inputs)  # outside the XLA program (see retrieval_in_compiled_step)
+    logs = super().train_step(inputs, model, optimizer, metrics)
+    counts = logs.pop(_COUNTS_LOG, None)
+    if counts is not None:
+      self._device_counts.assign_add(counts)
+    return logs
+
+  def validation_step(self, inputs, model: tf_keras.Model, metrics=None):
+    logs = super().validation_step(inputs, model, metrics)
+    logs.pop(_COUNTS_LOG, None)
+    return logs
+
   def compute_loss(self, model, inputs, training) -> Tuple[tf.Tensor, Dict[str, tf.Tensor]]:
+    if self.device_mode and "candidate_input_ids" not in inputs:
+      inputs = self.retrieve(model, inputs)
     out = model(inputs, training=training)
     scores = out["retrieval_scores"]  # [B, K]
-    result = losses.realm_marginal_loss(scores, out["mlm_logits"],
-                                        inputs["mlm_targets"], inputs["mlm_mask"])
+    mlm_mask = inputs["mlm_mask"]  # [B, M]
+    if self.device_mode:
+      # An example without K distinct non-source candidates (the host skips it) weighs 0.
+      mlm_mask = mlm_mask * tf.cast(inputs["example_valid"], mlm_mask.dtype)[:, tf.newaxis]
+    result = losses.realm_marginal_loss(scores, out["mlm_logits"], inputs["mlm_targets"], mlm_mask)
     logs = {
         "mlm_accuracy": result["mlm_accuracy"],
         "retrieval_utility": result["retrieval_utility"],
@@ -232,4 +394,20 @@ class RealmTask(base.RealmBaseTask):
         "index_version": tf.reduce_mean(tf.cast(inputs["index_version"], tf.float32)),
         "index_step": tf.reduce_mean(tf.cast(inputs["index_step"], tf.float32)),
     }
+    if self.device_mode:
+      logs.update(self._device_logs(inputs))
     return result["loss"], logs
+
+  def _device_logs(self, inputs) -> Dict[str, tf.Tensor]:
+    """Per-batch device-retrieval metrics and this step's `DEVICE_COUNT_KEYS` vector."""
+    valid = tf.cast(inputs["example_valid"], tf.int32)  # [b]
+    trivial = tf.cast(inputs["trivial_removed"], tf.int32)  # [b]
+    duplicates = tf.cast(inputs["duplicates_removed"], tf.int32)  # [b]
+    pipeline = inputs.get("pipeline_counts")  # [b, P]
+    pipeline = (tf.reduce_sum(tf.cast(pipeline, tf.int32), axis=0) if pipeline is not None
+                else tf.zeros([len(pretrain_pipeline.DEVICE_COUNT_KEYS)], tf.int32))  # [P]
+    step = tf.stack([tf.reduce_sum(valid), tf.reduce_sum(1 - valid), tf.reduce_sum(trivial),
+                     tf.reduce_sum(duplicates)])  # [4]
+    mean = lambda x: tf.reduce_mean(tf.cast(x, tf.float32))  # noqa: E731
+    return {"example_valid": mean(valid), "trivial_removed": mean(trivial),
+            "duplicates_removed": mean(duplicates), _COUNTS_LOG: tf.concat([pipeline, step], 0)}

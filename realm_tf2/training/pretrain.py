@@ -6,7 +6,9 @@ these. What they add around `driver.run_experiment` (Model Garden Trainer + orbi
          embedded into `embedder/encoded/encoded.ckpt` (the initial REALM index, §3.2).
   REALM  the first index snapshot (`initial_snapshot`), the `IndexHolder` the input pipeline reads,
          the `IndexRefresher` (thread, or loading the standalone refresher's snapshots), step and
-         best exports, refresh metrics in metrics.jsonl, `TRAINING_DONE` at the end.
+         best exports, refresh metrics in metrics.jsonl, `TRAINING_DONE` at the end. With
+         `task.retrieval=device` the snapshots carry only `block_emb`, the train step searches a
+         `DeviceBlockStore`, and an orbit action assigns every new snapshot to it between loops.
 """
 import dataclasses
 import os
@@ -23,6 +25,7 @@ from realm_tf2.export import common as export_common
 from realm_tf2.modeling import embedder as embedder_lib
 from realm_tf2.modeling import init_utils
 from realm_tf2.retrieval import block_store as block_store_lib
+from realm_tf2.retrieval import device_retrieval
 from realm_tf2.retrieval import embed_corpus
 from realm_tf2.retrieval import index as index_lib
 from realm_tf2.retrieval import refresher as refresher_lib
@@ -93,11 +96,36 @@ def check_startup(params, mode: str, options: PretrainOptions):
   if mode == "realm" and not t.retriever_learning_rate_multiplier > 0:  # NaN too
     problems.append(f"task.retriever_learning_rate_multiplier={t.retriever_learning_rate_multiplier} "
                     "must be > 0 (to freeze the retriever use task.retriever_warmup_steps)")
+  if mode == "realm":
+    problems += _device_retrieval_problems(t)
   if not problems:
     problems += startup_checks.check_model_size_matches(m, inits)
     if t.vocab_file:
       problems += startup_checks.check_vocab_matches(ict_task.vocab_size_of(t), inits)
   startup_checks.fail_if("run_pretrain", problems)
+
+
+def _device_retrieval_problems(task_config) -> list:
+  """Config problems of `task.retrieval` / `task.device_retrieval` (messages naming the field)."""
+  problems = []
+  if task_config.retrieval not in realm_task.RETRIEVAL_MODES:
+    return [f"task.retrieval={task_config.retrieval!r} must be one of {realm_task.RETRIEVAL_MODES}"]
+  if task_config.retrieval != "device":
+    return problems
+  if task_config.mips == index_lib.ScannIndex.kind:
+    problems.append("task.mips=scann needs task.retrieval=host (device retrieval is an exact or "
+                    "approximate top-k on the accelerators)")
+  settings = task_config.device_retrieval
+  try:
+    settings.tf_emb_dtype  # pylint: disable=pointless-statement
+  except ValueError as e:
+    problems.append(str(e))
+  if settings.extra_candidates < 0 or settings.rows_per_chunk < 0:
+    problems.append("task.device_retrieval.extra_candidates and rows_per_chunk must be >= 0")
+  if not 0.0 <= settings.recall_target <= 1.0:
+    problems.append(f"task.device_retrieval.recall_target={settings.recall_target} must be in "
+                    "[0, 1] (0 = exact top-k)")
+  return problems
 
 
 def run_ict(params, model_dir: str, options: PretrainOptions) -> str:
@@ -142,8 +170,11 @@ def new_embedder_fn(params):
   return lambda: embedder_lib.embedder_from_config(params.task.model, vocab_size)
 
 
-def index_factory(params) -> index_lib.IndexFactory:
-  """The index every snapshot of the run is searched with (`task.mips`, `task.scann`)."""
+def index_factory(params):
+  """The index every snapshot of the run is searched with (`task.mips`, `task.scann`); device mode:
+  the snapshots only carry `block_emb` (`device_retrieval.BlockEmbeddingsFactory`)."""
+  if params.task.retrieval == "device":
+    return device_retrieval.BlockEmbeddingsFactory()
   return index_lib.IndexFactory(params.task.mips, params.task.scann.as_dict())
 
 
@@ -193,6 +224,27 @@ def build_retrieval(params, store: block_store_lib.BlockStore):
   return refresher_lib.IndexHolder(snapshot), new_embedder, cls_id, sep_id
 
 
+def build_device_store(params, store: block_store_lib.BlockStore, snapshot, strategy, cls_id: int,
+                       sep_id: int) -> device_retrieval.DeviceBlockStore:
+  """The accelerator-resident index of `task.retrieval=device`, sharded over `strategy`'s replicas,
+  holding `snapshot`'s embeddings; block uids hashed from the corpus shards."""
+  settings = params.task.device_retrieval
+  m = params.task.model
+  t0 = time.time()
+  uids = device_retrieval.graph_uids_of_retrieval_corpus(params.task.retrieval_corpus_path)
+  device_store = device_retrieval.DeviceBlockStore(
+      store, snapshot.index.embeddings, candidate_seq_len=m.candidate_seq_len,
+      joint_seq_len=m.joint_seq_len, cls_id=cls_id, sep_id=sep_id, block_uids=uids,
+      emb_dtype=settings.tf_emb_dtype, strategy=strategy,
+      rows_per_chunk=settings.rows_per_chunk or None, index_version=snapshot.version,
+      index_step=snapshot.step)
+  logging.info("REALM device retrieval: %d blocks over %d replica(s), %d rows each (%s), title/body "
+               "widths %d/%d, loaded in %.1fs", device_store.num_blocks, device_store.num_replicas,
+               device_store.shard_rows, settings.emb_dtype, device_store.title_width,
+               device_store.body_width, time.time() - t0)
+  return device_store
+
+
 def run_realm(params, model_dir: str, options: PretrainOptions):
   """REALM pre-training with live retrieval and index refreshes; returns the final step."""
   strategy = _strategy(params, options)
@@ -200,7 +252,13 @@ def run_realm(params, model_dir: str, options: PretrainOptions):
   task = realm_task.RealmTask(params.task)
   store = block_store_lib.BlockStore.from_retrieval_corpus(params.task.retrieval_corpus_path)
   holder, new_embedder, cls_id, sep_id = build_retrieval(params, store)
-  task.set_retrieval(holder, store)
+  device_swap = None
+  if task.device_mode:
+    device_store = build_device_store(params, store, holder.get(), strategy, cls_id, sep_id)
+    task.set_device_retrieval(device_store)
+    device_swap = device_retrieval.DeviceIndexSwap(holder, device_store)
+  else:
+    task.set_retrieval(holder, store)
   trainer = driver.build_trainer(params, task, strategy, model_dir,
                                  train="train" in options.run_mode,
                                  evaluate="eval" in options.run_mode)
@@ -233,13 +291,22 @@ def run_realm(params, model_dir: str, options: PretrainOptions):
            "staleness_steps": step - snap.step, "staleness_minutes": (time.time() - snap.wall_time) / 60,
            "refreshes": refresher.refreshes, "refresh_failures": refresher.failures,
            "export_failures": exporter.failures}
+    if device_swap is not None:
+      # What the train steps searched (assigned between loops), not the holder's newest snapshot.
+      out.update({"index_version": device_swap.version, "index_snapshot_step": device_swap.step,
+                  "staleness_steps": step - device_swap.step,
+                  "staleness_minutes": (time.time() - device_swap.wall_time) / 60,
+                  "index_holder_version": snap.version, "device_index_swaps": device_swap.swaps})
+      out.update(task.device_pipeline_metrics("pipeline/"))
+      return out
     out.update(task.stats.as_metrics("pipeline/"))
     return out
 
   refresher.start()
   try:
     driver.run_experiment(params, task, model_dir, options.run_mode, strategy,
-                          params.task.train_data.global_batch_size, train_actions=[exporter],
+                          params.task.train_data.global_batch_size,
+                          train_actions=[a for a in (device_swap, exporter) if a is not None],
                           eval_actions=[best], extra_metrics_fn=extra_metrics, trainer=trainer)
   finally:
     refresher.stop(timeout=600)
@@ -251,5 +318,5 @@ def run_realm(params, model_dir: str, options: PretrainOptions):
                         trainer.model.document_embedder, store)
   io_utils.atomic_write_text(os.path.join(model_dir, DONE_FILE), f"{step}\n")
   logging.info("REALM done at step %d; refresher %s; input pipeline %s", step, refresher.stats(),
-               task.stats.report())
+               task.device_pipeline_metrics() if task.device_mode else task.stats.report())
   return step

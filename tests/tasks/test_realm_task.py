@@ -1,5 +1,6 @@
 """REALM task: model wiring checked against numpy, XLA train step under MirroredStrategy (2 virtual
 CPUs), and init_utils round trips (export dir and training checkpoint roots)."""
+import dataclasses
 import os
 
 import realm_tf2  # noqa: F401
@@ -186,3 +187,30 @@ def test_retriever_learning_rate_multiplier_scales_the_ramp_or_stands_alone(tiny
   task.task_config.retriever_learning_rate_multiplier = 0.0
   with pytest.raises(ValueError, match="retriever_learning_rate_multiplier"):
     task.variable_lr_schedules(model)
+
+
+def test_retrieval_mode_is_checked(tiny_vocab_file):
+  """task.retrieval must be host|device; device-mode settings are checked at start-up with messages
+  naming the field; device-mode calls on a host task (or before the store is attached) fail clearly."""
+  from realm_tf2.training import pretrain
+  with pytest.raises(ValueError, match="task.retrieval"):
+    realm_task.RealmTask(realm_task.RealmPretrainTaskConfig(vocab_file=tiny_vocab_file,
+                                                            retrieval="accelerator"))
+  cfg = realm_task.RealmPretrainTaskConfig(vocab_file=tiny_vocab_file, retrieval="device",
+                                           mips="scann")
+  cfg.device_retrieval.emb_dtype = "float16"
+  cfg.device_retrieval.recall_target = 1.5
+  problems = pretrain._device_retrieval_problems(cfg)  # pylint: disable=protected-access
+  assert len(problems) == 3
+  assert "task.mips=scann" in problems[0] and "emb_dtype" in problems[1]
+  assert "recall_target" in problems[2]
+  assert pretrain._device_retrieval_problems(  # pylint: disable=protected-access
+      realm_task.RealmPretrainTaskConfig(retrieval="host", mips="scann")) == []
+  host = _task(tiny_vocab_file, jit=False)
+  with pytest.raises(ValueError, match="retrieval='device'"):
+    host.set_device_retrieval(None)
+  device = realm_task.RealmTask(dataclasses.replace(host.task_config, retrieval="device"))
+  assert {m.name for m in device.build_metrics()} >= set(device.device_metric_names)
+  assert not {m.name for m in host.build_metrics()} & set(device.device_metric_names)
+  with pytest.raises(ValueError, match="set_device_retrieval"):
+    device.retrieve(device.build_model(), {})
