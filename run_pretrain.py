@@ -53,10 +53,10 @@ flags.DEFINE_enum("mips", None, ["brute_force", "scann", "auto"],
                   "for large corpora, see realm_tf2.retrieval.index.AUTO_SCANN_MIN_ROWS); ScaNN "
                   "settings from YAML under task.scann.")
 flags.DEFINE_enum("retrieval", None, ["host", "device"],
-                  "REALM: where the candidates are chosen (default from the config: host). host: the "
-                  "input pipeline, with the stale snapshot's query embedder and index (any --mips); "
-                  "device: the train step, with the live query tower and block_emb held on the "
-                  "accelerators (task.device_retrieval; see docs/architecture.md).")
+                  "REALM: where the candidates are chosen (default from the config: host). host: "
+                  "the input pipeline, with the stale snapshot's query embedder and index (any "
+                  "--mips); device: the train step, with the live query tower and block_emb held "
+                  "on the accelerators (task.device_retrieval; see docs/architecture.md).")
 flags.DEFINE_integer("batch_size", None, "Global batch size.")
 flags.DEFINE_enum("refresh", "internal", ["internal", "external"],
                   "internal: a background thread re-embeds the corpus from this run's checkpoints; "

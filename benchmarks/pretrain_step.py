@@ -11,13 +11,13 @@ times) and the efficiency is reported per step against the neighbouring samples,
 Output (JSON lines): a `pretrain_step` record with examples_per_s, seconds_per_step (best/median),
 useful_gflop_per_step (by part), achieved_gflops, peak_gflops (same run), efficiency.
 
-`--retrieval=device --num_blocks=N` times the device-retrieval step instead (`task.retrieval=device`):
-the batch holds only masked queries, and the step embeds them with the live query tower, searches a
-`DeviceBlockStore` of N synthetic blocks (random `block_emb`, `--emb_dtype`), packs the K candidates
-and runs the towers and loss. The record adds the retrieval alone (`RealmTask.retrieve`, compiled as
-the step is) timed between the steps: retrieval_seconds_median, retrieval_share (of the step median)
-and gflop_retrieval (query-tower forward + the [B, N] inner products); the step's FLOP counts include
-it.
+`--retrieval=device --num_blocks=N` times the device-retrieval step instead
+(`task.retrieval=device`): the batch holds only masked queries, and the step embeds them with the
+live query tower, searches a `DeviceBlockStore` of N synthetic blocks (random `block_emb`,
+`--emb_dtype`), packs the K candidates and runs the towers and loss. The record adds the retrieval
+alone (`RealmTask.retrieve`, compiled as the step is) timed after the steps:
+retrieval_seconds_median, retrieval_share (of the step median) and gflop_retrieval (query-tower
+forward + the [B, N] inner products); the step's FLOP counts include it.
 """
 import argparse
 import os
@@ -347,8 +347,8 @@ def parser():
   ap.add_argument("--joint_len", type=int, default=384)
   ap.add_argument("--max_masks", type=int, default=10)
   ap.add_argument("--retrieval", choices=realm_task.RETRIEVAL_MODES, default="host",
-                  help="host: the batch carries the K packed candidates; device: the step retrieves "
-                       "them from --num_blocks synthetic blocks")
+                  help="host: the batch carries the K packed candidates; device: the step "
+                       "retrieves them from --num_blocks synthetic blocks")
   ap.add_argument("--num_blocks", type=int, default=100000, help="device: corpus rows")
   ap.add_argument("--emb_dtype", choices=("float32", "bfloat16"), default="float32",
                   help="device: block_emb storage/scoring dtype")

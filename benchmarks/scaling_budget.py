@@ -142,7 +142,8 @@ def measure_packing(num_blocks=20000, n_queries=64, k=8, seed=0):
 def measure_graph_stage(num_records=2000, batches=20, batch=64, vocab_size=30522, seed=0):
   """Host core-seconds per example of the pipeline's graph stage (the device-mode pipeline:
   read, parse, pick a span, tokenize, mask, batch), from the process CPU time while iterating it
-  over synthetic CONTRACTS §2 shards (`benchmarks/input_pipeline.py`: 4 sentences of 12-40 words)."""
+  over synthetic CONTRACTS §2 shards (`benchmarks/input_pipeline.py`: 4 sentences of 12-40
+  words)."""
   from benchmarks import input_pipeline  # pylint: disable=g-import-not-at-top
   root = tempfile.mkdtemp(prefix="realm_budget_")
   vocab_file = os.path.join(root, "vocab.txt")
@@ -358,7 +359,8 @@ def run(a):
   rec(quantity="input_pipeline_per_host_per_step", examples=per_host,
       query_embed_core_s=per_host * embed_core_s, cpu_embed_efficiency=cpu_eff,
       pack_core_s=per_host * pack_s, scann_search_core_s=per_host * search_s,
-      graph_stage_core_s=per_host * graph_s, total_core_s=core_s, step_s=step_s, cores_needed=core_s / step_s, host_cores=a.host_cores,
+      graph_stage_core_s=per_host * graph_s, total_core_s=core_s, step_s=step_s,
+      cores_needed=core_s / step_s, host_cores=a.host_cores,
       note="ScaNN search time scaled linearly in N (leaves searched grow with sqrt(N) and "
            "points per leaf with sqrt(N))")
 

@@ -1,5 +1,5 @@
-"""run_demo.py --retrieval: passed through to the REALM stage's run_pretrain.py (the stage itself
-runs end to end in tests/test_run_pretrain_device.py and, through run_demo.py, in docs/scaling.md)."""
+"""run_demo.py --retrieval: passed through to the REALM stage's run_pretrain.py (device-mode REALM
+runs end to end in tests/test_run_pretrain_device.py)."""
 import pytest
 
 from realm_tf2.demo import pipeline

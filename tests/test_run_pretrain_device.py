@@ -1,10 +1,10 @@
 """End-to-end `run_pretrain.py --mode=realm --retrieval=device` (issue 29) on the world of
 tests/test_run_pretrain.py: the train step picks the candidates with the live query tower from a
-`DeviceBlockStore`, the refresher thread re-embeds the corpus from the run's checkpoints and every new
-snapshot is assigned to the store between train loops.
+`DeviceBlockStore`, the refresher thread re-embeds the corpus from the run's checkpoints and every
+new snapshot is assigned to the store between train loops.
 
-Asserted: the run finishes; the index version the train steps searched changes mid-run (>= 2 refreshes
-assigned while training runs); the host pipeline's record counts reach metrics.jsonl from the train
+Asserted: the run finishes; the index version the train steps searched changes mid-run (>= 2
+refreshes assigned while training runs); the host pipeline's record counts reach metrics.jsonl from the train
 step; retrieval_utility rises above its step-0 value (the encoder learns to copy from the retrieved
 block). As in tests/test_run_pretrain.py, the REALM stage runs a second time with another input seed
 only if the first did not learn; the mechanics checks hold for every attempt.
@@ -28,7 +28,8 @@ def _realm_device_attempt(d, realm_dir, ict_export, seed):
       f"task.model.joint_seq_len={host_e2e.JOINT_LEN},"
       f"task.model.num_candidates={host_e2e.NUM_CANDIDATES},task.model.max_masks=4,"
       "task.model.embedder_layer_norm_epsilon=0.001,"
-      f"task.retriever_warmup_steps={host_e2e.RETRIEVER_FROZEN_STEPS},task.retriever_ramp_steps=100,"
+      f"task.retriever_warmup_steps={host_e2e.RETRIEVER_FROZEN_STEPS},"
+      "task.retriever_ramp_steps=100,"
       f"task.retriever_learning_rate_multiplier={host_e2e.RETRIEVER_LR_MULTIPLIER},"
       f"trainer.steps_per_loop={host_e2e.LOOP},trainer.summary_interval={host_e2e.LOOP},"
       f"trainer.validation_steps=4,trainer.validation_interval={host_e2e.REALM_STEPS},"
@@ -39,7 +40,8 @@ def _realm_device_attempt(d, realm_dir, ict_export, seed):
       "--refresh_poll_secs=0.5"])
   with open(f"{realm_dir}/TRAINING_DONE") as f:
     assert int(f.read()) == host_e2e.REALM_STEPS
-  train = host_e2e._records(f"{realm_dir}/metrics.jsonl", "train")  # pylint: disable=protected-access
+  train = host_e2e._records(  # pylint: disable=protected-access
+      f"{realm_dir}/metrics.jsonl", "train")
   loop, steps = host_e2e.LOOP, host_e2e.REALM_STEPS
   assert [r["step"] for r in train] == list(range(loop, steps + 1, loop))
   # The version the steps searched: the initial ICT index (1) first, then >= 2 assigned refreshes
@@ -74,12 +76,14 @@ def test_realm_device_retrieval_end_to_end(tmp_path):
                  f"--output={d}/vocab.txt", "--vocab_size=1000", "--lower_thresh=1"])
   host_e2e._run(["-m", "data_prep.build_knowledge_corpus",  # pylint: disable=protected-access
                  f"--input={d}/world/knowledge.jsonl", f"--vocab_file={d}/vocab.txt",
-                 f"--output_dir={d}/K", "--num_shards=1", "--num_workers=1", "--max_block_length=64"])
+                 f"--output_dir={d}/K", "--num_shards=1", "--num_workers=1",
+                 "--max_block_length=64"])
   host_e2e._run(["-m", "data_prep.build_pretrain_corpus",  # pylint: disable=protected-access
                  f"--input={d}/world/pretrain.jsonl", f"--output_dir={d}/P", "--num_shards=4",
                  "--num_workers=1"])
   host_e2e._run([  # pylint: disable=protected-access
-      "run_pretrain.py", "--mode=ict", f"--model_dir={d}/ict", f"--examples_path={d}/K/examples.tfr",
+      "run_pretrain.py", "--mode=ict", f"--model_dir={d}/ict",
+      f"--examples_path={d}/K/examples.tfr",
       f"--retrieval_corpus_path={d}/K/realm/blocks-*", f"--vocab_file={d}/vocab.txt",
       *host_e2e.TINY,
       f"--params_override=task.model.ict_query_seq_len={host_e2e.QUERY_LEN},"

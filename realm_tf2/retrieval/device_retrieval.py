@@ -577,8 +577,8 @@ class BlockEmbeddings:
   """The index of a device-mode `IndexSnapshot`: just the block embeddings.
 
   In `task.retrieval=device` the search runs in the train step over the `DeviceBlockStore`; a
-  refreshed snapshot only has to carry `embeddings` float32 [N, D] to the trainer, which assigns them
-  between steps (`DeviceIndexSwap`). No host index is built (no second copy of `block_emb`).
+  refreshed snapshot only has to carry `embeddings` float32 [N, D] to the trainer, which assigns
+  them between steps (`DeviceIndexSwap`). No host index is built (no second copy of `block_emb`).
   """
 
   kind = "device"

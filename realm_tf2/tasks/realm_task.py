@@ -1,15 +1,15 @@
 """REALM pre-training (reference §1.1) as a Model Garden Task.
 
 The index is used only to CHOOSE the K candidates; the train step re-embeds the query and all K
-candidates with the live embedder, so retrieval gets gradients through `log_softmax(scores)`, exactly
-as the original. Where the candidates are chosen is `task.retrieval`:
+candidates with the live embedder, so retrieval gets gradients through `log_softmax(scores)`,
+exactly as the original. Where the candidates are chosen is `task.retrieval`:
   host    (default; the only mode for ScaNN) the input pipeline picks them with the stale snapshot's
           query embedder and index (`pretrain_pipeline.RetrievalFeaturizer`), as the original.
-  device  the train step picks them: the live query tower (inference mode) embeds the masked query,
-          `device_retrieval.DeviceBlockStore` searches `block_emb` held on the accelerators and packs
-          the candidate/joint inputs, then the usual forward/backward. With one replica or on TPU it
-          is one XLA program; with several MirroredStrategy replicas the search (whose collectives
-          XLA compiles only on TPU) runs before the XLA-compiled forward/backward
+  device  the train step picks them: the live query tower (inference mode) embeds the masked
+          query, `device_retrieval.DeviceBlockStore` searches `block_emb` held on the accelerators
+          and packs the candidate/joint inputs, then the usual forward/backward. With one replica
+          or on TPU it is one XLA program; with several MirroredStrategy replicas the search (whose
+          collectives XLA compiles only on TPU) runs before the XLA-compiled forward/backward
           (`RealmTask.train_step`; docs/architecture.md "Device retrieval").
 """
 import dataclasses
@@ -194,10 +194,10 @@ _COUNTS_LOG = "device_counts"  # log key of one step's count vector (popped befo
 class RealmTask(base.RealmBaseTask):
   """REALM marginal-MLM pre-training over K retrieved documents (candidate 0 = null document).
 
-  Host retrieval (`task.retrieval=host`) is attached with `set_retrieval(holder, block_store)` before
-  inputs are built: the pipeline reads `holder.get()` for every retrieval batch. Device retrieval
-  (`task.retrieval=device`) with `set_device_retrieval(device_store)` before the first step: the
-  step retrieves (`retrieve`). run_pretrain.py / training/pretrain.py do either.
+  Host retrieval (`task.retrieval=host`) is attached with `set_retrieval(holder, block_store)`
+  before inputs are built: the pipeline reads `holder.get()` for every retrieval batch. Device
+  retrieval (`task.retrieval=device`) with `set_device_retrieval(device_store)` before the first
+  step: the step retrieves (`retrieve`). training/pretrain.py does either.
   Metrics: loss, mlm_accuracy, retrieval_utility, null_doc_prob, index_version, index_step (means
   over the batch); device mode adds example_valid (share of examples with K candidates, the others
   weigh 0 in the loss), trivial_removed and duplicates_removed (per example, among the top K).
@@ -342,9 +342,10 @@ class RealmTask(base.RealmBaseTask):
   def retrieval_in_compiled_step(self) -> bool:
     """Whether device retrieval runs inside the (XLA-compiled) forward/backward function.
 
-    True without XLA, with one replica and on TPU (XLA compiles the cross-replica collectives there);
-    False with several replicas of another strategy: TF compiles those collectives only as NCCL
-    ops, so on CPUs (and GPUs) the search runs in the replica function before the compiled part.
+    True without XLA, with one replica and on TPU (XLA compiles the cross-replica collectives
+    there); False with several replicas of another strategy: TF compiles those collectives only as
+    NCCL ops, so on CPUs (and GPUs) the search runs in the replica function before the compiled
+    part.
     """
     strategy = tf.distribute.get_strategy()
     tpu = isinstance(strategy, (tf.distribute.TPUStrategy, tf.distribute.experimental.TPUStrategy))
@@ -365,7 +366,7 @@ class RealmTask(base.RealmBaseTask):
   # --- steps --------------------------------------------------------------------------------------
   def train_step(self, inputs, model: tf_keras.Model, optimizer, metrics=None):
     if self.device_mode and not self.retrieval_in_compiled_step():
-      inputs = self.retrieve(model, inputs)  # outside the XLA program (see retrieval_in_compiled_step)
+      inputs = self.retrieve(model, inputs)  # before the XLA program: retrieval_in_compiled_step
     logs = super().train_step(inputs, model, optimizer, metrics)
     counts = logs.pop(_COUNTS_LOG, None)
     if counts is not None:

@@ -238,8 +238,9 @@ def build_device_store(params, store: block_store_lib.BlockStore, snapshot, stra
       emb_dtype=settings.tf_emb_dtype, strategy=strategy,
       rows_per_chunk=settings.rows_per_chunk or None, index_version=snapshot.version,
       index_step=snapshot.step)
-  logging.info("REALM device retrieval: %d blocks over %d replica(s), %d rows each (%s), title/body "
-               "widths %d/%d, loaded in %.1fs", device_store.num_blocks, device_store.num_replicas,
+  logging.info("REALM device retrieval: %d blocks over %d replica(s), %d rows each (%s), "
+               "title/body widths %d/%d, loaded in %.1fs", device_store.num_blocks,
+               device_store.num_replicas,
                device_store.shard_rows, settings.emb_dtype, device_store.title_width,
                device_store.body_width, time.time() - t0)
   return device_store

@@ -1,7 +1,8 @@
-"""`task.retrieval=device` (issue 29): the device-mode pipeline + train step against host mode on one
-device (same candidates, same packed inputs, same loss when both pick with the same query embedder),
-and under MirroredStrategy over the 2 virtual CPUs of conftest.py with the index sharded over the
-replicas (same loss and update as 1 replica, XLA forward/backward, refresh, a corpus of odd size).
+"""`task.retrieval=device` (issue 29): the device-mode pipeline + train step against host mode on
+one device (same candidates, same packed inputs, same loss when both pick with the same query
+embedder), and under MirroredStrategy over the 2 virtual CPUs of conftest.py with the index sharded
+over the replicas (same loss and update as 1 replica, XLA forward/backward, refresh, a corpus of odd
+size); bfloat16.
 
 The world: 13 blocks (odd: 7 + 6 rows over 2 replicas) of tiny-vocab words; 8 pre-training records
 of one sentence with one single-wordpiece salient span (one masked token each, so the mean loss of
@@ -126,7 +127,8 @@ def _block_emb(model, world):
 
 def _index_retrieving_the_sources(model, world, device_batches):
   """block_emb [13, D]: the document tower's embeddings, except that the three source documents'
-  blocks (0, 6, 12) get 10x their record's query embedding, so retrieval finds and must drop them."""
+  blocks (0, 6, 12) get 10x their record's query embedding, so retrieval finds and must drop
+  them."""
   block_emb = _block_emb(model, world)
   queries = np.concatenate([model.embedder({"input_ids": b["query_input_ids"],
                                             "input_mask": b["query_input_mask"],

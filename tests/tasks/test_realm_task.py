@@ -191,7 +191,8 @@ def test_retriever_learning_rate_multiplier_scales_the_ramp_or_stands_alone(tiny
 
 def test_retrieval_mode_is_checked(tiny_vocab_file):
   """task.retrieval must be host|device; device-mode settings are checked at start-up with messages
-  naming the field; device-mode calls on a host task (or before the store is attached) fail clearly."""
+  naming the field; device-mode calls on a host task (or before the store is attached) fail
+  clearly."""
   from realm_tf2.training import pretrain
   with pytest.raises(ValueError, match="task.retrieval"):
     realm_task.RealmTask(realm_task.RealmPretrainTaskConfig(vocab_file=tiny_vocab_file,
