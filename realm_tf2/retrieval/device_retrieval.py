@@ -622,14 +622,20 @@ class DeviceIndexSwap:
     holder: `refresher.IndexHolder` whose snapshots carry `embeddings` (`BlockEmbeddings`, or a
       `BruteForceIndex`).
     device_store: The `DeviceBlockStore` the train step searches.
+    load_query_tower: Optional `fn(snapshot)` run with every assigned snapshot, the current one
+      included: loads the snapshot's query tower into the accelerator copy that picks the
+      candidates (`task.device_retrieval.pick_with="snapshot"`).
   Attributes:
     version, step, wall_time: Of the snapshot assigned last; swaps: assignments so far.
   """
 
-  def __init__(self, holder, device_store: DeviceBlockStore):
+  def __init__(self, holder, device_store: DeviceBlockStore, load_query_tower=None):
     self.holder = holder
     self.device_store = device_store
+    self.load_query_tower = load_query_tower
     snapshot = holder.get()
+    if load_query_tower is not None:
+      load_query_tower(snapshot)
     self.version = int(device_store.index_version.numpy())
     self.step = int(device_store.index_step.numpy())
     self.wall_time = float(getattr(snapshot, "wall_time", 0.0) or 0.0)
@@ -646,6 +652,8 @@ class DeviceIndexSwap:
       raise ValueError(f"index snapshot version {snapshot.version} ({snapshot.source}) has no "
                        "embeddings to assign to the device index (device mode builds snapshots "
                        "with BlockEmbeddingsFactory)")
+    if self.load_query_tower is not None:
+      self.load_query_tower(snapshot)
     self.device_store.assign_block_emb(emb, index_version=int(snapshot.version),
                                        index_step=int(snapshot.step))
     self.version, self.step = int(snapshot.version), int(snapshot.step)

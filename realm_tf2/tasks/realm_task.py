@@ -5,12 +5,13 @@ candidates with the live embedder, so retrieval gets gradients through `log_soft
 exactly as the original. Where the candidates are chosen is `task.retrieval`:
   host    (default; the only mode for ScaNN) the input pipeline picks them with the stale snapshot's
           query embedder and index (`pretrain_pipeline.RetrievalFeaturizer`), as the original.
-  device  the train step picks them: the live query tower (inference mode) embeds the masked
-          query, `device_retrieval.DeviceBlockStore` searches `block_emb` held on the accelerators
-          and packs the candidate/joint inputs, then the usual forward/backward. With one replica
-          or on TPU it is one XLA program; with several MirroredStrategy replicas the search (whose
-          collectives XLA compiles only on TPU) runs before the XLA-compiled forward/backward
-          (`RealmTask.train_step`; docs/architecture.md "Device retrieval").
+  device  the train step picks them: the snapshot's (or the live) query tower embeds the masked
+          query in inference mode, `device_retrieval.DeviceBlockStore` searches `block_emb` held
+          on the accelerators and packs the candidate/joint inputs, then the usual
+          forward/backward. With one replica or on TPU it is one XLA program; with several
+          MirroredStrategy replicas the search (whose collectives XLA compiles only on TPU) runs
+          before the XLA-compiled forward/backward (`RealmTask.train_step`; docs/architecture.md
+          "Device retrieval").
 """
 import dataclasses
 from typing import Dict, Optional, Tuple
@@ -56,6 +57,7 @@ class RealmDataConfig(cfg.DataConfig):
 
 
 RETRIEVAL_MODES = ("host", "device")
+PICK_WITH = ("snapshot", "live")
 _EMB_DTYPES = {"float32": tf.float32, "bfloat16": tf.bfloat16}
 
 
@@ -64,12 +66,19 @@ class DeviceRetrievalConfig(base_config.Config):
   """Settings of `task.retrieval=device` (`device_retrieval.DeviceBlockStore`).
 
   Attributes:
+    pick_with: Which query tower picks the candidates: "snapshot" (the query tower of the index's
+      own snapshot, a non-trainable copy on the accelerators swapped in with every refresh: the
+      original's semantics, query and documents from one snapshot) or "live" (the tower being
+      trained, in inference mode, against the stale documents; no copy). Either way the live
+      towers score the K candidates. How the choice changes learning: docs/scaling.md, "Device
+      retrieval".
     extra_candidates: Rows searched beyond K, to refill slots of a dropped source or repeated uid.
     emb_dtype: "float32" or "bfloat16": how `block_emb` is stored and scored on the accelerators.
     rows_per_chunk: Rows scored at once per replica (bounds the [global batch, rows] score
       matrix); 0 = the whole shard.
     recall_target: 0 = exact top-k; else `tf.math.approx_max_k` with this recall (TPU).
   """
+  pick_with: str = "snapshot"
   extra_candidates: int = 2
   emb_dtype: str = "float32"
   rows_per_chunk: int = 0
@@ -91,8 +100,8 @@ class RealmPretrainTaskConfig(base.RealmTaskConfig):
     train_data / validation_data: `RealmDataConfig`s.
     retrieval_corpus_path: Glob of the retrieval corpus shards (index rows).
     retrieval: Where the K candidates are chosen: "host" (input pipeline, stale snapshot embedder,
-      any `mips`) or "device" (train step, live query tower, exact or approximate top-k on the
-      accelerators; `device_retrieval`); see the module docstring.
+      any `mips`) or "device" (train step, exact or approximate top-k on the accelerators;
+      `device_retrieval`); see the module docstring.
     device_retrieval: Settings of `retrieval="device"`.
     mips: Index the input pipeline searches: "brute_force" (exact), "scann", or "auto" (ScaNN from
       `index.AUTO_SCANN_MIN_ROWS` rows on); built with every snapshot, swapped with it.
@@ -196,8 +205,8 @@ class RealmTask(base.RealmBaseTask):
 
   Host retrieval (`task.retrieval=host`) is attached with `set_retrieval(holder, block_store)`
   before inputs are built: the pipeline reads `holder.get()` for every retrieval batch. Device
-  retrieval (`task.retrieval=device`) with `set_device_retrieval(device_store)` before the first
-  step: the step retrieves (`retrieve`). training/pretrain.py does either.
+  retrieval (`task.retrieval=device`) with `set_device_retrieval(device_store, pick_embedder)`
+  before the first step: the step retrieves (`retrieve`). training/pretrain.py does either.
   Metrics: loss, mlm_accuracy, retrieval_utility, null_doc_prob, index_version, index_step (means
   over the batch); device mode adds example_valid (share of examples with K candidates, the others
   weigh 0 in the loss), trivial_removed and duplicates_removed (per example, among the top K).
@@ -218,6 +227,7 @@ class RealmTask(base.RealmBaseTask):
     self._tokenizer = None
     self._device_store = None
     self._device_counts = None
+    self._pick_embedder = None
 
   @property
   def device_mode(self) -> bool:
@@ -229,14 +239,28 @@ class RealmTask(base.RealmBaseTask):
       raise ValueError("set_retrieval needs an IndexHolder and a BlockStore")
     self._holder, self._store = holder, block_store
 
-  def set_device_retrieval(self, device_store: device_retrieval.DeviceBlockStore):
+  def set_device_retrieval(self, device_store: device_retrieval.DeviceBlockStore,
+                           pick_embedder=None):
     """Attaches the accelerator-resident index the train step retrieves from (device mode).
 
+    Args:
+      device_store: The `DeviceBlockStore`.
+      pick_embedder: `task.device_retrieval.pick_with="snapshot"`: the non-trainable query tower
+        of the index's snapshot (built under the store's strategy, kept in step with the index by
+        `DeviceIndexSwap`). Must be None with "live".
     Also creates the step counters (`device_pipeline_metrics`) under the store's strategy.
     """
     if not self.device_mode:
       raise ValueError("set_device_retrieval needs task.retrieval='device'")
+    pick_with = self.task_config.device_retrieval.pick_with
+    if pick_with not in PICK_WITH:
+      raise ValueError(f"task.device_retrieval.pick_with must be one of {PICK_WITH}, got "
+                       f"{pick_with!r}")
+    if (pick_with == "snapshot") != (pick_embedder is not None):
+      raise ValueError(f"task.device_retrieval.pick_with={pick_with!r}: pick_embedder must be "
+                       + ("the snapshot's query tower" if pick_with == "snapshot" else "None"))
     self._device_store = device_store
+    self._pick_embedder = pick_embedder
     with device_store.strategy.scope():
       self._device_counts = tf.Variable(
           tf.zeros([len(DEVICE_COUNT_KEYS)], tf.int32), trainable=False, name="device_counts",
@@ -314,8 +338,8 @@ class RealmTask(base.RealmBaseTask):
   def retrieve(self, model, inputs: Dict[str, tf.Tensor]) -> Dict[str, tf.Tensor]:
     """Device mode: picks and packs the K candidates of a replica's batch (replica context).
 
-    The masked queries are embedded by the live query tower in inference mode (no dropout; the
-    candidates are picked with the current weights, and the search has no gradient), searched in the
+    The masked queries are embedded in inference mode by the snapshot's query tower or the live
+    one (`task.device_retrieval.pick_with`; the search has no gradient either way), searched in the
     `DeviceBlockStore` and packed there.
 
     Args:
@@ -332,7 +356,8 @@ class RealmTask(base.RealmBaseTask):
     settings = self.task_config.device_retrieval
     query = {"input_ids": inputs["query_input_ids"], "input_mask": inputs["query_input_mask"],
              "segment_ids": inputs["query_segment_ids"]}
-    query_emb = model.embedder(query, training=False)  # [b, D]
+    picker = self._pick_embedder if self._pick_embedder is not None else model.embedder
+    query_emb = picker(query, training=False)  # [b, D]
     retrieved = self._device_store.retrieve_candidates(
         query_emb, inputs["source_uid"], inputs["query_input_ids"], inputs["query_input_mask"],
         self.task_config.model.num_candidates, extra_candidates=settings.extra_candidates,

@@ -18,6 +18,7 @@ from typing import Optional
 import realm_tf2  # noqa: F401
 from absl import logging
 import tensorflow as tf
+import tf_keras
 
 from realm_tf2 import io_utils
 from realm_tf2 import tokenization
@@ -116,6 +117,9 @@ def _device_retrieval_problems(task_config) -> list:
     problems.append("task.mips=scann needs task.retrieval=host (device retrieval is an exact or "
                     "approximate top-k on the accelerators)")
   settings = task_config.device_retrieval
+  if settings.pick_with not in realm_task.PICK_WITH:
+    problems.append(f"task.device_retrieval.pick_with={settings.pick_with!r} must be one of "
+                    f"{realm_task.PICK_WITH}")
   try:
     settings.tf_emb_dtype  # pylint: disable=pointless-statement
   except ValueError as e:
@@ -192,8 +196,13 @@ def initial_snapshot(params, store: block_store_lib.BlockStore, new_embedder, cl
         raise ValueError(f"{ckpt}: {emb.shape[0]} rows but the retrieval corpus has {store.num_blocks}")
       logging.info("REALM initial index: %s (%d blocks)", ckpt, emb.shape[0])
       index = factory.load_or_build(embed_corpus.index_path(source), emb)
-      return refresher_lib.IndexSnapshot(1, 0, time.time(), tf.saved_model.load(source), index,
-                                         source=ckpt)
+      if params.task.retrieval == "device":
+        # A Keras tower, whose weights `load_snapshot_query_tower` copies to the accelerators.
+        query_embedder = new_embedder()
+        init_utils.init_embedder(query_embedder, source)
+      else:
+        query_embedder = tf.saved_model.load(source)
+      return refresher_lib.IndexSnapshot(1, 0, time.time(), query_embedder, index, source=ckpt)
   embedder = new_embedder()
   if source:
     init_utils.init_embedder(embedder, source)
@@ -240,10 +249,55 @@ def build_device_store(params, store: block_store_lib.BlockStore, snapshot, stra
       index_step=snapshot.step)
   logging.info("REALM device retrieval: %d blocks over %d replica(s), %d rows each (%s), "
                "title/body widths %d/%d, loaded in %.1fs", device_store.num_blocks,
-               device_store.num_replicas,
-               device_store.shard_rows, settings.emb_dtype, device_store.title_width,
-               device_store.body_width, time.time() - t0)
+               device_store.num_replicas, device_store.shard_rows, settings.emb_dtype,
+               device_store.title_width, device_store.body_width, time.time() - t0)
   return device_store
+
+
+def build_pick_embedder(params, strategy, new_embedder):
+  """`task.device_retrieval.pick_with="snapshot"`: the non-trainable copy of the query tower, under
+  `strategy` (its variables live on the accelerators), that picks the candidates; None with
+  "live"."""
+  if params.task.device_retrieval.pick_with != "snapshot":
+    return None
+  with strategy.scope():
+    tower = new_embedder()
+    tower.trainable = False
+    _build_embedder(tower, params.task.model.query_seq_len)
+  return tower
+
+
+def _build_embedder(embedder, seq_len: int):
+  """Creates a Keras embedder's variables (and applies any deferred checkpoint restore)."""
+  ids = tf.zeros([1, seq_len], tf.int32)
+  embedder({"input_ids": ids, "input_mask": ids, "segment_ids": ids}, training=False)
+
+
+def load_snapshot_query_tower(tower, snapshot, seq_len: int):
+  """Copies an `IndexSnapshot`'s query embedder weights into `tower` (between train loops).
+
+  A Keras snapshot embedder (initial snapshot, internal refresher) is copied weight by weight; an
+  embedder SavedModel (external refresher, `snapshot.source` = `export/encoded/<step>`) is restored
+  from its directory.
+  Raises:
+    ValueError naming the snapshot if its embedder does not match the tower.
+  """
+  source = snapshot.query_embedder
+  if isinstance(source, tf_keras.layers.Layer):
+    if not source.built:
+      _build_embedder(source, seq_len)
+    weights = source.get_weights()
+    if len(weights) != len(tower.weights):
+      raise ValueError(f"snapshot {snapshot.version} ({snapshot.source}): its query embedder has "
+                       f"{len(weights)} weights, the picking tower {len(tower.weights)}")
+    tower.set_weights(weights)
+    return
+  for path in (snapshot.source, os.path.join(snapshot.source, "embedder")):
+    if tf.io.gfile.exists(os.path.join(path, "saved_model.pb")):
+      init_utils.init_embedder(tower, path)
+      return
+  raise ValueError(f"snapshot {snapshot.version}: no Keras embedder and no embedder export at "
+                   f"{snapshot.source} to load the picking query tower from")
 
 
 def run_realm(params, model_dir: str, options: PretrainOptions):
@@ -256,8 +310,12 @@ def run_realm(params, model_dir: str, options: PretrainOptions):
   device_swap = None
   if task.device_mode:
     device_store = build_device_store(params, store, holder.get(), strategy, cls_id, sep_id)
-    task.set_device_retrieval(device_store)
-    device_swap = device_retrieval.DeviceIndexSwap(holder, device_store)
+    picker = build_pick_embedder(params, strategy, new_embedder)
+    task.set_device_retrieval(device_store, picker)
+    seq_len = params.task.model.query_seq_len
+    device_swap = device_retrieval.DeviceIndexSwap(
+        holder, device_store, load_query_tower=None if picker is None else (
+            lambda snapshot: load_snapshot_query_tower(picker, snapshot, seq_len)))
   else:
     task.set_retrieval(holder, store)
   trainer = driver.build_trainer(params, task, strategy, model_dir,

@@ -23,9 +23,9 @@ from realm_tf2 import tokenization
 from realm_tf2.data import corpus_format
 from realm_tf2.data import pipeline_stats
 from realm_tf2.data import pretrain_pipeline as pp
+from realm_tf2.modeling import embedder as embedder_lib
 from realm_tf2.retrieval import block_store as bs
 from realm_tf2.retrieval import device_retrieval as dr
-from realm_tf2.retrieval import embed_corpus
 from realm_tf2.retrieval import index as index_lib
 from realm_tf2.retrieval import refresher
 from realm_tf2.tasks import realm_task
@@ -80,9 +80,10 @@ def world(tiny_vocab_file, tmp_path_factory):
           "vocab_file": tiny_vocab_file}
 
 
-def _config(vocab_file, retrieval, jit):
+def _config(vocab_file, retrieval, jit, pick_with="live"):
   cfg = realm_task.RealmPretrainTaskConfig(vocab_file=vocab_file, jit_compile=jit,
                                            retrieval=retrieval)
+  cfg.device_retrieval.pick_with = pick_with
   cfg.model.bert = configs.BertConfig(vocab_size=0, hidden_size=32, num_layers=2,
                                       num_attention_heads=2, intermediate_size=37,
                                       dropout_rate=0.0, attention_dropout_rate=0.0)
@@ -120,21 +121,19 @@ def _device_store(world, block_emb, strategy=None, **kwargs):
                              index_step=40, **kwargs)
 
 
-def _block_emb(model, world):
-  return embed_corpus.embed_blocks(world["store"], model.document_embedder, world["tok"].cls_id,
-                                   world["tok"].sep_id, seq_len=C, xla=False)
-
-
-def _index_retrieving_the_sources(model, world, device_batches):
-  """block_emb [13, D]: the document tower's embeddings, except that the three source documents'
-  blocks (0, 6, 12) get 10x their record's query embedding, so retrieval finds and must drop
-  them."""
-  block_emb = _block_emb(model, world)
-  queries = np.concatenate([model.embedder({"input_ids": b["query_input_ids"],
+def _index_retrieving_the_sources(model, device_batches, query_embedder=None, seed=0):
+  """A fixed index block_emb [13, D] with well-separated scores (no near-ties for float rounding to
+  flip): Gaussian rows, except that the three source documents' blocks 0, 6, 12 get 10x, 20x and
+  30x their record's query embedding (by `query_embedder`, default the model's), so every query
+  retrieves them and the records whose document they are must drop them."""
+  query_embedder = query_embedder or model.embedder
+  queries = np.concatenate([query_embedder({"input_ids": b["query_input_ids"],
                                             "input_mask": b["query_input_mask"],
                                             "segment_ids": b["query_segment_ids"]}).numpy()
                             for b in device_batches], 0)  # [8, D]
-  block_emb[[0, 6, 12]] = 10 * queries[[0, 3, 6]]
+  block_emb = 3 * np.random.default_rng(seed).standard_normal(
+      [NUM_BLOCKS, queries.shape[1]]).astype(np.float32)  # [13, D]
+  block_emb[[0, 6, 12]] = np.array([[10], [20], [30]], np.float32) * queries[[0, 3, 6]]
   return block_emb
 
 
@@ -155,19 +154,32 @@ def test_device_pipeline_has_the_host_queries_and_counts_every_record(world):
   assert all(b["mlm_mask"].numpy().sum() == 1 for b in batches)
 
 
+def _snapshot_tower(cfg, seed):
+  """A query tower with other (random) weights than the model's: the stale snapshot's."""
+  tf.random.set_seed(seed)
+  tower = embedder_lib.embedder_from_config(cfg.model, realm_task.vocab_size_of(cfg))
+  ids = tf.zeros([1, Q], tf.int32)
+  tower({"input_ids": ids, "input_mask": ids, "segment_ids": ids}, training=False)
+  tower.trainable = False
+  return tower
+
+
 def test_device_mode_picks_the_host_candidates_and_gives_the_host_loss(world):
-  """One device, fixed index, both pick with the same query embedder (the model's own weights at
-  step 0, dropout 0): identical candidates and packed inputs, loss within 1e-5, also with the whole
-  device step (embed -> retrieve -> pack -> towers -> loss and gradient) compiled by XLA."""
+  """One device, fixed index, both pick with the same query embedder (the snapshot's tower, not the
+  model's weights; dropout 0): identical candidates and packed inputs, loss within 1e-5 (both score
+  with the live towers), also with the whole device step (embed -> retrieve -> pack -> towers ->
+  loss and gradient) compiled by XLA."""
   host_task = realm_task.RealmTask(_config(world["vocab_file"], "host", jit=True))
-  device_task = realm_task.RealmTask(_config(world["vocab_file"], "device", jit=True))
+  device_cfg = _config(world["vocab_file"], "device", jit=True, pick_with="snapshot")
+  device_task = realm_task.RealmTask(device_cfg)
   model = host_task.build_model()
+  snapshot_tower = _snapshot_tower(device_cfg, seed=7)
   device_batches = _device_batches(world)
-  block_emb = _index_retrieving_the_sources(model, world, device_batches)
-  host_batches, stats = _host_batches(world, model.embedder, block_emb)
+  block_emb = _index_retrieving_the_sources(model, device_batches, snapshot_tower)
+  host_batches, stats = _host_batches(world, snapshot_tower, block_emb)
   assert stats.skipped == {"no_valid_spans": 1}  # no duplicates, enough blocks: host skips nothing
   assert stats.counts["trivial_retrievals_removed"] == 3
-  device_task.set_device_retrieval(_device_store(world, block_emb))
+  device_task.set_device_retrieval(_device_store(world, block_emb), snapshot_tower)
   assert len(host_batches) == len(device_batches) == NUM_RECORDS // BATCH
   trivial = 0
   for host, device in zip(host_batches, device_batches):
@@ -205,8 +217,7 @@ def test_device_train_step_counts_and_weights_examples(world):
   task = realm_task.RealmTask(_config(world["vocab_file"], "device", jit=False))
   model = task.build_model()
   batches = _device_batches(world)
-  task.set_device_retrieval(_device_store(world, _index_retrieving_the_sources(model, world,
-                                                                              batches)))
+  task.set_device_retrieval(_device_store(world, _index_retrieving_the_sources(model, batches)))
   opt = optimization.create_optimizer(configs.OptimizerConfig(learning_rate=1e-3), 10)
   step = tf.function(lambda x: task.train_step(x, model, opt))
   trivial = 0
@@ -238,7 +249,7 @@ def test_two_replicas_equal_one_with_xla_refresh_and_odd_corpus(world):
   cfg = _config(world["vocab_file"], "device", jit=True)
   one_task = realm_task.RealmTask(cfg)
   model1 = one_task.build_model()
-  block_emb = _block_emb(model1, world)
+  block_emb = _index_retrieving_the_sources(model1, _device_batches(world))
   one_task.set_device_retrieval(_device_store(world, block_emb))
   batch = _device_batches(world)[0]
   before = [v.numpy().copy() for v in model1.trainable_variables]
@@ -292,8 +303,9 @@ def test_two_replicas_equal_one_with_xla_refresh_and_odd_corpus(world):
   counts = two_task.device_pipeline_metrics()
   assert counts["examples"] == BATCH and counts["records"] == BATCH + 1
 
-  # A refresh between steps: the blocks' embeddings reversed -> other candidates, as 1 replica.
-  new_emb = block_emb[::-1].copy()
+  # A refresh between steps: new, well-separated embeddings (scores far apart, so the 1e-5 weight
+  # difference of the two models cannot flip a rank) -> other candidates, as with 1 replica.
+  new_emb = 10 * np.random.default_rng(1).standard_normal(block_emb.shape).astype(np.float32)
   store2.assign_block_emb(new_emb, index_version=4, index_step=50)
   one_task.device_store.assign_block_emb(new_emb, index_version=4, index_step=50)
   rows_after = rows(features)
@@ -311,7 +323,7 @@ def test_bfloat16_device_step_is_one_xla_program(world):
   batch = batches[0]
   float_task = realm_task.RealmTask(cfg)
   float_model = float_task.build_model()
-  block_emb = _index_retrieving_the_sources(float_model, world, batches)
+  block_emb = _index_retrieving_the_sources(float_model, batches)
   float_task.set_device_retrieval(_device_store(world, block_emb))
   tf_keras.mixed_precision.set_global_policy("mixed_bfloat16")
   try:
@@ -331,3 +343,55 @@ def test_bfloat16_device_step_is_one_xla_program(world):
   # The source blocks (0, 6) score 10|q|^2: found and dropped under bfloat16 as under float32.
   np.testing.assert_array_equal(rows[:, 0], -1)
   assert 0 not in rows[0] and 6 not in rows[3]
+
+
+def test_index_swap_loads_the_snapshot_query_tower_and_embeddings(world, tmp_path):
+  """`DeviceIndexSwap` with `pick_with="snapshot"` (training/pretrain.py wiring): the current
+  snapshot's query tower is loaded at start; a newer snapshot (a Keras embedder from the internal
+  refresher, or an embedder export from the external one) replaces both the picking tower's weights
+  and `block_emb` between loops; the picks follow them."""
+  from realm_tf2.export import embedder_export  # pylint: disable=g-import-not-at-top
+  from realm_tf2.training import pretrain  # pylint: disable=g-import-not-at-top
+  cfg = _config(world["vocab_file"], "device", jit=False, pick_with="snapshot")
+  task = realm_task.RealmTask(cfg)
+  model = task.build_model()
+  batch = _device_batches(world)[0]
+  towers = [_snapshot_tower(cfg, seed) for seed in (1, 2, 3)]
+  embs = [_index_retrieving_the_sources(model, _device_batches(world), t, seed=i)
+          for i, t in enumerate(towers)]
+  holder = refresher.IndexHolder(refresher.IndexSnapshot(
+      3, 40, 0.0, towers[0], dr.BlockEmbeddings(embs[0]), source="init"))
+  store = _device_store(world, embs[0])  # index version 3, step 40
+  picker = pretrain.build_pick_embedder(
+      type("P", (), {"task": cfg})(), tf.distribute.get_strategy(),
+      lambda: embedder_lib.embedder_from_config(cfg.model, realm_task.vocab_size_of(cfg)))
+  task.set_device_retrieval(store, picker)
+  swap = dr.DeviceIndexSwap(
+      holder, store, load_query_tower=lambda s: pretrain.load_snapshot_query_tower(picker, s, Q))
+
+  def same_weights(a, b):
+    return all(np.array_equal(x, y) for x, y in zip(a.get_weights(), b.get_weights()))
+
+  def picks():
+    return task.retrieve(model, batch)["block_rows"].numpy()
+
+  assert same_weights(picker, towers[0]) and not swap()  # nothing newer yet
+  rows = [picks()]
+  # Internal refresher: a Keras snapshot embedder.
+  holder.swap(refresher.IndexSnapshot(4, 50, 1.0, towers[1], dr.BlockEmbeddings(embs[1]),
+                                      source="ckpt-50"))
+  assert swap() and same_weights(picker, towers[1])
+  assert (swap.version, swap.step, int(store.index_version.numpy())) == (4, 50, 4)
+  rows.append(picks())
+  # External refresher: export/encoded/<step>/embedder (a SavedModel) with its encoded.ckpt.
+  snapshot_dir = str(tmp_path / "export" / "encoded" / "100")
+  embedder_export.export_embedder(towers[2], world["vocab_file"], True,
+                                  os.path.join(snapshot_dir, "embedder"))
+  holder.swap(refresher.IndexSnapshot(5, 100, 2.0, tf.saved_model.load(
+      os.path.join(snapshot_dir, "embedder")), dr.BlockEmbeddings(embs[2]), source=snapshot_dir))
+  assert swap() and same_weights(picker, towers[2]) and swap.swaps == 2
+  rows.append(picks())
+  # Each snapshot's tower + index drops the record's own block (0 for example 0, 6 for example 3).
+  for r in rows:
+    assert 0 not in r[0] and 6 not in r[3]
+  assert not np.array_equal(rows[0], rows[1]) or not np.array_equal(rows[1], rows[2])
