@@ -13,11 +13,12 @@ useful_gflop_per_step (by part), achieved_gflops, peak_gflops (same run), effici
 
 `--retrieval=device --num_blocks=N` times the device-retrieval step instead
 (`task.retrieval=device`): the batch holds only masked queries, and the step embeds them with the
-live query tower, searches a `DeviceBlockStore` of N synthetic blocks (random `block_emb`,
-`--emb_dtype`), packs the K candidates and runs the towers and loss. The record adds the retrieval
-alone (`RealmTask.retrieve`, compiled as the step is) timed after the steps:
-retrieval_seconds_median, retrieval_share (of the step median) and gflop_retrieval (query-tower
-forward + the [B, N] inner products); the step's FLOP counts include it.
+picking query tower (`--pick_with`: a snapshot copy, default, or the live one), searches a
+`DeviceBlockStore` of N synthetic blocks (random `block_emb`, `--emb_dtype`), packs the K candidates
+and runs the towers and loss. The record adds the retrieval alone (`RealmTask.retrieve`, compiled
+as the step is) timed after the steps: retrieval_seconds_median, retrieval_share (of the step
+median) and gflop_retrieval (query-tower forward + the [B, N] inner products); the step's FLOP
+counts include it.
 """
 import argparse
 import os
@@ -35,6 +36,7 @@ from realm_tf2 import accel  # noqa: E402
 from realm_tf2 import configs  # noqa: E402
 from realm_tf2.accel import custom_kernels  # noqa: E402
 from realm_tf2 import optimization  # noqa: E402
+from realm_tf2.modeling import embedder as embedder_lib  # noqa: E402
 from realm_tf2.retrieval import block_store as block_store_lib  # noqa: E402
 from realm_tf2.retrieval import device_retrieval  # noqa: E402
 from realm_tf2.tasks import realm_task  # noqa: E402
@@ -125,6 +127,7 @@ def build(a):
   cfg = realm_task.RealmPretrainTaskConfig(jit_compile=a.xla, retrieval=a.retrieval)
   cfg.device_retrieval.emb_dtype = a.emb_dtype
   cfg.device_retrieval.rows_per_chunk = a.rows_per_chunk
+  cfg.device_retrieval.pick_with = a.pick_with
   cfg.model.bert = bert_config(a)
   cfg.model.projection_size = a.projection
   cfg.model.embedder_dropout_rate = a.dropout
@@ -139,10 +142,14 @@ def build(a):
   if a.retrieval == "device":
     store, uids = synthetic_block_store(a.num_blocks, a.cand_len, a.vocab_size)
     emb = np.random.default_rng(1).standard_normal([a.num_blocks, a.projection]).astype(np.float32)
+    picker = None
+    if a.pick_with == "snapshot":  # the snapshot's query tower: same architecture, own weights
+      picker = embedder_lib.embedder_from_config(cfg.model, a.vocab_size)
+      picker.trainable = False
     task.set_device_retrieval(device_retrieval.DeviceBlockStore(
         store, emb, candidate_seq_len=a.cand_len, joint_seq_len=a.joint_len, cls_id=2, sep_id=3,
         block_uids=uids, emb_dtype=cfg.device_retrieval.tf_emb_dtype,
-        rows_per_chunk=a.rows_per_chunk or None))
+        rows_per_chunk=a.rows_per_chunk or None), picker)
     batch = device_batch(a.batch, a.query_len, a.max_masks, a.vocab_size, a.num_blocks)
   else:
     batch = synthetic_batch(a.batch, a.k, a.query_len, a.cand_len, a.joint_len, a.max_masks,
@@ -197,7 +204,7 @@ def run(a):
   s = common.summarize(times)
   if a.retrieval == "device":
     r = common.summarize(time_retrieval(a, task, model, batch))
-    device = {"num_blocks": a.num_blocks, "emb_dtype": a.emb_dtype,
+    device = {"num_blocks": a.num_blocks, "emb_dtype": a.emb_dtype, "pick_with": a.pick_with,
               "rows_per_chunk": task.device_store.rows_per_chunk,
               "retrieval_seconds_median": r["median"], "retrieval_seconds_best": r["best"],
               "retrieval_share": r["median"] / s["median"]}
@@ -352,6 +359,8 @@ def parser():
   ap.add_argument("--num_blocks", type=int, default=100000, help="device: corpus rows")
   ap.add_argument("--emb_dtype", choices=("float32", "bfloat16"), default="float32",
                   help="device: block_emb storage/scoring dtype")
+  ap.add_argument("--pick_with", choices=realm_task.PICK_WITH, default="snapshot",
+                  help="device: the query tower that picks (a snapshot copy or the live one)")
   ap.add_argument("--rows_per_chunk", type=int, default=0,
                   help="device: rows scored at once (0 = the whole shard)")
   ap.add_argument("--profile_dir", default="", help="trace one step with tf.profiler here")

@@ -166,6 +166,13 @@ def measure_graph_stage(num_records=2000, batches=20, batch=64, vocab_size=30522
   return {"core_s_per_example": cpu / n, "examples_per_s": n / wall, "examples": n}
 
 
+def embedder_params(hidden, layers, intermediate, vocab, projection, positions=512, types=2):
+  """Weights of a RealmEmbedder: BERT (embeddings, layers, pooler) + projection + LayerNorm."""
+  embeddings = (vocab + positions + types) * hidden + 2 * hidden
+  layer = 4 * hidden * hidden + 4 * hidden + 2 * hidden * intermediate + intermediate + 5 * hidden
+  return embeddings + layers * layer + hidden * hidden + hidden + hidden * projection + 3 * projection
+
+
 def device_budget(a, step_flops, step_s, tpu_rate, graph_core_s):
   """Paper-setting budget of `task.retrieval=device` (analytic sizes of the `DeviceBlockStore`).
 
@@ -181,13 +188,16 @@ def device_budget(a, step_flops, step_s, tpu_rate, graph_core_s):
   # rows of the kept candidates [R*b, K-1, Lt+Lb+2] int32.
   scores_bytes = a.batch * chunk * 4
   payload_bytes = a.batch * (a.k - 1) * (a.device_title_width + a.device_body_width + 2) * 4
-  hbm = emb_bytes["bfloat16"] + token_bytes + scores_bytes + payload_bytes
+  # pick_with=snapshot: a float32 copy of the query tower on every core.
+  tower_bytes = 4 * embedder_params(BASE["hidden"], BASE["layers"], BASE["intermediate"],
+                                    BASE["vocab"], d) if a.pick_with == "snapshot" else 0
+  hbm = emb_bytes["bfloat16"] + token_bytes + scores_bytes + payload_bytes + tower_bytes
   out = [dict(quantity="device_hbm_per_core", rows_per_core=shard, rows_per_chunk=chunk,
               block_emb_gib_bfloat16=emb_bytes["bfloat16"] / GIB,
               block_emb_gib_float32=emb_bytes["float32"] / GIB, token_gib=token_bytes / GIB,
               title_width=a.device_title_width, body_width=a.device_body_width,
               step_scores_gib=scores_bytes / GIB, step_payload_gib=payload_bytes / GIB,
-              total_gib=hbm / GIB, hbm_per_core_gib=a.hbm_per_core_gib,
+              pick_with=a.pick_with, pick_tower_gib=tower_bytes / GIB, total_gib=hbm / GIB, hbm_per_core_gib=a.hbm_per_core_gib,
               share_of_hbm=hbm / GIB / a.hbm_per_core_gib)]
   embed = common.embedder_forward_flops(a.batch, 96, BASE["hidden"], BASE["layers"],
                                         BASE["intermediate"], d, cls_only=True)
@@ -210,8 +220,9 @@ def device_budget(a, step_flops, step_s, tpu_rate, graph_core_s):
   bottlenecks = []
   if hbm / GIB > a.hbm_per_core_gib:
     bottlenecks.append(f"HBM: {hbm / GIB:.1f} GiB per core > {a.hbm_per_core_gib}")
-  bottlenecks.append(f"in-step search: +{retrieval_s / step_s:.0%} step time "
-                     f"({search / step_flops:.2f}x the step's FLOPs)")
+  bottlenecks.append(f"in-step retrieval: +{retrieval_s / step_s:.1%} step time (search "
+                     f"{search / step_flops:.2%}, query embedding {embed / step_flops:.2%} of the "
+                     "step's FLOPs)")
   out.append(dict(quantity="summary_device", blocks=n, batch=a.batch, k=a.k, train_cores=cores,
                   hbm_per_core_gib=hbm / GIB, step_s=step_s + retrieval_s,
                   retrieval_share_of_step_time=retrieval_s / (step_s + retrieval_s),
@@ -410,6 +421,8 @@ def parser():
                   help="device mode: dense body width (the longest body, at most max(C,J)-3)")
   ap.add_argument("--device_rows_per_chunk", type=int, default=65536,
                   help="device mode: rows scored at once per core (0 = the whole shard)")
+  ap.add_argument("--pick_with", choices=("snapshot", "live"), default="snapshot",
+                  help="device mode: snapshot = one more query tower per core")
   ap.add_argument("--mips_utilisation", type=float, default=0.4,
                   help="device mode: share of the TPU peak the in-step search reaches")
   ap.add_argument("--refresh_blocks", type=int, default=0,
