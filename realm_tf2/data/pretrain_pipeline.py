@@ -249,15 +249,22 @@ class RetrievalFeaturizer:
     tokenizer_ids: (cls_id, sep_id).
     cfg: `PretrainInputConfig`.
     stats: `PipelineStats` receiving counts and skip reasons.
+    mask_id: The [MASK] id. Given, a retrieved block that contains the query's sentence (its
+      wordpieces, masked ones as their targets or as wildcards past `max_masks`) is a trivial
+      retrieval too, whatever the uids say: the sentence "originates from" that block (§1.4). This
+      removes the source block even when the pre-training records are whole documents and the blocks
+      their chunks, where the uids differ. Without it, only the uid test of the original applies.
   """
 
   def __init__(self, holder, block_store, tokenizer_ids, cfg: PretrainInputConfig,
-               stats: pipeline_stats.PipelineStats):
+               stats: pipeline_stats.PipelineStats, mask_id: Optional[int] = None):
     self.holder = holder
     self.store = block_store
     self.cls_id, self.sep_id = tokenizer_ids
+    self.mask_id = mask_id
     self.cfg = cfg
     self.stats = stats
+    self._warned_no_trivial = False
     k, c, j = cfg.num_candidates, cfg.candidate_seq_len, cfg.joint_seq_len
     empty = np.zeros([0], np.int32)
     # The null document: empty title and body (candidate `[CLS][SEP][SEP]`, §1.4).
@@ -307,13 +314,20 @@ class RetrievalFeaturizer:
       if len(set(uids.tolist())) != len(uids):
         self.stats.skip("duplicate_retrievals")
         continue
-      kept = retrieved[uids != doc_uid][:k - 1]
-      self.stats.add("trivial_retrievals_removed", int(np.sum(uids == doc_uid)))
+      n_q = int(batch["query_input_mask"][r].sum())
+      q_tokens = batch["query_input_ids"][r][1:n_q - 1]
+      trivial = uids == doc_uid  # [k]
+      if self.mask_id is not None:
+        sentence, known = self._query_sentence(q_tokens, batch, r)
+        by_content = np.array([not t and sentence_in_block(self.store.body(row), sentence, known)
+                               for row, t in zip(retrieved, trivial)], bool)  # [k]
+        self.stats.add("trivial_retrievals_removed_by_content", int(by_content.sum()))
+        trivial |= by_content
+      kept = retrieved[~trivial][:k - 1]
+      self.stats.add("trivial_retrievals_removed", int(np.sum(trivial)))
       if len(kept) < k - 1:
         self.stats.skip("too_few_candidates")
         continue
-      n_q = int(batch["query_input_mask"][r].sum())
-      q_tokens = batch["query_input_ids"][r][1:n_q - 1]
       cands = [self._null_candidate]
       joints = [tokenization.bert_pack_np([q_tokens, np.zeros([0], np.int32)], cfg.joint_seq_len,
                                           self.cls_id, self.sep_id)]
@@ -336,7 +350,43 @@ class RetrievalFeaturizer:
     if rows["index_version"]:
       out = {name: np.stack(v).astype(np.int32) for name, v in rows.items()}
       self.stats.add("examples", len(rows["index_version"]))
+    self._warn_if_never_trivial()
     return out
+
+  def _query_sentence(self, q_tokens, batch, r):
+    """The query's sentence wordpieces with the masked ones restored from the targets; `known` is
+    False where a [MASK] has no target (past max_masks): a wildcard in `sentence_in_block`."""
+    sentence = np.array(q_tokens, np.int64)
+    for pos, target, real in zip(batch["mlm_positions"][r], batch["mlm_targets"][r],
+                                 batch["mlm_mask"][r]):
+      if real:
+        sentence[pos - 1] = target  # positions count [CLS]
+    return sentence, sentence != self.mask_id
+
+  def _warn_if_never_trivial(self):
+    counts = self.stats.counts
+    if (not self._warned_no_trivial and counts.get("examples", 0) >= 1000
+        and not counts.get("trivial_retrievals_removed", 0)):
+      self._warned_no_trivial = True
+      logging.warning("pre-training input: no retrieved block was the source of its query in the "
+                      "first %d examples; the pre-training text seems disjoint from the knowledge "
+                      "corpus, so no trivial retrieval will be removed (fine if that is intended)",
+                      counts["examples"])
+
+
+def sentence_in_block(body_ids: np.ndarray, sentence: np.ndarray, known: np.ndarray) -> bool:
+  """Whether `sentence` occurs contiguously in `body_ids` (positions with known=False match any id).
+
+  Args:
+    body_ids: int [L] a block's body wordpieces.
+    sentence: int [S] the query sentence's wordpieces.
+    known: bool [S].
+  """
+  body_ids = np.asarray(body_ids)
+  if len(sentence) == 0 or len(sentence) > len(body_ids):
+    return False
+  windows = np.lib.stride_tricks.sliding_window_view(body_ids, len(sentence))  # [L-S+1, S]
+  return bool(np.any(np.all((windows == sentence) | ~known, axis=1)))
 
 
 def _masked_queries(file_pattern, tokenizer, cfg: PretrainInputConfig, input_context, files,
@@ -408,7 +458,7 @@ def build_pretrain_dataset(file_pattern: str,
   ds = _masked_queries(file_pattern, tokenizer, cfg, input_context, files)
   ds = ds.batch(cfg.retrieval_batch_size)
   featurizer = RetrievalFeaturizer(holder, block_store, (tokenizer.cls_id, tokenizer.sep_id), cfg,
-                                   stats)
+                                   stats, mask_id=tokenizer.mask_id)
   names = list(featurizer.output_spec)
   in_names = ["skip_code", "record_index", "title", "text", "query_input_ids", "query_input_mask",
               "query_segment_ids", "mlm_positions", "mlm_targets", "mlm_mask"]

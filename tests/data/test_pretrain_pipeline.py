@@ -115,8 +115,9 @@ def test_masking_candidates_and_skips(setup):
   np.testing.assert_array_equal(null[:3], [tok.cls_id, tok.sep_id, tok.sep_id])
   assert null[3:].sum() == 0
   np.testing.assert_array_equal(first["candidate_segment_ids"][0, 0, :3], [0, 0, 1])
-  # The "mary" record's document is not in the corpus, so nothing is removed: rows 0, 1 kept.
-  np.testing.assert_array_equal(second["retrieved_block_ids"][0], [-1, 0, 1])
+  # The "mary" record (title "mary") has no block uid, but its sentence occurs in row 0's body
+  # (the same text under another title): row 0 is its trivial retrieval by content, so 1, 2 kept.
+  np.testing.assert_array_equal(second["retrieved_block_ids"][0], [-1, 1, 2])
   # Candidate 1 = [CLS] title [SEP] body [SEP] of row 1; joint = [CLS] q [SEP] body [SEP], no title.
   cand = first["candidate_input_ids"][0, 1]
   t, b = store.title(1), store.body(1)
@@ -138,7 +139,8 @@ def test_masking_candidates_and_skips(setup):
   assert stats.skipped == {"no_valid_spans": 2, "no_masked_token": 1, "mask_out_of_range": 1}
   counts = stats.counts
   assert counts["records"] == 6 and counts["examples"] == 2
-  assert counts["trivial_retrievals_removed"] == 1
+  assert counts["trivial_retrievals_removed"] == 2
+  assert counts["trivial_retrievals_removed_by_content"] == 1
   metrics = stats.as_metrics()
   assert metrics["skipped_total"] == 4 and metrics["max_index_wait_ms"] >= 0
 
@@ -244,3 +246,13 @@ def test_embed_queries_is_thread_safe():
   for line in lines:
     _, calls, _, mismatches = line.split()
     assert int(calls) > 100 and int(mismatches) == 0, proc.stdout
+
+
+def test_sentence_in_block_with_wildcards():
+  body = np.array([5, 6, 7, 8, 9, 10])
+  assert pp.sentence_in_block(body, np.array([7, 8, 9]), np.array([True, True, True]))
+  assert not pp.sentence_in_block(body, np.array([7, 9]), np.array([True, True]))
+  # An unknown (masked past max_masks) position matches anything.
+  assert pp.sentence_in_block(body, np.array([7, 0, 9]), np.array([True, False, True]))
+  assert not pp.sentence_in_block(body, np.arange(10), np.ones(10, bool))  # longer than the block
+  assert not pp.sentence_in_block(body, np.array([], int), np.array([], bool))
