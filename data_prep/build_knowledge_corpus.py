@@ -5,7 +5,7 @@ r"""Builds the knowledge corpus: REALM retrieval-corpus shards AND ORQA blocks, 
 
 Input: JSONL `{"title", "body"}` (`"text"` accepted), WikiExtractor `--json` output, or `.txt`
 (one document per line); glob or comma-separated list, read in sorted-file, line order.
-Processing (reference §3.1): ORQA title filter (List of / Index of / Outline of /
+Processing (original §3.1): ORQA title filter (List of / Index of / Outline of /
 (disambiguation), counted), rule-based sentence splitting (data_prep.sentence_splitter), greedy
 blocking to `--max_block_length` wordpieces including [CLS]/[SEP]/[SEP] (common.Blocker).
 Output (layout in realm_tf2/data/corpus_format.py):
@@ -16,7 +16,7 @@ Output (layout in realm_tf2/data/corpus_format.py):
 Streaming scheme for the shards: the number of blocks is unknown until the input is consumed, so
 pass 1 streams blocks into the three ORQA files (sequential writes, bounded memory); pass 2 reads
 them back in lock-step and writes exactly `--num_shards` REALM shards of contiguous chunks of
-ceil(total / num_shards) blocks (the original's layout, §1.8). Pass 2 only re-reads records, it does
+ceil(total / num_shards) blocks (original §1.8). Pass 2 only re-reads records, it does
 not re-tokenise. Every file is written under a temporary name and renamed when complete.
 
 Parallelism: documents are tokenised and blocked in `--num_workers` spawned processes, in chunks of

@@ -1,4 +1,4 @@
-r"""Builds the REALM pre-training corpus: sentences + salient spans (reference §1.3).
+r"""Builds the REALM pre-training corpus: sentences + salient spans (original §1.3).
 
   python -m data_prep.build_pretrain_corpus --input='wiki/*.json' --output_dir=pretrain \
       --knowledge_corpus_dir=corpus --tagger=builtin --num_shards=50
@@ -8,10 +8,10 @@ Each output record is a tf.train.Example (realm_tf2/data/corpus_format.PRETRAIN_
 
 * With `--knowledge_corpus_dir` (a build_knowledge_corpus output, built from the SAME input): the
   documents are blocked exactly as that corpus was (vocab, casing, max_block_length and title filter
-  are read from its corpus_info.json), one record per block, `text` = the block text, `doc_uid` = the
-  block's uid, so the REALM pipeline can remove trivial retrievals (§1.4). The block uids are
-  checked, in lock-step and in bounded memory, against the knowledge corpus's `examples.tfr`;
-  disagreements are counted (`uid_mismatch`) and reported.
+  are read from its corpus_info.json), one record per block, `text` = the block text, `doc_uid` =
+  the block's uid, so the REALM pipeline can remove trivial retrievals (original §1.4). The block
+  uids are checked, in lock-step and in bounded memory, against the knowledge corpus's
+  `examples.tfr`; disagreements are counted (`uid_mismatch`) and reported.
 * Without it: one record per document, `text` = the document body, `doc_uid` = sha1_uid63(title,
   body); documents are not title-filtered unless --title_filter.
 

@@ -17,7 +17,7 @@ import numpy as np
 from data_prep import sentence_splitter
 from realm_tf2 import io_utils
 
-# ORQA's document filter (reference §3.1): (counter reason, regex on the title).
+# ORQA's document filter (original §3.1): (counter reason, regex on the title).
 TITLE_FILTERS = (
     ("title_list_of", re.compile(r"List of .+")),
     ("title_index_of", re.compile(r"Index of .+")),
@@ -135,7 +135,7 @@ def chunked(items: Iterable, size: int) -> Iterator[list]:
     yield chunk
 
 
-# --- blocking (reference §3.1) --------------------------------------------------------------------
+# --- blocking (original §3.1) --------------------------------------------------------------------
 
 
 class Block(NamedTuple):

@@ -1,4 +1,4 @@
-r"""Validates, normalises, deduplicates and resplits open-domain QA data (reference §3.5).
+r"""Validates, normalises, deduplicates and resplits open-domain QA data (original §3.5).
 
   python -m data_prep.prepare_qa --dataset_name=WebQuestions --input_dir=raw --output_dir=data
 

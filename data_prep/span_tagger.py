@@ -1,4 +1,4 @@
-"""Salient-span taggers for REALM's salient span masking (reference §1.3).
+"""Salient-span taggers for REALM's salient span masking (original §1.3).
 
 The original release has no tagger: its pre-training corpus came pre-annotated (paper: a BERT
 CoNLL-2003 NER tagger plus a date regex). Nothing may be downloaded here, so the default is a

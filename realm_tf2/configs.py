@@ -46,7 +46,7 @@ class BertConfig(base_config.Config):
 
 @dataclasses.dataclass
 class ModelConfig(base_config.Config):
-  """Shapes and heads of the REALM / ORQA models (reference §1.1, §1.2, §3.2, §3.3).
+  """Shapes and heads of the REALM / ORQA models (original §1.1, §1.2, §3.2, §3.3).
 
   Attributes:
     bert: Architecture of both BERT towers.
@@ -110,7 +110,7 @@ class ScannConfig(base_config.Config):
 
 @dataclasses.dataclass
 class OptimizerConfig(base_config.Config):
-  """BERT's AdamWeightDecay recipe (reference §1.1).
+  """BERT's AdamWeightDecay recipe (original §1.1).
 
   Attributes:
     learning_rate: Peak learning rate (REALM 3e-5, ICT 1e-4, ORQA 1e-5).

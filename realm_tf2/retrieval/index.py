@@ -402,7 +402,7 @@ def sharded_top_k(query, shard_chunks, shard_num_rows, k, shard_offset, use_bflo
 
 
 def scann_settings_for(num_rows, **overrides):
-  """ScaNN settings from N (ScaNN docs/algorithms.md; tf2_stack_notes §3.4), overridable.
+  """ScaNN settings from N (the rules of thumb of ScaNN's docs/algorithms.md), overridable.
 
   * N < 20k: brute force (float32) scoring.
   * N < 100k: asymmetric hashing (2 dims/block, AVQ threshold 0.2) + exact reorder.

@@ -1,4 +1,4 @@
-"""ORQA open-domain QA fine-tuning Task (reference §3.3–§3.5).
+"""ORQA open-domain QA fine-tuning Task (original §3.3–§3.5).
 
 Device side (`compute_loss` / `validation_step`, XLA-able with exact retrieval): `OrqaModel`
 (retrieve + read), the correctness of retrieved blocks and read spans
@@ -18,8 +18,9 @@ Host side (eval only, via Model Garden's `aggregate_logs` / `reduce_aggregated_l
 span is cut out of the raw block text (`RealmTokenizer.span_text`, the function the serving export
 runs in-graph) and the metrics of the original's evaluation are computed over the real questions
 (batch padding excluded), under the original's names:
-  exact_match            reader_correct at the predicted (block, span): token-level (§3.3); the
-                         best export is chosen on it, as the original's exporter does (§3.4)
+  exact_match            reader_correct at the predicted (block, span): token-level (original
+                         §3.3); the best export is chosen on it, as the original's exporter does
+                         (original §3.4)
   official_exact_match   SQuAD-normalised string EM of the answer text (regex mode for CuratedTrec)
   reader_oracle          some span of the read blocks is correct
   top_{k}_match          an answer (`HasAnswer`: raw, case-sensitive substring; regex mode: a
@@ -80,7 +81,7 @@ class OrqaTaskConfig(base.RealmTaskConfig):
   """ORQA fine-tuning.
 
   Attributes:
-    retriever_module_path: Embedder export (contract §3) with `encoded/encoded.ckpt` (block_emb);
+    retriever_module_path: Embedder export (contracts §3) with `encoded/encoded.ckpt` (block_emb);
       or either tower of a REALM run with separate towers (`export/<step>/embedder`, the query
       tower, or `.../doc_embedder`, the document tower: block_emb then comes from the `embedder`
       beside it, see `check_retriever_export`).

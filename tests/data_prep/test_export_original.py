@@ -46,7 +46,7 @@ INPUTS = {
     "block_mask": np.array([[0, 0, 0, 0, 1, 1, 0, 0], [0, 0, 0, 1, 1, 1, 0, 0]], np.int32)}
 FEATS = ("input_ids", "input_mask", "segment_ids")
 
-# Reference §4 names, written out for layer 0 (the other layers differ only in the index).
+# Original §4 names, written out for layer 0 (the other layers differ only in the index).
 LAYER_0 = [
     "bert/encoder/layer_0/attention/self/query/kernel",
     "bert/encoder/layer_0/attention/self/query/bias",
@@ -71,7 +71,7 @@ EMBEDDINGS_POOLER = [
 MLM = ["cls/predictions/transform/dense/kernel", "cls/predictions/transform/dense/bias",
        "cls/predictions/transform/LayerNorm/gamma", "cls/predictions/transform/LayerNorm/beta",
        "cls/predictions/output_bias"]
-# HF `load_tf_weights_in_realm` (hf_realm_port.md §4.1): the prefixes its rules rewrite.
+# HF `load_tf_weights_in_realm` (original §4.4): the prefixes its rules rewrite.
 HF_PREFIXES = (
     "bert/", "cls/predictions/", "module/module/module/module/bert/",
     "module/module/module/module/cls/predictions/", "module/module/module/dense/",
