@@ -119,9 +119,9 @@ class OptimizerConfig(base_config.Config):
     beta_1 / beta_2 / epsilon: Adam moments (bias correction: `bias_correction` below).
     clip_norm: Global gradient-norm clip.
     bias_correction: Apply Adam's bias correction (lr·sqrt(1−β2^t)/(1−β1^t) at step t). Off in the
-      original (BERT/REALM/ORQA), whose early updates are therefore (1−β1^t)/sqrt(1−β2^t) times
-      larger: ~6.6x near step 12, ~3x at step 100 (BERT warms up over 10k steps, so it hardly
-      matters there; it does for short runs of randomly initialised models).
+      original, whose early updates are therefore (1−β1^t)/sqrt(1−β2^t) times larger (≈6.6x at
+      step 12, 3x at step 100): hidden by BERT's 10k-step warm-up, too large for short runs with
+      short warm-ups, which should turn it on (the demo and real-data run configs do).
   """
   learning_rate: float = 3e-5
   num_warmup_steps: Optional[int] = None

@@ -1,6 +1,6 @@
 """WordPiece tokenization (TF Text) and the REALM / ORQA input packing layouts.
 
-Tokenizer choice (measured, see tests/test_tokenization.py):
+Tokenizer choice (the behaviours relied on are tested in tests/test_tokenization.py):
 * Ids come from `tensorflow_text.BertTokenizer`, the tokenizer ORQA itself uses in-graph
   (original §3.3 Read step 2), reading `vocab.txt` through a `StaticVocabularyTable` whose file
   becomes a SavedModel asset when the tokenizer is tracked by an exported module.
@@ -243,8 +243,8 @@ def _greedy_trim(segments, budget):
   """Keeps as much of s0 as fits in `budget`, then of s1, ... (per row).
 
   Same result as `tf_text.WaterfallTrimmer(budget).trim(segments)`, written by hand because the TF
-  Text trimmer takes ~5 s to trace (measured on this 2-core box) for every tf.function / tf.data map
-  / SavedModel signature that packs inputs; this version traces in well under 1 s.
+  Text trimmer takes seconds to trace for every tf.function / tf.data map / SavedModel signature
+  that packs inputs, this version a fraction of that (docs/scaling.md).
   """
   remaining = tf.fill(tf.shape(segments[0].row_lengths()), tf.constant(budget, tf.int64))  # [B]
   out = []

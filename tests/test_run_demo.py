@@ -102,10 +102,8 @@ def test_demo_realm_learns_to_use_retrieval(tmp_path):
   """Issue 5's learning signal, on the default world at default model size: after ICT, REALM's
   encoder learns to read the retrieved blocks, so retrieval_utility (marginal log-likelihood gain
   over the null document) rises above its first-loop value (about 0.00), with >= 2 index refreshes.
-  Measured in full default runs at size `mini` (1500 steps): 0.00 -> 0.16-0.46 in the last loop
-  (held-out shards 0.10-0.40; six runs on the 300-entity world, 2026-11-25); on the 600-entity world
-  with Adam's bias correction (the defaults since 2026-12-03), 0.2-0.38 at steps 1000-1200 in four of
-  four runs. Here 1200 REALM steps (retriever frozen for 1000) and 20 ORQA steps.
+  Here 1200 REALM steps (retriever frozen for 1000) and 20 ORQA steps; the utility full demo runs
+  reach: docs/history.md, "Demo REALM learning test".
   """
   out_dir = str(tmp_path / "demo")
   proc = _run([f"--output_dir={out_dir}", "--realm_steps=1200", "--refresh_every_steps=200",
@@ -121,10 +119,8 @@ def test_demo_realm_learns_to_use_retrieval(tmp_path):
   # Baseline: the first 4 loops (100 steps), before the encoder reads; end: the last 8 loops.
   first, last = sum(train[:4]) / 4, sum(train[-8:]) / 8
   print("retrieval_utility per loop", [round(u, 3) for u in train])
-  # Measured in two runs: first 4 loops -0.002 / -0.001, last 8 loops 0.065 / 0.16, held-out 0.049 /
-  # 0.39 (utility starts rising after 150-250 steps) at size `tiny`. At size `demo` (projection 64, the
-  # run_demo.py default 2026-11-23..24): first 4 loops -0.0005, last 8 0.14, held-out 0.25. At size
-  # `mini` (the default since 2026-11-25), 1500-step runs: 0.05-0.30 by step 1000, 0.18-0.48 by step 1200.
+  # The encoder cannot read in the first loops (utility about 0); by step 1000-1200 default runs
+  # are well above the margin below (docs/history.md).
   assert abs(first) < 0.02  # an encoder that cannot read yet
   assert last > first + 0.03
   assert summary["retrieval_utility_eval_after_realm"] > 0.0  # held-out shards (40 examples: noisy)

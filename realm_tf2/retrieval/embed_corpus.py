@@ -178,9 +178,8 @@ def _batch_plan(which, buckets, global_batch):
   computes the fewest tokens (bucket length x batch slots) of any static-shape plan: with N_j rows
   in bucket j or longer, any plan needs at least ceil(N_j / B) batches of length >= len_j, and its
   cost is B * sum_j (len_j - len_{j-1}) * (#batches of length >= len_j), a sum this plan meets
-  term by term. On the refresh benchmark's synthetic corpus (2048 blocks, batch 128, default
-  buckets) the batches hold 1.30x the real tokens, against 1.41x when every bucket padded its own
-  last batch. (Hand-written: tf.data's bucket_by_sequence_length leaves a part-filled batch in every bucket.)
+  term by term (the padding it saves on the refresh benchmark's corpus: docs/scaling.md).
+  (Hand-written: tf.data's bucket_by_sequence_length leaves a part-filled batch in every bucket.)
   """
   which = np.asarray(which)
   order = np.argsort(-which, kind="stable").astype(np.int64)  # [N] longest bucket first

@@ -414,7 +414,8 @@ def scann_settings_for(num_rows, **overrides):
        "reorder": 0, "scoring": "brute_force"}
   if num_rows >= 20000:
     # Without a tree there is no residual quantisation, so AH alone ranks tightly clustered data
-    # coarsely; a wide exact reorder keeps recall@8 >= 0.95 (measured on clustered synthetic data).
+    # coarsely; a wide exact reorder keeps recall@8 >= 0.95 (tests/retrieval/test_index.py, on
+    # clustered synthetic data).
     s["scoring"] = "ah"
     s["reorder"] = 1000
   if num_rows >= 100000:

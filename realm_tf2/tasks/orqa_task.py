@@ -107,21 +107,12 @@ class OrqaTaskConfig(base.RealmTaskConfig):
       extraction, HasAnswer, serving) are then `title\nbody`. Off by default, as the original.
     predict_output: If set, eval predictions are written there as JSONL.
     freeze_question_word_embeddings: Keep the question tower's wordpiece embeddings at their
-      initial (retriever export) values; the rest of the tower still trains. Off by default (the
-      original fine-tunes everything). The block index is fixed, computed with those same
-      embeddings; on a small QA set, fine-tuning moves the vectors of the train questions' words
-      (e.g. entity names) away from it while unseen names stay put, so the tower memorises the
-      train entities instead of learning how questions differ from the sentences it was
-      pre-trained on. Measured on a 100-person world (80 train persons, 20 held-out, ICT-trained
-      tiny retriever): dev recall@1 0.48 without the freeze (1 run), 0.78-0.9 with it (5 runs); see
-      tests/tasks/test_orqa_generalisation.py. Not a general win: on the demo world (300 entities,
-      REALM-trained retriever, 1000 ORQA steps, one run each) it lowered dev recall@5 from 0.56 to
-      0.35.
+      retriever-export values (the rest of the tower trains). For small QA sets whose dev entities
+      never occur in training questions: the fixed index was built with these embeddings, and
+      fine-tuning would move only the train questions' names. Off by default, as the original.
     reader_learning_rate_multiplier: The reader's learning rate (and weight decay) relative to the
-      question tower's; 1.0 (default) is the original's single rate. Below 1 keeps a pre-trained
-      reader close to its initialisation while the question tower adapts. Measured on the 100-person
-      held-out world (reader initialised from the ICT-trained BERT): see
-      tests/tasks/test_orqa_generalisation.py.
+      question tower's; 1.0 is the original's single rate. Below 1 keeps a pre-trained reader
+      close to its initialisation while the question tower adapts.
   """
   retriever_module_path: str = ""
   reader_module_path: str = ""
