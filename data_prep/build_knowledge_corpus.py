@@ -10,7 +10,8 @@ Processing (original §3.1): ORQA title filter (List of / Index of / Outline of 
 blocking to `--max_block_length` wordpieces including [CLS]/[SEP]/[SEP] (common.Blocker).
 Output (layout in realm_tf2/data/corpus_format.py):
   blocks.tfr, titles.tfr, examples.tfr (ORQA, uncompressed), realm/blocks-NNNNN-of-MMMMM (GZIP),
-  corpus_info.json. Row i of every view is block i, in input order (deterministic, unlike ORQA's
+  corpus_info.json, report.json (the final counts report, also printed). Row i of every view is
+  block i, in input order (deterministic, unlike ORQA's
   imap_unordered); `doc_uid` = sha1_uid63(title, block text).
 
 Streaming scheme for the shards: the number of blocks is unknown until the input is consumed, so
@@ -138,6 +139,7 @@ def build_knowledge_corpus(input_pattern, vocab_file, output_dir, num_shards=8, 
           "realm_corpus_pattern": cf.realm_corpus_pattern(output_dir),
           "counts": counters.as_dict()}
   io_utils.atomic_write_text(join(output_dir, cf.CORPUS_INFO_FILE), json.dumps(info, indent=1) + "\n")
+  common.write_report(join(output_dir, common.REPORT_FILE), common.counters_report(counters))
   if progress:
     progress.update(force=True)
   return counters

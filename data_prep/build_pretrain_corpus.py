@@ -21,7 +21,9 @@ on each sentence; `--masking=random` (ablation) takes one random span of 1–3 w
 written and is counted (`no_valid_span`), as the original generator would skip it.
 
 Sharding: pass 1 streams records into one temporary GZIP file; pass 2 copies them into exactly
-`--num_shards` shards `pretrain-NNNNN-of-MMMMM` of contiguous chunks (bounded memory).
+`--num_shards` shards `pretrain-NNNNN-of-MMMMM` of contiguous chunks (bounded memory). The final
+counts report is printed and written to `<output_dir>/report.json` (so read the shards with the
+glob `<output_dir>/pretrain-*`).
 """
 import realm_tf2  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow is imported)
 
@@ -192,6 +194,8 @@ def build_pretrain_corpus(input_pattern, output_dir, num_shards=8, tagger="built
                                os.path.join(output_dir, cf.PRETRAIN_SHARD_PREFIX), num_shards, "GZIP")
   finally:
     tmp.abort()
+  common.write_report(os.path.join(output_dir, common.REPORT_FILE),
+                      common.counters_report(counters))
   if progress:
     progress.update(force=True)
   return counters

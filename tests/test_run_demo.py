@@ -1,5 +1,6 @@
 """run_demo.py end to end at a reduced size: all stages run, >= 2 index refreshes, summary.json, the
-serving model answers; a second invocation reuses every finished stage."""
+serving model answers; a second invocation reuses every finished stage. Checked on the files the
+demo writes (`stages/<stage>.json`, summary.json, eval and metrics files), not on its printout."""
 import json
 import os
 import subprocess
@@ -32,9 +33,11 @@ def test_run_demo_reduced(tmp_path):
   assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
   stages = ("world", "vocab", "knowledge_corpus", "pretrain_corpus", "ict", "realm", "encode", "orqa",
             "evaluate", "answer")
-  for i, stage in enumerate(stages, start=1):
-    assert f"=== [{i}/10] {stage} ===" in proc.stdout, stage
-    assert os.path.exists(os.path.join(out_dir, "stages", f"{stage}.json")), stage
+  markers = {}
+  for stage in stages:  # each stage ran and recorded its result
+    with open(os.path.join(out_dir, "stages", f"{stage}.json"), "rb") as f:
+      markers[stage] = f.read()
+    assert json.loads(markers[stage])["stage"] == stage
 
   with open(os.path.join(out_dir, "summary.json")) as f:
     summary = json.load(f)
@@ -50,13 +53,11 @@ def test_run_demo_reduced(tmp_path):
   with open(os.path.join(out_dir, "world", "qa", "World.resplit.train.jsonl")) as f:
     assert overlap["num_train_references"] == sum(1 for line in f if line.strip())
   assert summary["dev_wrong_answers_from_train"] == overlap["wrong_prediction_train_answer_fraction"]
-  assert "wrong dev answers that are training answers" in proc.stdout
   with open(os.path.join(out_dir, "predictions.dev.jsonl")) as f:
     preds = [json.loads(l) for l in f if l.strip()]
   assert summary["dev_prediction_block_has_answer"] == pytest.approx(
       np.mean([p["prediction_block_has_answer"] for p in preds]))
   assert 0.0 <= summary["dev_recall_at_1"] <= summary["dev_recall_at_5"]
-  assert "dev answers taken from a block with the answer" in proc.stdout
   assert summary["train_steps"] == {"ict": 20, "realm": 40, "orqa": 20}
   assert all(v > 0 for v in summary["steps_per_sec"].values())
 
@@ -66,14 +67,14 @@ def test_run_demo_reduced(tmp_path):
     versions = {json.loads(l)["index_version"] for l in f if '"train"' in l}
   assert len(versions) >= 2 and 1 in versions, versions
 
-  # Served answers: one per sample with its evidence block, printed with the block text.
+  # Served answers: one per sample with its evidence block and the block's text.
   answers = summary["sample_answers"]
   assert len(answers) == 2
   with open(os.path.join(out_dir, "world", "qa", "World.resplit.dev.jsonl")) as f:
     dev = [json.loads(l) for l in f]
   for a, d in zip(answers, dev):
     assert a["question"] == d["question"]
-    assert a["block_text"] and a["block_text"][:40] in proc.stdout
+    assert a["block_text"]
     assert a["block_index"] >= 0
   # The EM in the summary is the evaluate CLI's on the predict output (all dev questions).
   with open(os.path.join(out_dir, "eval.dev.json")) as f:
@@ -82,19 +83,19 @@ def test_run_demo_reduced(tmp_path):
   assert evaluated["num_references"] == summary["dev_num_questions"] == len(dev)
   # The task's own EM on the same predictions agrees with the standalone evaluator.
   assert abs(summary["dev_exact_match_in_training_eval"] - summary["dev_exact_match"]) < 1e-6
-  assert "REALM demo summary" in proc.stdout
   # The same checkpoint is also scored on the test split, which chose nothing.
   with open(os.path.join(out_dir, "eval.test.json")) as f:
     tested = json.load(f)
   with open(os.path.join(out_dir, "world", "qa", "World.resplit.test.jsonl")) as f:
     assert tested["num_references"] == summary["test_num_questions"] == sum(1 for l in f if l.strip())
   assert tested["accuracy"] == summary["test_exact_match"]
-  assert "test exact match (same checkpoint)" in proc.stdout
 
-  # Idempotent re-run: nothing is re-trained.
+  # Idempotent re-run: nothing is re-trained (a stage that runs rewrites its marker: new time).
   proc = _run([f"--output_dir={out_dir}", "--quiet"] + REDUCED, timeout=300)
   assert proc.returncode == 0, proc.stderr[-3000:]
-  assert proc.stdout.count(": reused") == 10, proc.stdout
+  for stage in stages:
+    with open(os.path.join(out_dir, "stages", f"{stage}.json"), "rb") as f:
+      assert f.read() == markers[stage], stage
 
 
 @pytest.mark.slow
