@@ -640,7 +640,7 @@ def build_index(emb, kind="brute_force", **kwargs):
 
 MIPS_CHOICES = ("brute_force", "scann", "auto")
 # `mips="auto"` builds ScaNN from this many rows on: from there ScaNN answers REALM's queries several
-# times faster than exact search at recall@8 >= 0.99 (benchmarks/mips.py, docs/scaling.md "MIPS");
+# times faster than exact search at recall@8 >= 0.99 (benchmarks/mips.py; README "Measured");
 # below it brute force is fast enough and exact.
 AUTO_SCANN_MIN_ROWS = 50000
 
