@@ -1,4 +1,4 @@
-r"""ORQA / REALM open-domain QA fine-tuning, evaluation and prediction (reference §3.3–§3.5).
+r"""ORQA / REALM open-domain QA fine-tuning, evaluation and prediction (original §3.3–§3.5).
 
   python run_finetune.py --mode=train_and_eval --model_dir=/tmp/orqa \
     --config_file=configs/sizes/base.yaml --config_file=configs/runs/orqa.yaml \

@@ -211,7 +211,7 @@ def measure_peak(sizes=(512, 1024, 2048), repeats: int = 5) -> Dict[str, float]:
 
 
 class PeakTracker:
-  """Re-measures the matmul peak between benchmark phases (the VM is shared; load drifts).
+  """Re-measures the matmul peak between benchmark phases (other load on the machine moves it).
 
   `sample()` takes one quick measurement at the size that won the initial sweep; `peak` is the max
   of all samples, `median` their median. Ratios are reported against both.

@@ -7,8 +7,8 @@ Real task code: `OrqaTask.train_step` on an `OrqaModel` (question tower, exact i
 synthetic fixed block index, dense reader packing, reader, joint marginal loss, AdamWeightDecay). The
 index is synthetic (random block_emb and block wordpieces) so no export is needed. Questions contain
 a block's wordpieces as the answer so the losses are non-zero. Timing and efficiency as in
-`pretrain_step.py` (each step bracketed by matmul-rate samples). `benchmarks/finetune.py` (another
-owner) measures the tiny test world end to end incl. serving; this one measures the step at scale.
+`pretrain_step.py` (each step bracketed by matmul-rate samples). `benchmarks/finetune.py`
+measures the tiny test world end to end incl. serving; this one measures the step at scale.
 """
 import argparse
 import os

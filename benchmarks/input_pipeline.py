@@ -6,7 +6,7 @@ r"""REALM input-pipeline throughput (examples/s, with retrieval, k=8) on a gener
 Runs the real pipeline (`pretrain_pipeline.build_pretrain_dataset`: parse -> mask -> batched query
 embedding with a `RealmEmbedder` of the flag size inside the `py_function` -> MIPS top-k -> null doc ->
 BlockStore gather -> NumPy packing -> batch) over synthetic GZIP pre-training shards written in the
-CONTRACTS §2 layout, and a synthetic retrieval corpus. Reports examples/s (after a warm-up), the
+contracts §2 layout, and a synthetic retrieval corpus. Reports examples/s (after a warm-up), the
 share of host time spent in the query embedder, the skip counts, and, if given, the ratio to the
 trainer's examples/s (`benchmarks/pretrain_step.py` at the same config).
 """
@@ -43,7 +43,7 @@ def write_vocab(path, vocab_size):
 
 
 def _pretrain_example(rng, words, num_sentences=4):
-  """One CONTRACTS §2 record: sentences of 12-40 words, 1-3 salient spans of 1-3 words each."""
+  """One contracts §2 record: sentences of 12-40 words, 1-3 salient spans of 1-3 words each."""
   sentences, spans, pieces, offset = [], [], [], 0
   for _ in range(num_sentences):
     sent = " ".join(rng.choice(words, rng.integers(12, 40))) + " ."

@@ -5,8 +5,9 @@ r"""REALM pre-training step throughput and useful-FLOP efficiency vs the matmul 
 
 Runs the real task code (`RealmTask.build_model` + `RealmTask.train_step`, i.e. `compute_loss` ->
 XLA forward/backward -> AdamWeightDecay) on a synthetic batch with the pipeline's static shapes.
-Because the VM is shared, every timed step is bracketed by matmul-rate samples (same matmul both
-times) and the efficiency is reported per step against the neighbouring samples, plus overall.
+The machine's matmul rate drifts under other load, so every timed step is bracketed by matmul-rate
+samples (same matmul both times) and the efficiency is reported per step against the neighbouring
+samples, plus overall.
 
 Output (JSON lines): a `pretrain_step` record with examples_per_s, seconds_per_step (best/median),
 useful_gflop_per_step (by part), achieved_gflops, peak_gflops (same run), efficiency.
@@ -306,7 +307,7 @@ emb = embedder_lib.RealmEmbedder(bert, projection_size=128)
 print("ready", flush=True)
 while True:
   stats = {}
-  # Fixed buckets, as when the README's "step beside a refresher" row was measured.
+  # Fixed buckets (the README's "step beside a refresher" row).
   embed_corpus.embed_blocks(store, emb, 2, 3, batch_size=64, stats=stats, xla=True,
                             buckets=embed_corpus.DEFAULT_BUCKETS)
   print(json.dumps({"blocks_per_sec": stats["blocks_per_sec"]}), flush=True)

@@ -1,6 +1,6 @@
 r"""The README's real-data recipe as a benchmark: BM25 vs ICT→ORQA vs ICT→REALM→ORQA.
 
-  python -m benchmarks.real_data --data_dir=/work/data/proxy --encoder_dir=<HF BERT dir> \
+  python -m benchmarks.real_data --data_dir=<proxy dir> --encoder_dir=<HF BERT dir> \
       --work_dir=/tmp/real --seeds=0,1,2 [--pretrain_text=<jsonl>]
 
 For each seed this runs the bash block of the README section "From a pretrained BERT to a QA model

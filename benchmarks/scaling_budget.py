@@ -142,7 +142,7 @@ def measure_packing(num_blocks=20000, n_queries=64, k=8, seed=0):
 def measure_graph_stage(num_records=2000, batches=20, batch=64, vocab_size=30522, seed=0):
   """Host core-seconds per example of the pipeline's graph stage (the device-mode pipeline:
   read, parse, pick a span, tokenize, mask, batch), from the process CPU time while iterating it
-  over synthetic CONTRACTS §2 shards (`benchmarks/input_pipeline.py`: 4 sentences of 12-40
+  over synthetic contracts §2 shards (`benchmarks/input_pipeline.py`: 4 sentences of 12-40
   words)."""
   from benchmarks import input_pipeline  # pylint: disable=g-import-not-at-top
   root = tempfile.mkdtemp(prefix="realm_budget_")

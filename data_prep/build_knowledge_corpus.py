@@ -5,18 +5,19 @@ r"""Builds the knowledge corpus: REALM retrieval-corpus shards AND ORQA blocks, 
 
 Input: JSONL `{"title", "body"}` (`"text"` accepted), WikiExtractor `--json` output, or `.txt`
 (one document per line); glob or comma-separated list, read in sorted-file, line order.
-Processing (reference §3.1): ORQA title filter (List of / Index of / Outline of /
+Processing (original §3.1): ORQA title filter (List of / Index of / Outline of /
 (disambiguation), counted), rule-based sentence splitting (data_prep.sentence_splitter), greedy
 blocking to `--max_block_length` wordpieces including [CLS]/[SEP]/[SEP] (common.Blocker).
 Output (layout in realm_tf2/data/corpus_format.py):
   blocks.tfr, titles.tfr, examples.tfr (ORQA, uncompressed), realm/blocks-NNNNN-of-MMMMM (GZIP),
-  corpus_info.json. Row i of every view is block i, in input order (deterministic, unlike ORQA's
+  corpus_info.json, report.json (the final counts report, also printed). Row i of every view is
+  block i, in input order (deterministic, unlike ORQA's
   imap_unordered); `doc_uid` = sha1_uid63(title, block text).
 
 Streaming scheme for the shards: the number of blocks is unknown until the input is consumed, so
 pass 1 streams blocks into the three ORQA files (sequential writes, bounded memory); pass 2 reads
 them back in lock-step and writes exactly `--num_shards` REALM shards of contiguous chunks of
-ceil(total / num_shards) blocks (the original's layout, §1.8). Pass 2 only re-reads records, it does
+ceil(total / num_shards) blocks (original §1.8). Pass 2 only re-reads records, it does
 not re-tokenise. Every file is written under a temporary name and renamed when complete.
 
 Parallelism: documents are tokenised and blocked in `--num_workers` spawned processes, in chunks of
@@ -138,6 +139,7 @@ def build_knowledge_corpus(input_pattern, vocab_file, output_dir, num_shards=8, 
           "realm_corpus_pattern": cf.realm_corpus_pattern(output_dir),
           "counts": counters.as_dict()}
   io_utils.atomic_write_text(join(output_dir, cf.CORPUS_INFO_FILE), json.dumps(info, indent=1) + "\n")
+  common.write_report(join(output_dir, common.REPORT_FILE), common.counters_report(counters))
   if progress:
     progress.update(force=True)
   return counters

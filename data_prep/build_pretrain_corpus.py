@@ -1,4 +1,4 @@
-r"""Builds the REALM pre-training corpus: sentences + salient spans (reference §1.3).
+r"""Builds the REALM pre-training corpus: sentences + salient spans (original §1.3).
 
   python -m data_prep.build_pretrain_corpus --input='wiki/*.json' --output_dir=pretrain \
       --knowledge_corpus_dir=corpus --tagger=builtin --num_shards=50
@@ -8,10 +8,10 @@ Each output record is a tf.train.Example (realm_tf2/data/corpus_format.PRETRAIN_
 
 * With `--knowledge_corpus_dir` (a build_knowledge_corpus output, built from the SAME input): the
   documents are blocked exactly as that corpus was (vocab, casing, max_block_length and title filter
-  are read from its corpus_info.json), one record per block, `text` = the block text, `doc_uid` = the
-  block's uid, so the REALM pipeline can remove trivial retrievals (§1.4). The block uids are
-  checked, in lock-step and in bounded memory, against the knowledge corpus's `examples.tfr`;
-  disagreements are counted (`uid_mismatch`) and reported.
+  are read from its corpus_info.json), one record per block, `text` = the block text, `doc_uid` =
+  the block's uid, so the REALM pipeline can remove trivial retrievals (original §1.4). The block
+  uids are checked, in lock-step and in bounded memory, against the knowledge corpus's
+  `examples.tfr`; disagreements are counted (`uid_mismatch`) and reported.
 * Without it: one record per document, `text` = the document body, `doc_uid` = sha1_uid63(title,
   body); documents are not title-filtered unless --title_filter.
 
@@ -21,7 +21,9 @@ on each sentence; `--masking=random` (ablation) takes one random span of 1–3 w
 written and is counted (`no_valid_span`), as the original generator would skip it.
 
 Sharding: pass 1 streams records into one temporary GZIP file; pass 2 copies them into exactly
-`--num_shards` shards `pretrain-NNNNN-of-MMMMM` of contiguous chunks (bounded memory).
+`--num_shards` shards `pretrain-NNNNN-of-MMMMM` of contiguous chunks (bounded memory). The final
+counts report is printed and written to `<output_dir>/report.json` (so read the shards with the
+glob `<output_dir>/pretrain-*`).
 """
 import realm_tf2  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow is imported)
 
@@ -192,6 +194,8 @@ def build_pretrain_corpus(input_pattern, output_dir, num_shards=8, tagger="built
                                os.path.join(output_dir, cf.PRETRAIN_SHARD_PREFIX), num_shards, "GZIP")
   finally:
     tmp.abort()
+  common.write_report(os.path.join(output_dir, common.REPORT_FILE),
+                      common.counters_report(counters))
   if progress:
     progress.update(force=True)
   return counters

@@ -11,7 +11,8 @@ Input formats (`--input_format`, default `auto` = by file extension):
 
 The vocabulary starts with the reserved tokens [PAD] [UNK] [CLS] [SEP] [MASK] ([PAD] = id 0),
 followed by what TF Text's WordPiece learner produces (single characters, their ##-suffix forms,
-then frequent (sub)words). The file is written atomically and a final report of counts is printed.
+then frequent (sub)words). The file is written atomically; the final report of counts is printed
+and written as JSON to `<output>.report.json`.
 
 Why not `tensorflow_text.tools.wordpiece_vocab.bert_vocab_from_dataset` directly: it keeps a Counter
 of EVERY distinct word of the corpus (unbounded memory on Wikipedia-sized input) and takes a
@@ -34,6 +35,7 @@ import tensorflow as tf
 from tensorflow_text.python.ops import bert_tokenizer as tf_text_bert
 from tensorflow_text.tools.wordpiece_vocab import wordpiece_tokenizer_learner_lib as learner
 
+from data_prep import common
 from realm_tf2 import io_utils
 
 RESERVED_TOKENS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
@@ -220,7 +222,13 @@ def build_vocab(input_pattern, output, vocab_size, lower_case=True, input_format
   io_utils.atomic_write_text(output, "\n".join(vocab) + "\n")
   counters.written = len(vocab)
   counters.add("distinct_words", len(counter.counts))
+  common.write_report(report_path(output), common.counters_report(counters))
   return vocab, counters
+
+
+def report_path(output: str) -> str:
+  """Where the final report of a vocab written to `output` goes: `<output>.report.json`."""
+  return output + ".report.json"
 
 
 def run_from_flags(fv=FLAGS):

@@ -1,7 +1,7 @@
 """Variable-name maps from the original REALM / ORQA / BERT checkpoints onto our Keras models.
 
 Every source format is first reduced to *canonical TF1 BERT names* (`bert/encoder/layer_0/...`,
-`cls/predictions/...`, reference §4), one tower at a time, by stripping the tower's prefix
+`cls/predictions/...`, original §4), one tower at a time, by stripping the tower's prefix
 (e.g. `module/module/module/bert/` -> `bert/`). Canonical names are then mapped onto Model Garden's
 `BertEncoderV2` variable names with Model Garden's own table
 (`tf1_bert_checkpoint_converter_lib.BERT_V2_NAME_REPLACEMENTS`) and its Q/K/V/attention-output
@@ -19,7 +19,7 @@ from typing import Dict, List, Optional, Tuple
 
 from official.nlp.tools import tf1_bert_checkpoint_converter_lib as mg_converter
 
-# Substrings marking optimizer state / bookkeeping, skipped and listed (reference §4.2, §4.4).
+# Substrings marking optimizer state / bookkeeping, skipped and listed (original §4.2, §4.4).
 OPTIMIZER_PATTERNS = ("adam_m", "adam_v", "AdamWeightDecayOptimizer", "global_step")
 
 # Names of one BERT transformer layer, relative to `bert/encoder/layer_N/`.
@@ -118,7 +118,7 @@ def _projection_heads(dense: str, layer_norm: str) -> Dict[str, str]:
 
 _UNUSED_EMBEDDER_MLM = "MLM head carried in the embedder module, unused for embeddings"
 
-# Released REALM embedder module (`cc_news_pretrained/embedder`, reference §4.1).
+# Released REALM embedder module (`cc_news_pretrained/embedder`, original §4.1).
 REALM_EMBEDDER = TowerSpec(
     bert_prefix="module/module/module/bert/",
     heads=_projection_heads("module/module/dense", "module/module/LayerNorm"),
@@ -126,17 +126,17 @@ REALM_EMBEDDER = TowerSpec(
 # Released REALM knowledge-augmented encoder (`cc_news_pretrained/bert`) and Google BERT TF1.
 PLAIN_BERT = TowerSpec(bert_prefix="bert/", mlm_prefix="cls/predictions/",
                        ignored_prefixes={"cls/seq_relationship/": "next-sentence head, not used"})
-# Fine-tuned ORQA retriever derived from REALM (reference §4.2), LayerNorm eps 1e-12.
+# Fine-tuned ORQA retriever derived from REALM (original §4.2), LayerNorm eps 1e-12.
 ORQA_RETRIEVER_FROM_REALM = TowerSpec(
     bert_prefix="module/module/module/module/bert/",
     heads=_projection_heads("module/module/module/dense", "module/module/module/LayerNorm"),
     ignored_prefixes={"module/module/module/module/cls/": _UNUSED_EMBEDDER_MLM})
-# Fine-tuned ORQA retriever derived from ICT (reference §4.2), Keras LayerNorm eps 1e-3.
+# Fine-tuned ORQA retriever derived from ICT (original §4.2), Keras LayerNorm eps 1e-3.
 ORQA_RETRIEVER_FROM_ICT = TowerSpec(
     bert_prefix="module/module/bert/",
     heads=_projection_heads("module/dense", "module/layer_normalization"),
     ignored_prefixes={"module/module/cls/": _UNUSED_EMBEDDER_MLM})
-# Fine-tuned ORQA reader (reference §3.3, §4.2).
+# Fine-tuned ORQA reader (original §3.3, §4.2).
 ORQA_READER = TowerSpec(
     bert_prefix="reader/module/bert/",
     heads={

@@ -1,9 +1,10 @@
 """Shared pieces of the data-preparation CLIs: document input, title filter, blocking, ordered
-parallel map with bounded memory, progress lines."""
+parallel map with bounded memory, progress lines, the final report file."""
 import realm_tf2  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow is imported)
 
 import collections
 import html
+import json
 import multiprocessing
 import os
 import re
@@ -17,7 +18,7 @@ import numpy as np
 from data_prep import sentence_splitter
 from realm_tf2 import io_utils
 
-# ORQA's document filter (reference §3.1): (counter reason, regex on the title).
+# ORQA's document filter (original §3.1): (counter reason, regex on the title).
 TITLE_FILTERS = (
     ("title_list_of", re.compile(r"List of .+")),
     ("title_index_of", re.compile(r"Index of .+")),
@@ -25,6 +26,8 @@ TITLE_FILTERS = (
     ("title_disambiguation", re.compile(r".*\(disambiguation\).*")),
 )
 INPUT_FORMATS = ("auto", "jsonl", "wikiextractor", "text")
+# The final counts report of a builder, as JSON beside its output (`write_report`).
+REPORT_FILE = "report.json"
 
 
 class Document(NamedTuple):
@@ -135,7 +138,7 @@ def chunked(items: Iterable, size: int) -> Iterator[list]:
     yield chunk
 
 
-# --- blocking (reference §3.1) --------------------------------------------------------------------
+# --- blocking (original §3.1) --------------------------------------------------------------------
 
 
 class Block(NamedTuple):
@@ -356,3 +359,15 @@ def merge_counters(dst: io_utils.Counters, src: io_utils.Counters):
   dst.written += src.written
   dst.skipped.update(src.skipped)
   dst.extra.update(src.extra)
+
+
+def counters_report(counters: io_utils.Counters) -> dict:
+  """The printed final report as a dict: {"tool", "read", "written", "skipped",
+  "skipped_by_reason": {reason: n}, <extra counts>}."""
+  return {"tool": counters.name, **counters.as_dict()}
+
+
+def write_report(path: str, report: dict):
+  """Writes a builder's final report as JSON to `path`, atomically (keys sorted, so equal counts
+  give equal bytes)."""
+  io_utils.atomic_write_text(path, json.dumps(report, indent=1, sort_keys=True) + "\n")

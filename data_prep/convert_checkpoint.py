@@ -3,7 +3,7 @@ r"""Converts original REALM / ORQA / BERT checkpoints into realm-tf2 exports + i
   python -m data_prep.convert_checkpoint --source_format=FORMAT --source=PATH --output_dir=DIR \
       [--vocab_file=...] [--num_attention_heads=N | --bert_config_file=...] [--do_lower_case]
 
-FORMAT (CONTRACTS §4, variable names of reference §4):
+FORMAT (contracts §4, variable names of original §4):
   realm     PATH = dir like `cc_news_pretrained` (embedder/variables/variables.*, bert/variables/variables.*)
             -> DIR/embedder (+ encoded/encoded.ckpt carried over), DIR/bert, DIR/{embedder,bert}_ckpt
   orqa      PATH = checkpoint prefix of a fine-tuned ORQA model (REALM- or ICT-derived retriever,
@@ -530,7 +530,7 @@ class _Converter:
     if out_kernel not in source:
       raise KeyError(f"{source.description}: missing expected variable '{out_kernel}'")
     span_hidden = int(source.shapes[out_kernel][0])
-    epsilon = 1e-3  # Keras default of the original span head (reference §3.3).
+    epsilon = 1e-3  # Keras default of the original span head (original §3.3).
     seq_len = min(seq_len, bert_config.max_position_embeddings)
     model = reader_lib.OrqaReader(bert_config, span_hidden_size=span_hidden,
                                   max_span_width=max_span_width, layer_norm_epsilon=epsilon,

@@ -5,7 +5,7 @@ r"""Writes our trained weights back under the ORIGINAL REALM / ORQA variable nam
       [--nowrite_unused_mlm_heads] [--encoded_checkpoint=PREFIX]
 
 The way back of `data_prep.convert_checkpoint --source_format=realm|orqa`: the output is exactly the
-layout that command reads (reference §4.1, §4.2).
+layout that command reads (original §4.1, §4.2).
 
 --source (each is an object-based TF2 checkpoint; a SavedModel's variables are one too):
   realm  a step export `model_dir/export/<step>/` or a converter output dir (`embedder/`, `bert/`
@@ -96,7 +96,7 @@ FORMATS = ("realm", "orqa")
 RETRIEVER_VARIANTS = ("auto", "realm", "ict")
 REPORT_NAME = "export_report.json"
 ORQA_CHECKPOINT_NAME = "model.ckpt"
-READER_EPSILON = 1e-3  # `reader/layer_normalization`: Keras default (reference §3.3)
+READER_EPSILON = 1e-3  # `reader/layer_normalization`: Keras default (original §3.3)
 
 _OBJECT_GRAPH_KEY = "_CHECKPOINTABLE_OBJECT_GRAPH"
 _VALUE_SUFFIX = "/.ATTRIBUTES/VARIABLE_VALUE"
@@ -371,7 +371,7 @@ def to_original(canonical: Dict[str, np.ndarray], spec: names_lib.TowerSpec,
     out[new] = np.asarray(value, np.float32)
   filled = []
   if spec.mlm_prefix is None and write_unused_mlm_head:
-    # The original module keeps its MLM head beside its `bert/` scope (reference §4.1, §4.2).
+    # The original module keeps its MLM head beside its `bert/` scope (original §4.1, §4.2).
     vocab_size, hidden = canonical[_WORD_EMBEDDINGS].shape
     head = _unused_mlm_head(spec.bert_prefix[:-len("bert/")] + _MLM_PREFIX, hidden, vocab_size)
     out.update(head)

@@ -1,4 +1,4 @@
-r"""Validates, normalises, deduplicates and resplits open-domain QA data (reference §3.5).
+r"""Validates, normalises, deduplicates and resplits open-domain QA data (original §3.5).
 
   python -m data_prep.prepare_qa --dataset_name=WebQuestions --input_dir=raw --output_dir=data
 
@@ -22,6 +22,8 @@ answers unioned in order (`merged_duplicate_question`), since evaluation joins o
 Invalid lines raise an error naming file and line, or with --skip_bad_lines are counted and skipped
 (reasons: bad_json, bad_utf8, not_an_object, missing_question, empty_question, missing_answer,
 bad_answer_type, no_answers, bad_regex). Memory: one file's examples (QA sets are ≤ ~100k lines).
+The final report (split sizes, counts per input file) is printed and written as JSON to
+`{output_dir}/{Name}.report.json`.
 """
 import realm_tf2  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow is imported)
 
@@ -36,6 +38,7 @@ from absl import flags
 import numpy as np
 import tensorflow as tf
 
+from data_prep import common
 from realm_tf2 import io_utils
 
 DATASETS = ("NaturalQuestions", "WebQuestions", "CuratedTrec")
@@ -176,7 +179,16 @@ def prepare_qa(dataset_name, output_dir, train_file, test_file, skip_bad_lines=F
   test_overlap = len({ex["question"] for ex in test} & {ex["question"] for ex in train + dev})
   train_c.add("train_test_question_overlap", test_overlap)
   out["counters"] = {"train_file": train_c, "test_file": test_c}
+  common.write_report(report_path(output_dir, dataset_name), {
+      "tool": "prepare_qa", "dataset_name": dataset_name,
+      **{split: out[split] for split in ("train", "dev", "test")},
+      **{name: common.counters_report(c) for name, c in out["counters"].items()}})
   return out
+
+
+def report_path(output_dir: str, dataset_name: str) -> str:
+  """`{output_dir}/{dataset_name}.report.json`: the final report of `prepare_qa`."""
+  return os.path.join(output_dir, f"{dataset_name}.report.json")
 
 
 def main(argv):

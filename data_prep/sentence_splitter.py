@@ -1,6 +1,6 @@
 """Rule-based English sentence splitter for encyclopedic text (no downloads).
 
-Why rule-based: the original ORQA preprocessing used NLTK punkt (`english.pickle`, reference §3.1),
+Why rule-based: the original ORQA preprocessing used NLTK punkt (`english.pickle`, original §3.1),
 which needs a model download that this project must never do at run time, and NLTK is not a
 dependency. Encyclopedic prose (Wikipedia, news) is regular enough that a handful of rules gets
 almost all boundaries right:

@@ -1,4 +1,4 @@
-"""Salient-span taggers for REALM's salient span masking (reference §1.3).
+"""Salient-span taggers for REALM's salient span masking (original §1.3).
 
 The original release has no tagger: its pre-training corpus came pre-annotated (paper: a BERT
 CoNLL-2003 NER tagger plus a date regex). Nothing may be downloaded here, so the default is a
@@ -22,8 +22,9 @@ offsets into the sentence. `get_tagger(name)` with name in `builtin | dates | sp
   stripped; month and weekday names are never entity words; a single capitalised word at sentence
   start is skipped (it is capitalised only by position), a multi-word run there is kept.
 
-Measured on `tests/data_prep/tagger_gold.jsonl` (110 hand-labelled encyclopedic sentences, 226 gold
-spans, exact span match; see tests/data_prep/test_span_tagger.py):
+Precision and recall on `tests/data_prep/tagger_gold.jsonl` (110 hand-labelled encyclopedic
+sentences, 226 gold spans, exact span match), as tests/data_prep/test_span_tagger.py computes them
+(it asserts floors just below these):
   builtin: precision 0.973 (219/225), recall 0.969 (219/226); dates only: precision 1.000, recall
   0.301 (68/226: all 69 labelled dates but one, the 3-digit year "117", are found).
 The gold was written before the tagger was run on it (it was not tuned on it), but by the same

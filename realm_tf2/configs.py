@@ -46,7 +46,7 @@ class BertConfig(base_config.Config):
 
 @dataclasses.dataclass
 class ModelConfig(base_config.Config):
-  """Shapes and heads of the REALM / ORQA models (reference §1.1, §1.2, §3.2, §3.3).
+  """Shapes and heads of the REALM / ORQA models (original §1.1, §1.2, §3.2, §3.3).
 
   Attributes:
     bert: Architecture of both BERT towers.
@@ -110,7 +110,7 @@ class ScannConfig(base_config.Config):
 
 @dataclasses.dataclass
 class OptimizerConfig(base_config.Config):
-  """BERT's AdamWeightDecay recipe (reference §1.1).
+  """BERT's AdamWeightDecay recipe (original §1.1).
 
   Attributes:
     learning_rate: Peak learning rate (REALM 3e-5, ICT 1e-4, ORQA 1e-5).
@@ -119,9 +119,9 @@ class OptimizerConfig(base_config.Config):
     beta_1 / beta_2 / epsilon: Adam moments (bias correction: `bias_correction` below).
     clip_norm: Global gradient-norm clip.
     bias_correction: Apply Adam's bias correction (lr·sqrt(1−β2^t)/(1−β1^t) at step t). Off in the
-      original (BERT/REALM/ORQA), whose early updates are therefore (1−β1^t)/sqrt(1−β2^t) times
-      larger: ~6.6x near step 12, ~3x at step 100 (BERT warms up over 10k steps, so it hardly
-      matters there; it does for short runs of randomly initialised models).
+      original, whose early updates are therefore (1−β1^t)/sqrt(1−β2^t) times larger (≈6.6x at
+      step 12, 3x at step 100): hidden by BERT's 10k-step warm-up, too large for short runs with
+      short warm-ups, which should turn it on (the demo and real-data run configs do).
   """
   learning_rate: float = 3e-5
   num_warmup_steps: Optional[int] = None

@@ -1,4 +1,4 @@
-r"""Scores a QA prediction file against an ORQA-format reference file (reference §3.5).
+r"""Scores a QA prediction file against an ORQA-format reference file (original §3.5).
 
   python -m realm_tf2.evaluate --references=REF.jsonl --predictions=PRED.jsonl \
       [--is_regex] [--answer_field=answer] [--output_file=metrics.json] \

@@ -187,7 +187,7 @@ def list_shards(pattern):
 
 
 def sha1_uid(title, body):
-  """Document uid of the original (§1.4): int(sha1(f"{title} <sep> {body}"), 16) — 160-bit int."""
+  """The original's document uid (original §1.4): int(sha1(f"{title} <sep> {body}"), 16)."""
   return int(hashlib.sha1(f"{title} <sep> {body}".encode("utf-8")).hexdigest(), 16)
 
 

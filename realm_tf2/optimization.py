@@ -1,4 +1,4 @@
-"""BERT's AdamWeightDecay optimizer and learning-rate schedule (reference §1.1, google-research/bert).
+"""BERT's AdamWeightDecay optimizer and learning-rate schedule (original §1.1).
 
 Why not Model Garden's versions:
 - `official.modeling.optimization.legacy_adamw.AdamWeightDecay` subclasses Keras Adam and therefore

@@ -1,14 +1,14 @@
 """WordPiece tokenization (TF Text) and the REALM / ORQA input packing layouts.
 
-Tokenizer choice (measured, see tests/test_tokenization.py):
+Tokenizer choice (the behaviours relied on are tested in tests/test_tokenization.py):
 * Ids come from `tensorflow_text.BertTokenizer`, the tokenizer ORQA itself uses in-graph
-  (§3.3 Read step 2), reading `vocab.txt` through a `StaticVocabularyTable` whose file becomes a
-  SavedModel asset when the tokenizer is tracked by an exported module.
+  (original §3.3 Read step 2), reading `vocab.txt` through a `StaticVocabularyTable` whose file
+  becomes a SavedModel asset when the tokenizer is tracked by an exported module.
 * `FastBertTokenizer` was checked against it: on 3,000 random strings mixing Latin/accents, CJK,
   ligatures, control and format characters it disagreed on 16, all involving U+2028/U+2029
   (line/paragraph separators, which BertTokenizer treats as whitespace but the fast tokenizer does
   not). So it is NOT used for ids.
-* Byte offsets into the ORIGINAL string (needed for salient-span masking, §1.3) are what
+* Byte offsets into the ORIGINAL string (needed for salient-span masking, original §1.3) are what
   BertTokenizer cannot give when lower-casing changes byte lengths (accents, ß, ligatures): its
   offsets point into the normalised text. `FastBertNormalizer.normalize_with_offsets` performs the
   same normalisation (case fold + NFD + strip accents + control chars -> space) and returns the
@@ -20,9 +20,9 @@ Tokenizer choice (measured, see tests/test_tokenization.py):
 Text back from wordpieces: `RealmTokenizer.span_text` cuts the ORIGINAL string between the byte
 offsets of a wordpiece span (ORQA answer text; graph ops, so evaluation and serving share it).
 
-Packing layouts (§1.2, §3.2) are TF ops on ragged batches with static output shapes plus NumPy twins
-for host-side code. All ids are int32. The ORQA reader layout (§3.3) is a dense XLA op on the model
-side (`modeling.orqa_model.pack_reader_inputs`).
+Packing layouts (original §1.2, §3.2) are TF ops on ragged batches with static output shapes plus
+NumPy twins for host-side code. All ids are int32. The ORQA reader layout (original §3.3) is a dense
+XLA op on the model side (`modeling.orqa_model.pack_reader_inputs`).
 """
 import realm_tf2  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow is imported)
 
@@ -30,7 +30,7 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_text as tf_text
 
-# Standard lengths of the original (§1.2, §3.2, §3.3).
+# The original's standard lengths (original §1.2, §3.2, §3.3).
 QUERY_SEQ_LEN = 96
 CANDIDATE_SEQ_LEN = 288
 JOINT_SEQ_LEN = 384
@@ -243,8 +243,8 @@ def _greedy_trim(segments, budget):
   """Keeps as much of s0 as fits in `budget`, then of s1, ... (per row).
 
   Same result as `tf_text.WaterfallTrimmer(budget).trim(segments)`, written by hand because the TF
-  Text trimmer takes ~5 s to trace (measured on this 2-core box) for every tf.function / tf.data map
-  / SavedModel signature that packs inputs; this version traces in well under 1 s.
+  Text trimmer takes seconds to trace for every tf.function / tf.data map / SavedModel signature
+  that packs inputs, this version a fraction of that (docs/scaling.md).
   """
   remaining = tf.fill(tf.shape(segments[0].row_lengths()), tf.constant(budget, tf.int64))  # [B]
   out = []
@@ -258,7 +258,7 @@ def _greedy_trim(segments, budget):
 
 
 def bert_pack(segments, seq_len, cls_id, sep_id):
-  """`[CLS] s0 [SEP] s1 [SEP] ...` with greedy truncation (REALM `bert_format`, §1.2).
+  """`[CLS] s0 [SEP] s1 [SEP] ...` with greedy truncation (REALM `bert_format`, original §1.2).
 
   The token budget `seq_len - 1 - len(segments)` is filled greedily: as much of s0 as fits, then of
   s1, and so on (see `_greedy_trim`). segment id = index of the sequence; [CLS] gets 0 and
@@ -318,12 +318,12 @@ def pack_joint(query, body, cls_id, sep_id, query_seq_len=QUERY_SEQ_LEN, seq_len
 
 
 def pack_ict_query(query, cls_id, sep_id, seq_len=ICT_QUERY_SEQ_LEN):
-  """ICT query `[CLS] q[:62] [SEP]` (64), segments all 0 (§3.2)."""
+  """ICT query `[CLS] q[:62] [SEP]` (64), segments all 0 (original §3.2)."""
   return bert_pack([query], seq_len, cls_id, sep_id)
 
 
 def pack_ict_block(title, block, cls_id, sep_id, seq_len=ICT_BLOCK_SEQ_LEN):
-  """ICT / ORQA block-embedding input `[CLS] title [SEP] block [SEP]` (288) (§3.2)."""
+  """ICT / ORQA block-embedding input `[CLS] title [SEP] block [SEP]` (288) (original §3.2)."""
   return bert_pack([title, block], seq_len, cls_id, sep_id)
 
 

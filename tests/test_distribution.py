@@ -146,7 +146,7 @@ def _examples(ds):
   return batches
 
 
-@pytest.mark.slow  # 3 REALM pipelines (py_function retrieval stage): minutes on a loaded 2-core VM.
+@pytest.mark.slow  # 3 REALM pipelines (py_function retrieval stage): minutes on 2 CPU cores.
 def test_realm_per_host_input_sharding(realm_inputs):
   """2 input pipelines (hosts), 1 replica each: disjoint halves of the data, per-host batch = 2."""
   cfg = realm_task.RealmPretrainTaskConfig(vocab_file=realm_inputs["vocab_file"])
@@ -176,7 +176,7 @@ def test_realm_per_host_input_sharding(realm_inputs):
   assert a | b == set(single)  # together the hosts see exactly the single-pipeline data
 
 
-@pytest.mark.slow  # 2 ICT pipelines: ~1.5 min on a loaded 2-core VM.
+@pytest.mark.slow  # 2 ICT pipelines: over a minute on 2 CPU cores.
 def test_ict_per_host_input_sharding(tiny_vocab_file, tmp_path):
   """ICT shards by record: the 2 pipelines get disjoint halves that together are all examples."""
   vocab = tokenization.load_vocab(tiny_vocab_file)
@@ -229,7 +229,7 @@ def _realm_task_fn(vocab_file):
   return make
 
 
-@pytest.mark.slow  # XLA compile of 3 BERT towers for 1 and 2 replicas: minutes on a loaded 2-core VM.
+@pytest.mark.slow  # XLA compile of 3 BERT towers for 1 and 2 replicas: minutes on 2 CPU cores.
 def test_realm_step_one_vs_two_replicas(tiny_vocab_file):
   _need_two_cpus()
   vocab_size = len(tokenization.load_vocab(tiny_vocab_file))
@@ -260,7 +260,7 @@ def _ict_batch(vocab_size, seed=0):
   return out
 
 
-@pytest.mark.slow  # ~1 min on the loaded 2-core VM (ICT step traced for 1 and 2 replicas).
+@pytest.mark.slow  # the ICT step traced for 1 and 2 replicas: about a minute on 2 CPU cores.
 def test_ict_step_one_vs_two_replicas(tiny_vocab_file):
   """The 2-replica ICT step scores every query against all 4 blocks (gathered) -> same update."""
   _need_two_cpus()

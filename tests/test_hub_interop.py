@@ -212,7 +212,7 @@ def our_bert_export(tmp_path_factory):
   return ours, bert_export.export_bert(ours, vocab, True, str(root / "export/5/bert")), vocab
 
 
-@pytest.mark.slow  # a Keras SavedModel save + load (~30 s on the shared 2-core machine)
+@pytest.mark.slow  # a Keras SavedModel save + load: tens of seconds
 def test_hub_format_encoder_export_roundtrip(our_bert_export, tmp_path):
   """`tfhub_encoder_export` of our `bert` export: hub.KerasLayer(trainable=True) in a user's model and
   hub_init (back into a fresh model of ours) both reproduce our outputs."""
@@ -250,7 +250,7 @@ def test_hub_format_encoder_export_roundtrip(our_bert_export, tmp_path):
                              want["sequence_output"].numpy(), atol=1e-5)
 
 
-@pytest.mark.slow  # Model Garden's with_mlm export (~55 s here)
+@pytest.mark.slow  # Model Garden's with_mlm export: about a minute
 def test_mlm_head_transferred(tmp_path):
   hub_path, _ = _make_hub_encoder(str(tmp_path), with_mlm=True)
   hub_model = hub_init.load_hub_encoder(hub_path)

@@ -1,5 +1,6 @@
 """run_demo.py end to end at a reduced size: all stages run, >= 2 index refreshes, summary.json, the
-serving model answers; a second invocation reuses every finished stage."""
+serving model answers; a second invocation reuses every finished stage. Checked on the files the
+demo writes (`stages/<stage>.json`, summary.json, eval and metrics files), not on its printout."""
 import json
 import os
 import subprocess
@@ -32,9 +33,11 @@ def test_run_demo_reduced(tmp_path):
   assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
   stages = ("world", "vocab", "knowledge_corpus", "pretrain_corpus", "ict", "realm", "encode", "orqa",
             "evaluate", "answer")
-  for i, stage in enumerate(stages, start=1):
-    assert f"=== [{i}/10] {stage} ===" in proc.stdout, stage
-    assert os.path.exists(os.path.join(out_dir, "stages", f"{stage}.json")), stage
+  markers = {}
+  for stage in stages:  # each stage ran and recorded its result
+    with open(os.path.join(out_dir, "stages", f"{stage}.json"), "rb") as f:
+      markers[stage] = f.read()
+    assert json.loads(markers[stage])["stage"] == stage
 
   with open(os.path.join(out_dir, "summary.json")) as f:
     summary = json.load(f)
@@ -50,13 +53,11 @@ def test_run_demo_reduced(tmp_path):
   with open(os.path.join(out_dir, "world", "qa", "World.resplit.train.jsonl")) as f:
     assert overlap["num_train_references"] == sum(1 for line in f if line.strip())
   assert summary["dev_wrong_answers_from_train"] == overlap["wrong_prediction_train_answer_fraction"]
-  assert "wrong dev answers that are training answers" in proc.stdout
   with open(os.path.join(out_dir, "predictions.dev.jsonl")) as f:
     preds = [json.loads(l) for l in f if l.strip()]
   assert summary["dev_prediction_block_has_answer"] == pytest.approx(
       np.mean([p["prediction_block_has_answer"] for p in preds]))
   assert 0.0 <= summary["dev_recall_at_1"] <= summary["dev_recall_at_5"]
-  assert "dev answers taken from a block with the answer" in proc.stdout
   assert summary["train_steps"] == {"ict": 20, "realm": 40, "orqa": 20}
   assert all(v > 0 for v in summary["steps_per_sec"].values())
 
@@ -66,14 +67,14 @@ def test_run_demo_reduced(tmp_path):
     versions = {json.loads(l)["index_version"] for l in f if '"train"' in l}
   assert len(versions) >= 2 and 1 in versions, versions
 
-  # Served answers: one per sample with its evidence block, printed with the block text.
+  # Served answers: one per sample with its evidence block and the block's text.
   answers = summary["sample_answers"]
   assert len(answers) == 2
   with open(os.path.join(out_dir, "world", "qa", "World.resplit.dev.jsonl")) as f:
     dev = [json.loads(l) for l in f]
   for a, d in zip(answers, dev):
     assert a["question"] == d["question"]
-    assert a["block_text"] and a["block_text"][:40] in proc.stdout
+    assert a["block_text"]
     assert a["block_index"] >= 0
   # The EM in the summary is the evaluate CLI's on the predict output (all dev questions).
   with open(os.path.join(out_dir, "eval.dev.json")) as f:
@@ -82,19 +83,19 @@ def test_run_demo_reduced(tmp_path):
   assert evaluated["num_references"] == summary["dev_num_questions"] == len(dev)
   # The task's own EM on the same predictions agrees with the standalone evaluator.
   assert abs(summary["dev_exact_match_in_training_eval"] - summary["dev_exact_match"]) < 1e-6
-  assert "REALM demo summary" in proc.stdout
   # The same checkpoint is also scored on the test split, which chose nothing.
   with open(os.path.join(out_dir, "eval.test.json")) as f:
     tested = json.load(f)
   with open(os.path.join(out_dir, "world", "qa", "World.resplit.test.jsonl")) as f:
     assert tested["num_references"] == summary["test_num_questions"] == sum(1 for l in f if l.strip())
   assert tested["accuracy"] == summary["test_exact_match"]
-  assert "test exact match (same checkpoint)" in proc.stdout
 
-  # Idempotent re-run: nothing is re-trained.
+  # Idempotent re-run: nothing is re-trained (a stage that runs rewrites its marker: new time).
   proc = _run([f"--output_dir={out_dir}", "--quiet"] + REDUCED, timeout=300)
   assert proc.returncode == 0, proc.stderr[-3000:]
-  assert proc.stdout.count(": reused") == 10, proc.stdout
+  for stage in stages:
+    with open(os.path.join(out_dir, "stages", f"{stage}.json"), "rb") as f:
+      assert f.read() == markers[stage], stage
 
 
 @pytest.mark.slow
@@ -102,10 +103,8 @@ def test_demo_realm_learns_to_use_retrieval(tmp_path):
   """Issue 5's learning signal, on the default world at default model size: after ICT, REALM's
   encoder learns to read the retrieved blocks, so retrieval_utility (marginal log-likelihood gain
   over the null document) rises above its first-loop value (about 0.00), with >= 2 index refreshes.
-  Measured in full default runs at size `mini` (1500 steps): 0.00 -> 0.16-0.46 in the last loop
-  (held-out shards 0.10-0.40; six runs on the 300-entity world, 2026-11-25); on the 600-entity world
-  with Adam's bias correction (the defaults since 2026-12-03), 0.2-0.38 at steps 1000-1200 in four of
-  four runs. Here 1200 REALM steps (retriever frozen for 1000) and 20 ORQA steps.
+  Here 1200 REALM steps (retriever frozen for 1000) and 20 ORQA steps; the utility full demo runs
+  reach: docs/history.md, "Demo REALM learning test".
   """
   out_dir = str(tmp_path / "demo")
   proc = _run([f"--output_dir={out_dir}", "--realm_steps=1200", "--refresh_every_steps=200",
@@ -121,10 +120,8 @@ def test_demo_realm_learns_to_use_retrieval(tmp_path):
   # Baseline: the first 4 loops (100 steps), before the encoder reads; end: the last 8 loops.
   first, last = sum(train[:4]) / 4, sum(train[-8:]) / 8
   print("retrieval_utility per loop", [round(u, 3) for u in train])
-  # Measured in two runs: first 4 loops -0.002 / -0.001, last 8 loops 0.065 / 0.16, held-out 0.049 /
-  # 0.39 (utility starts rising after 150-250 steps) at size `tiny`. At size `demo` (projection 64, the
-  # run_demo.py default 2026-11-23..24): first 4 loops -0.0005, last 8 0.14, held-out 0.25. At size
-  # `mini` (the default since 2026-11-25), 1500-step runs: 0.05-0.30 by step 1000, 0.18-0.48 by step 1200.
+  # The encoder cannot read in the first loops (utility about 0); by step 1000-1200 default runs
+  # are well above the margin below (docs/history.md).
   assert abs(first) < 0.02  # an encoder that cannot read yet
   assert last > first + 0.03
   assert summary["retrieval_utility_eval_after_realm"] > 0.0  # held-out shards (40 examples: noisy)

@@ -163,7 +163,8 @@ def test_candidate_empty_body_empty_title_and_null_doc():
   assert seg[0, :7].tolist() == [0, 0, 0, 0, 0, 1, 0]
   assert ids[1, :6].tolist() == [2, 3, 41, 23, 3, 0]
   assert seg[1, :6].tolist() == [0, 0, 1, 1, 1, 0]
-  assert ids[2, :4].tolist() == [2, 3, 3, 0]  # null document (§1.4): [CLS][SEP][SEP], segs 0,0,1
+  # The null document (original §1.4): [CLS][SEP][SEP], segments 0, 0, 1.
+  assert ids[2, :4].tolist() == [2, 3, 3, 0]
   assert seg[2, :4].tolist() == [0, 0, 1, 0]
   assert mask.sum(axis=1).tolist() == [6, 5, 3]
   assert ids[:, 7:].sum() == 0

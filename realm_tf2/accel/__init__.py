@@ -12,7 +12,7 @@ same maths in fewer:
   kernels     C++ versions of the GELU and softmax+dropout passes (`custom_kernels`,
               `cpu_kernels.cc`), built on first use; used only while tracing inside `kernels_scope()`
 
-What each one buys on the CPU paths is measured in docs/scaling.md ("CPU speed-ups").
+What each one buys on the CPU paths: docs/scaling.md ("Current numbers", a row per speed-up).
 
 How it is applied, in one place: `apply(model)` switches the computation of an already built model
 (`training/driver.py` for training, `retrieval/embed_corpus.py` for re-embedding), and the gradient /

@@ -1,6 +1,6 @@
 """On-disk formats of the knowledge corpus and the pre-training corpus: feature specs, writers, readers.
 
-Shared by `data_prep/` (writers) and the retrieval / pipeline code (readers). CONTRACTS §2.
+Shared by `data_prep/` (writers) and the retrieval / pipeline code (readers). contracts §2.
 
 Knowledge corpus directory (`build_knowledge_corpus --output_dir=D`):
 
@@ -11,7 +11,8 @@ Knowledge corpus directory (`build_knowledge_corpus --output_dir=D`):
   D/corpus_info.json              vocab_file, do_lower_case, max_block_length, num_blocks, counts
 
 All four views are row-aligned: REALM row i == ORQA record i; `block_index` = i, `doc_uid` =
-`io_utils.sha1_uid63(title, block_text)` (the REALM uid of the block as a retrieval document, §1.4).
+`io_utils.sha1_uid63(title, block_text)` (the REALM uid of the block as a retrieval document,
+original §1.4).
 
 Pre-training corpus (`build_pretrain_corpus --output_dir=P`): GZIP TFRecord shards
 `P/pretrain-NNNNN-of-MMMMM` of tf.train.Example (PRETRAIN_FEATURES), byte offsets into the UTF-8
@@ -76,7 +77,7 @@ def _utf8(s) -> bytes:
 
 
 def realm_example(title, body, title_ids, body_ids, doc_uid: int, block_index: int) -> tf.train.Example:
-  """REALM retrieval-corpus record (reference §1.8, plus `doc_uid` and `block_index`)."""
+  """REALM retrieval-corpus record (original §1.8, plus `doc_uid` and `block_index`)."""
   return tf.train.Example(features=tf.train.Features(feature={
       "title": _bytes([_utf8(title)]),
       "body": _bytes([_utf8(body)]),
@@ -88,7 +89,7 @@ def realm_example(title, body, title_ids, body_ids, doc_uid: int, block_index: i
 
 
 def orqa_example(title_ids, token_ids, sentence_starts, doc_uid: int) -> tf.train.Example:
-  """ORQA `examples.tfr` record (reference §3.1, plus `doc_uid`)."""
+  """ORQA `examples.tfr` record (original §3.1, plus `doc_uid`)."""
   return tf.train.Example(features=tf.train.Features(feature={
       "title_ids": _ints(title_ids),
       "token_ids": _ints(token_ids),
@@ -99,7 +100,7 @@ def orqa_example(title_ids, token_ids, sentence_starts, doc_uid: int) -> tf.trai
 
 def pretrain_example(title, text, sentence_spans: Sequence[Tuple[int, int]],
                      salient_spans: Sequence[Tuple[int, int]], doc_uid: int) -> tf.train.Example:
-  """Pre-training record (reference §1.3); spans are UTF-8 byte offsets [start, limit) into `text`."""
+  """Pre-training record (original §1.3); spans: UTF-8 byte offsets [start, limit) into `text`."""
   return tf.train.Example(features=tf.train.Features(feature={
       "title": _bytes([_utf8(title)]),
       "text": _bytes([_utf8(text)]),
@@ -149,7 +150,7 @@ def _example_to_py(serialized: bytes, spec) -> dict:
 
 
 def shard_path(prefix: str, index: int, num_shards: int) -> str:
-  """`<prefix>-NNNNN-of-MMMMM` (reference §1.8)."""
+  """`<prefix>-NNNNN-of-MMMMM` (original §1.8)."""
   return "%s-%05d-of-%05d" % (prefix, index, num_shards)
 
 
@@ -239,9 +240,9 @@ def write_contiguous_shards(records: Iterable[bytes], total: int, prefix: str, n
                             compression: str = "GZIP") -> List[str]:
   """Writes `total` records into `num_shards` shards of contiguous chunks of ceil(total/num_shards).
 
-  This is the original's layout (§1.8). Streaming: one open shard at a time. Each shard is written
-  atomically; stale shards of the same prefix with another shard count are removed first so the
-  glob `<prefix>-*-of-*` only sees this corpus. Returns the shard paths.
+  This is the original's layout (original §1.8). Streaming: one open shard at a time. Each shard is
+  written atomically; stale shards of the same prefix with another shard count are removed first so
+  the glob `<prefix>-*-of-*` only sees this corpus. Returns the shard paths.
   """
   if num_shards < 1:
     raise ValueError("num_shards must be >= 1")

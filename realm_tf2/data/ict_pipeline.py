@@ -1,4 +1,4 @@
-"""Inverse Cloze Task input pipeline (reference §3.2) from ORQA's `examples.tfr`.
+"""Inverse Cloze Task input pipeline (original §3.2) from ORQA's `examples.tfr`.
 
 Per block (`title_ids`, `token_ids`, `sentence_starts`), all in the tf.data graph:
   pick a sentence uniformly (stateless random keyed by seed + record index) -> query

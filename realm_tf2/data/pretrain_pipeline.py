@@ -1,7 +1,7 @@
-"""REALM pre-training input pipeline (reference §1.3, §1.4, §1.2) as one tf.data graph.
+"""REALM pre-training input pipeline (original §1.3, §1.4, §1.2) as one tf.data graph.
 
-The original ran this as separate gRPC "example generator" processes (§1.5, §1.6). Here it is a
-tf.data pipeline on the training host(s):
+The original ran this as separate gRPC "example generator" processes (original §1.5, §1.6). Here it
+is a tf.data pipeline on the training host(s):
 
   GZIP TFRecord shards (per-host file sharding via `InputContext`)
   -> [graph, per record]  parse; pick one (salient span, sentence) pair uniformly (stateless random
@@ -124,7 +124,8 @@ def _query_features(record, index, tokenizer, cfg: PretrainInputConfig):
   sent_limit = record["sentence_byte_limit"]  # [S]
   span_start = record["span_byte_start"]  # [P]
   span_limit = record["span_byte_limit"]  # [P]
-  # Map each span to the FIRST sentence wholly containing it; crossing spans are dropped (§1.3).
+  # Map each span to the FIRST sentence wholly containing it; crossing spans are dropped
+  # (original §1.3).
   contains = ((sent_start[None, :] <= span_start[:, None]) &
               (span_limit[:, None] <= sent_limit[None, :]) &
               (span_start[:, None] < span_limit[:, None]))  # [P, S]
@@ -234,7 +235,8 @@ def _embed_queries(query_embedder, feats: Dict[str, np.ndarray]) -> np.ndarray:
 
 
 def _doc_uid(title: bytes, text: bytes) -> int:
-  """uid of the record's source document (low 63 bits of sha1(f"{title} <sep> {text}"), §1.4)."""
+  """uid of the record's source document: low 63 bits of sha1(f"{title} <sep> {text}") (original
+  §1.4)."""
   digest = hashlib.sha1(title + b" <sep> " + text).hexdigest()
   return io_utils.uid_to_int63(int(digest, 16))
 
@@ -267,7 +269,7 @@ class RetrievalFeaturizer:
     self._warned_no_trivial = False
     k, c, j = cfg.num_candidates, cfg.candidate_seq_len, cfg.joint_seq_len
     empty = np.zeros([0], np.int32)
-    # The null document: empty title and body (candidate `[CLS][SEP][SEP]`, §1.4).
+    # The null document: empty title and body (candidate `[CLS][SEP][SEP]`, original §1.4).
     self._null_candidate = tokenization.bert_pack_np([empty, empty], c, self.cls_id, self.sep_id)
     self.output_spec = {
         "query_input_ids": [cfg.query_seq_len], "query_input_mask": [cfg.query_seq_len],
@@ -335,7 +337,7 @@ class RetrievalFeaturizer:
         body = self.store.body(row)
         cands.append(tokenization.bert_pack_np([self.store.title(row), body], cfg.candidate_seq_len,
                                                self.cls_id, self.sep_id))
-        # Reader input: query + body, NO title (§1.2, §6.2).
+        # Reader input: query + body, NO title (original §1.2, §6.2).
         joints.append(tokenization.bert_pack_np([q_tokens, body], cfg.joint_seq_len,
                                                 self.cls_id, self.sep_id))
       for prefix, packs in (("candidate_", cands), ("joint_", joints)):

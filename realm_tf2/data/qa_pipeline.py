@@ -1,4 +1,6 @@
-"""ORQA open-domain QA data: QA JSONL files, the fixed block corpus and fixed-shape features (§3.3, §3.5).
+"""ORQA open-domain QA data: QA JSONL files, the fixed block corpus, fixed-shape features.
+
+Semantics of original §3.3 and §3.5.
 
 Host side (once, before training):
   * `read_qa_file` validates `{"question": str, "answer": [str, ...]}` lines (errors name file:line:field).
@@ -33,14 +35,14 @@ TITLE_BODY_SEPARATOR = "\n"
 
 
 def qa_file_path(data_root: str, dataset_name: str, split: str) -> str:
-  """`{data_root}/{dataset_name}.resplit.{split}.jsonl` (CONTRACTS §2)."""
+  """`{data_root}/{dataset_name}.resplit.{split}.jsonl` (contracts §2)."""
   if split not in SPLITS:
     raise ValueError(f"split must be one of {SPLITS}, got '{split}'")
   return os.path.join(data_root, f"{dataset_name}.resplit.{split}.jsonl")
 
 
 def is_regex_dataset(dataset_name: str) -> bool:
-  """CuratedTrec answers are regular expressions (§3.5)."""
+  """CuratedTrec answers are regular expressions (original §3.5)."""
   return dataset_name.lower() in REGEX_DATASETS
 
 
@@ -125,7 +127,7 @@ def pretokenize_blocks(tokenizer, texts: Sequence[str], max_len: int,
 
 
 def titles_path_of(blocks_path: str) -> str:
-  """`titles.tfr` beside `blocks.tfr` (ORQA blocks, CONTRACTS §2: aligned by index)."""
+  """`titles.tfr` beside `blocks.tfr` (ORQA blocks, contracts §2: aligned by index)."""
   return os.path.join(os.path.dirname(blocks_path), "titles.tfr")
 
 

@@ -1,10 +1,10 @@
 """Gold (block, span) lists of regular-expression answers (CuratedTrec), precomputed on the host.
 
-The original refuses to train on CuratedTrec: its answers are regular expressions, which neither
-its `HasAnswer` nor its `ReaderInputs` gold spans can match (§3.4). Here, once per question, every
-answer pattern is matched on the ORIGINAL text of each block (`re.search` anywhere, not anchored:
-the positives are the pattern's occurrences in the corpus; the EM metric keeps the original's
-anchored `re.match` on the prediction) and each occurrence becomes a gold span:
+The original refuses to train on CuratedTrec: its answers are regular expressions, which neither its
+`HasAnswer` nor its `ReaderInputs` gold spans can match (original §3.4). Here, once per question,
+every answer pattern is matched on the ORIGINAL text of each block (`re.search` anywhere, not
+anchored: the positives are the pattern's occurrences in the corpus; the EM metric keeps the
+original's anchored `re.match` on the prediction) and each occurrence becomes a gold span:
 
 * Occurrences are taken at every wordpiece start of a block that the pattern matches
   (`pattern.match(text, start)`, the regex's own choice of end), so overlapping occurrences count,

@@ -264,21 +264,20 @@ class Demo:
       f.write("\n".join(lines) + "\n")
 
   def stage_knowledge_corpus(self):
-    out = self.run_cli("knowledge_corpus", [
+    self.run_cli("knowledge_corpus", [
         "-m", "data_prep.build_knowledge_corpus", f"--input={self.world_dir}/knowledge.jsonl",
         f"--vocab_file={self.vocab_path}", f"--output_dir={self.corpus_dir}", "--num_shards=2",
         "--num_workers=1", f"--max_block_length={self.c.max_block_length}"])
-    del out
     with open(self.path("corpus", "corpus_info.json")) as f:
       info = json.load(f)
     return {"num_blocks": info["num_blocks"], "counts": info["counts"]}
 
   def stage_pretrain_corpus(self):
-    out = self.run_cli("pretrain_corpus", [
+    self.run_cli("pretrain_corpus", [
         "-m", "data_prep.build_pretrain_corpus", f"--input={self.world_dir}/pretrain.jsonl",
         f"--output_dir={self.path('pretrain')}", "--num_shards=4", "--num_workers=1"])
-    m = re.search(r"build_pretrain_corpus: read (\d+), written (\d+)", out)
-    return {"records": int(m.group(2)) if m else None}
+    with open(self.path("pretrain", "report.json")) as f:  # the builder's final counts report
+      return {"records": json.load(f)["written"]}
 
   def stage_ict(self):
     model_dir = self.path("ict")

@@ -1,8 +1,9 @@
 """Host-side look at what a retriever export retrieves: question → `projected` → top-k of `block_emb`.
 
 Used by the notebook to compare the retrieval before (ICT export) and after REALM pre-training (the
-final REALM retriever snapshot). Only exported artefacts are read: the embedder SavedModel (CONTRACTS
-§3: `projected`, `tokenization_info`), its `encoded/encoded.ckpt` and the ORQA `blocks.tfr`/`titles.tfr`.
+final REALM retriever snapshot). Only exported artefacts are read: the embedder SavedModel
+(contracts §3: `projected`, `tokenization_info`), its `encoded/encoded.ckpt` and the ORQA
+`blocks.tfr`/`titles.tfr`.
 """
 import os
 from typing import List, Sequence

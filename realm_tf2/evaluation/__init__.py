@@ -1,4 +1,4 @@
-"""Answer normalisation, EM / regex matching and QA/retrieval metrics (ORQA semantics, reference §3.5)."""
+"""Answer normalisation, EM / regex matching, QA/retrieval metrics (ORQA's, original §3.5)."""
 import realm_tf2  # noqa: F401
 from realm_tf2.evaluation.answers import (exact_match, has_answer, has_answer_normalized, is_correct,
                                           normalize_answer, regex_match)

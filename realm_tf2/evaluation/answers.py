@@ -1,4 +1,4 @@
-"""Answer matching with ORQA's exact semantics (reference §3.3, §3.5).
+"""Answer matching with ORQA's exact semantics (original §3.3, §3.5).
 
 Pure Python on purpose: these run on the host over decoded strings (prediction files, retrieved block
 texts), never inside a TPU step, and must reproduce ORQA's `eval_utils` / `orqa_ops.has_answer`

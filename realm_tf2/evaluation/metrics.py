@@ -1,6 +1,6 @@
 """QA and retrieval metrics over decoded strings: accuracy by question join, recall@k (top_k_match).
 
-ORQA semantics (reference §3.3, §3.5):
+ORQA semantics (original §3.3, §3.5):
 - `evaluate_predictions` mirrors `evaluate_predictions.py`: references and predictions are both
   keyed by the exact question string (a question listed twice counts once, its last line wins), a
   missing prediction counts as wrong, accuracy = correct / #distinct reference questions.

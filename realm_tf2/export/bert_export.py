@@ -1,4 +1,7 @@
-"""Knowledge-augmented encoder ("bert") SavedModel: `tokens`, `mlm`, `tokenization_info` (CONTRACTS §3)."""
+"""Knowledge-augmented encoder ("bert") SavedModel: `tokens`, `mlm`, `tokenization_info`.
+
+The signatures of contracts §3.
+"""
 import realm_tf2  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow is imported)
 import tensorflow as tf
 

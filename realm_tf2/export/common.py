@@ -1,4 +1,4 @@
-"""Shared pieces of the SavedModel exports (CONTRACTS §3): layout, tokenization_info, atomic save.
+"""Shared pieces of the SavedModel exports (contracts §3): layout, tokenization_info, atomic save.
 
 An export is a plain `tf.Module` holding only the model's variables, the vocab `Asset` and
 `tf.function` signatures. It is deliberately NOT a Keras SavedModel: loading it needs only TensorFlow
@@ -34,7 +34,7 @@ def best_export_dir(model_dir: str) -> str:
 
 
 def encoded_checkpoint_path(embedder_export_dir: str) -> str:
-  """`<embedder export>/encoded/encoded.ckpt` (the `block_emb` side file, CONTRACTS §3)."""
+  """`<embedder export>/encoded/encoded.ckpt` (the `block_emb` side file, contracts §3)."""
   return os.path.join(embedder_export_dir, ENCODED_CKPT_RELPATH)
 
 

@@ -1,4 +1,4 @@
-"""Retriever/embedder SavedModel: `projected` + `tokenization_info` (CONTRACTS §3, reference §2.2)."""
+"""Retriever/embedder SavedModel: `projected` + `tokenization_info` (contracts §3, original §2.2)"""
 from typing import Optional
 
 import realm_tf2  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow is imported)

@@ -1,4 +1,4 @@
-"""ORQA reader SavedModel: `span_logits` + `tokenization_info` (CONTRACTS §3, reference §3.3)."""
+"""ORQA reader SavedModel: `span_logits` + `tokenization_info` (contracts §3, original §3.3)."""
 import realm_tf2  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow is imported)
 import tensorflow as tf
 

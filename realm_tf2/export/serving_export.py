@@ -1,4 +1,4 @@
-"""Servable ORQA QA model: `serving_default(question: string [B])` -> answer (CONTRACTS §3).
+"""Servable ORQA QA model: `serving_default(question: string [B])` -> answer (contracts §3).
 
 One SavedModel holding the question tower, the reader, the block index (embeddings and the
 pre-tokenized block wordpieces `OrqaModel` reads) and the raw block texts. It runs the model code
@@ -10,14 +10,14 @@ of training and evaluation and adds only strings around it:
 
 By default (`mips="brute_force"`) the graph is TF and TF Text ops only (no py_function), so it
 loads in a process that imports only `tensorflow` and `tensorflow_text` (and in TF Serving with the
-TF Text ops linked). As in the original's PREDICT mode (§3.3 Retrieve 6), only the K blocks that
-are read are retrieved, by exact search over all block embeddings.
+TF Text ops linked). As in the original's PREDICT mode (original §3.3 Retrieve 6), only the K
+blocks that are read are retrieved, by exact search over all block embeddings.
 
 With `mips="scann"` the candidates come from a ScaNN index held in the SavedModel (its state as
 variables, `ScannIndex.state_module`) and searched with ScaNN's TF ops (CPU), then ordered by exact
 dot products as in training. Loading it then needs `import scann` (which registers those ops)
 besides `tensorflow_text`, and TF Serving needs ScaNN's op library linked: the brute-force default
-keeps the model portable (CONTRACTS §3).
+keeps the model portable (contracts §3).
 
 Defined behaviour on odd input: an empty question is embedded as `[CLS] [SEP]` and answered normally;
 a very long question is cut to `max_question_len` wordpieces; if no span is valid (every read block

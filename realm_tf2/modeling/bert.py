@@ -1,4 +1,4 @@
-"""BERT towers built from Model Garden (reference §1.1, §4).
+"""BERT towers built from Model Garden (original §1.1, §4).
 
 Every BERT in realm-tf2 (the retriever/embedder tower, the knowledge-augmented encoder and the ORQA
 reader) is a Model Garden `networks.BertEncoderV2`; the MLM head is `layers.MaskedLM` with the output

@@ -1,4 +1,6 @@
-"""REALM / ICT retriever tower: BERT [CLS] pooler -> dense(128) -> LayerNorm -> dropout (§1.1, §3.2).
+"""REALM / ICT retriever tower: BERT [CLS] pooler -> dense(128) -> LayerNorm -> dropout.
+
+The tower of original §1.1 and §3.2.
 
 `pooling="mean"` (not in the original) averages the last layer over the real tokens instead, for
 encoders trained that way (sentence-transformers); the projection and LayerNorm follow as usual.
@@ -100,7 +102,8 @@ def build_embedders(model_config: configs.ModelConfig,
   """Returns (query_embedder, doc_embedder); the same object when `share_embedders` (REALM default).
 
   With `share_embedders=False` the document tower is a second, independent `RealmEmbedder` named
-  "doc_embedder" (the original's non-shared path exported the wrong module, §6.10; ours is real).
+  "doc_embedder" (the original's non-shared path exported the wrong module, original §6.10; ours
+  is real).
   """
   query_embedder = embedder_from_config(model_config, vocab_size, name="embedder")
   if model_config.share_embedders:

@@ -252,7 +252,7 @@ def load_hub_encoder(handle: str) -> HubEncoder:
   arch = infer_bert_architecture({k: w.shape for k, w in weights.items()})
   vocab_file, lower = None, None
   asset = getattr(loaded, "vocab_file", None)
-  if "tokenization_info" in getattr(loaded, "signatures", {}):  # a realm-tf2 export (CONTRACTS §3)
+  if "tokenization_info" in getattr(loaded, "signatures", {}):  # a realm-tf2 export (contracts §3)
     info = loaded.signatures["tokenization_info"]()
     vocab_file = info["vocab_file"].numpy().decode("utf-8")
     lower = bool(info["do_lower_case"].numpy())

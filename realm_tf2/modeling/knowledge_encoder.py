@@ -1,4 +1,4 @@
-"""REALM knowledge-augmented encoder: BERT + tied-embedding MLM head (§1.1 "bert" module)."""
+"""REALM knowledge-augmented encoder: BERT + tied-embedding MLM head (original §1.1, "bert")."""
 from typing import Mapping, Optional
 
 import realm_tf2  # noqa: F401

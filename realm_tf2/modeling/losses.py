@@ -1,4 +1,4 @@
-"""Losses and metrics of REALM (§1.1), ICT (§3.2) and ORQA (§3.3). All computed in float32.
+"""Losses and metrics of REALM, ICT and ORQA (original §1.1, §3.2, §3.3). All computed in float32.
 
 Model Garden has no marginal-over-retrieved-documents loss, no cross-replica in-batch-negative loss
 (its dual-encoder task uses per-replica negatives only) and no marginal span loss, so these are
@@ -72,7 +72,7 @@ def realm_marginal_loss(retrieval_scores: tf.Tensor,
 
 
 def ict_loss(query_emb: tf.Tensor, block_emb: tf.Tensor) -> Dict[str, tf.Tensor]:
-  """Inverse-cloze-task loss with in-batch negatives gathered across all replicas (§3.2).
+  """Inverse-cloze-task loss with in-batch negatives gathered across all replicas (original §3.2).
 
   Inside a replica context with R > 1 replicas, `block_emb` is all-gathered, so every query scores
   the b*R blocks of the global batch and its label is its global index `replica_id*b + i`. Outside a
@@ -125,7 +125,7 @@ def marginal_log_loss(logits: tf.Tensor, correct: tf.Tensor) -> tf.Tensor:
 
 
 def add_retriever_scores(reader_logits: tf.Tensor, retriever_logits: tf.Tensor) -> tf.Tensor:
-  """ORQA adds each block's retriever logit to all of its span logits (§3.3).
+  """ORQA adds each block's retriever logit to all of its span logits (original §3.3).
 
   Args:
     reader_logits: [B,N,S] span logits of the N read blocks (invalid spans already −1e4).
@@ -141,7 +141,9 @@ def orqa_loss(retriever_logits: tf.Tensor,
               retriever_correct: tf.Tensor,
               reader_logits: tf.Tensor,
               reader_correct: tf.Tensor) -> Dict[str, tf.Tensor]:
-  """ORQA joint loss: retriever marginal loss + reader marginal loss over all N*S spans (§3.3).
+  """ORQA joint loss: retriever marginal loss + reader marginal loss over all N*S spans.
+
+  As original §3.3.
 
   Args:
     retriever_logits: [B,R] question·block scores of the R retrieved blocks.

@@ -1,4 +1,4 @@
-"""ORQA open-QA model: trainable question tower + fixed block index + reader (reference §3.3).
+"""ORQA open-QA model: trainable question tower + fixed block index + reader (original §3.3).
 
 One implementation of retrieve -> read -> predict, used by training, evaluation and the serving
 export (`export/serving_export.py` only adds question wordpieces in front and answer text behind):
@@ -22,14 +22,14 @@ Correctness is kept out of `call` on purpose: it is the only part that looks at 
 definition (a precomputed gold (block, span) list: `gold_span_correctness`) replaces
 `answer_correctness` without touching retrieval or reading.
 
-Retrieval (§3.3 Retrieve): exact brute force (`matmul` + `top_k` over all N block embeddings) by
-default; or, with a `mips_index` (`ScannIndex(backend="tf")`), ScaNN's TF ops give the R candidate
-rows, as in the original. ScaNN's ops are CPU-only kernels with no XLA lowering, so a step that
-uses them cannot be `jit_compile=True` (the task refuses that combination at start-up). Either way
-the retriever logits are exact dot products of the retrieved rows (gradient to the question tower
-only), and the candidates are ordered by them. ScaNN may return fewer than R rows (a partitioning
-tree with few rows in the searched leaves): the missing slots are `retrieved_valid` False, with
-logit `INVALID_RETRIEVAL_LOGIT`, and are never correct.
+Retrieval (original §3.3 Retrieve): exact brute force (`matmul` + `top_k` over all N block
+embeddings) by default; or, with a `mips_index` (`ScannIndex(backend="tf")`), ScaNN's TF ops give
+the R candidate rows, as in the original. ScaNN's ops are CPU-only kernels with no XLA lowering, so
+a step that uses them cannot be `jit_compile=True` (the task refuses that combination at start-up).
+Either way the retriever logits are exact dot products of the retrieved rows (gradient to the
+question tower only), and the candidates are ordered by them. ScaNN may return fewer than R rows (a
+partitioning tree with few rows in the searched leaves): the missing slots are `retrieved_valid`
+False, with logit `INVALID_RETRIEVAL_LOGIT`, and are never correct.
 
 Reader title option (`block_sep_pos`; not in the original, whose reader never sees titles): a
 block's reader wordpieces are `title [SEP] body` (its text `title\nbody`, see
@@ -41,9 +41,9 @@ are invalid (`INVALID_SPAN_LOGIT`, like spans outside the block).
 Differences from the original, on purpose:
 * Exact brute-force retrieval is the default (the original always used ScaNN).
 * `retriever_correct` is "an answer's wordpiece sequence occurs in the block's wordpieces". The
-  original used a raw, case-sensitive substring test on the block TEXT (`HasAnswer`, §6.7), which
-  needs strings on device. Wordpiece matching is what the reader uses, so both losses now agree.
-  (Recall metrics, `top_k_match`, still use `HasAnswer` on the raw text, host side.)
+  original used a raw, case-sensitive substring test on the block TEXT (`HasAnswer`, original §6.7),
+  which needs strings on device. Wordpiece matching is what the reader uses, so both losses now
+  agree. (Recall metrics, `top_k_match`, still use `HasAnswer` on the raw text, host side.)
 * Block wordpieces are tokenized once on the host (`qa_pipeline.pretokenize_blocks`) with the
   tokenizer used for questions and answers (`RealmTokenizer.tokenize_with_offsets`, ids equal to
   `tokenize`), not per step with ORQA's split-then-lower-case `tokenize_with_original_mapping`.
@@ -108,7 +108,8 @@ def scann_candidates(mips_index, query: tf.Tensor, k: int):
 
 def pack_reader_inputs(question_ids, question_len, block_ids, block_len, seq_len, cls_id,
                        sep_id) -> Dict[str, tf.Tensor]:
-  """ORQA `ReaderInputs` (§3.3 Read step 4): `[CLS] q [SEP] block [SEP] 0...`, static shapes (XLA).
+  """ORQA `ReaderInputs` (original §3.3 Read step 4): `[CLS] q [SEP] block [SEP] 0...`, static
+  shapes (XLA).
 
   The question is never cut (the caller keeps question_len <= seq_len - 3; at seq_len - 3 the block
   region is empty: `[CLS] q [SEP] [SEP]`); the block is cut so the final [SEP] is at most at
@@ -392,7 +393,7 @@ class OrqaModel(tf_keras.Model):
     return tf.gather(self.block_ids, ids), tf.gather(self.block_len, ids)
 
   def retriever_inputs(self, question_ids, question_len):
-    """`[CLS] q [SEP]` int32 [B, Q+2], mask 1 on real tokens, segments 0 (§2.3)."""
+    """`[CLS] q [SEP]` int32 [B, Q+2], mask 1 on real tokens, segments 0 (original §2.3)."""
     q_max = question_ids.shape[1]
     pos = tf.range(q_max + 2, dtype=tf.int32)[tf.newaxis, :]  # [1, Q+2]
     q_len = question_len[:, tf.newaxis]  # [B, 1]
@@ -411,7 +412,7 @@ class OrqaModel(tf_keras.Model):
       inputs: question_ids int [B, Q], question_len int [B].
       training: dropout switch.
       retriever_beam_size: R for this call (python int; default the model's, capped at it). The
-        original's PREDICT mode retrieves only the blocks it reads (§3.3 Retrieve 6).
+        original's PREDICT mode retrieves only the blocks it reads (original §3.3 Retrieve 6).
       mips_index: the search of this call (see `retrieve`; default the model's).
     Returns dict:
       retrieved_ids int32 [B, R]; retriever_logits float32 [B, R] (exact, gradient to the question
@@ -460,7 +461,7 @@ class OrqaModel(tf_keras.Model):
 
 
 def predictions(outputs: Mapping[str, tf.Tensor]) -> Dict[str, tf.Tensor]:
-  """Global argmax over (block, span) of `reader_logits` (§3.3 Prediction).
+  """Global argmax over (block, span) of `reader_logits` (original §3.3 Prediction).
 
   Returns:
     pred_block int32 [B] (index into the K read blocks), pred_span int32 [B] (index into S),
@@ -504,7 +505,7 @@ def predictions(outputs: Mapping[str, tf.Tensor]) -> Dict[str, tf.Tensor]:
 
 def correct_at_prediction(preds: Mapping[str, tf.Tensor],
                           reader_correct: tf.Tensor) -> Dict[str, tf.Tensor]:
-  """ORQA's token-level eval metrics per question (§3.3 Eval metrics).
+  """ORQA's token-level eval metrics per question (original §3.3 Eval metrics).
 
   Args:
     preds: `predictions` output.

@@ -1,4 +1,4 @@
-"""ORQA reader: BERT + span scorer over every span of width 1..W (§3.3)."""
+"""ORQA reader: BERT + span scorer over every span of width 1..W (original §3.3)."""
 from typing import Mapping, Optional, Tuple
 
 import numpy as np

@@ -3,7 +3,7 @@
 13M blocks as Python objects would cost tens of GB; here every field is one flat array plus int64
 offsets (CSR layout), so the store is ~4 bytes per token + 8 bytes per block and field.
 
-Row order = sorted shards, then record order (CONTRACTS §2) — the row order of `block_emb`.
+Row order = sorted shards, then record order (contracts §2) — the row order of `block_emb`.
 """
 import realm_tf2  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow is imported)
 
@@ -90,7 +90,7 @@ class BlockStore:
 
   @classmethod
   def from_retrieval_corpus(cls, pattern, keep_text=False, batch_size=4096):
-    """Loads GZIP TFRecord shards of the REALM retrieval corpus (CONTRACTS §2).
+    """Loads GZIP TFRecord shards of the REALM retrieval corpus (contracts §2).
 
     Args:
       pattern: glob (or comma-separated globs) of the shards; sorted by name.

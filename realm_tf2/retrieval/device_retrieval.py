@@ -15,7 +15,7 @@ function of the train step, on query embeddings of the LIVE query tower:
   -> title/body ids of the kept rows from their owners (zeros elsewhere), all-reduce SUM
   -> this replica's slice [b, K-1, ...]; the null document at slot 0
   -> `[CLS] title [SEP] body [SEP]` [b, K, C] and `[CLS] query [SEP] body [SEP]` [b, K, J]
-     (`pack_pair_dense`; the reader input has NO title, reference §1.2)
+     (`pack_pair_dense`; the reader input has NO title, original §1.2)
 
 Everything is int32 / float32 (bfloat16 `block_emb` optional) with static shapes, so under
 TPUStrategy retrieval + forward + backward compile into one XLA program; with one replica the
@@ -83,8 +83,8 @@ _HOST_ROWS_PER_COPY = 65536  # rows densified per NumPy step when loading token 
 def graph_doc_uid(title, text):
   """int32 uid of a document from its raw bytes, computable in a tf.data graph.
 
-  Hashes the bytes the host uid hashes (`title + " <sep> " + text`, §1.4) with SipHash-2-4 into
-  [0, 2^31 - 1).
+  Hashes the bytes the host uid hashes (`title + " <sep> " + text`, original §1.4) with SipHash-2-4
+  into [0, 2^31 - 1).
 
   Args:
     title, text: tf.string tensors of the same shape (or broadcastable scalars).
@@ -548,7 +548,8 @@ class DeviceBlockStore:
     body_len = null(payload[..., lt + lb + 1])  # [b, k]
     candidates = pack_pair_dense(title_ids, title_len, body_ids, body_len, self.candidate_seq_len,
                                  self.cls_id, self.sep_id)  # [b, k, C]
-    # Reader input: the query's tokens between [CLS] and [SEP], then the body; no title (§1.2).
+    # Reader input: the query's tokens between [CLS] and [SEP], then the body; no title
+    # (original §1.2).
     q_ids = tf.cast(query_input_ids, tf.int32)[:, 1:]  # [b, Q-1]
     q_len = tf.maximum(tf.reduce_sum(tf.cast(query_input_mask, tf.int32), axis=1) - 2, 0)  # [b]
     joint = pack_pair_dense(q_ids[:, tf.newaxis, :], q_len[:, tf.newaxis], body_ids, body_len,

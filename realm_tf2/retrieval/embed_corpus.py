@@ -1,13 +1,13 @@
 """Embeds every block of the retrieval corpus -> `block_emb` float32 [N, 128] -> `encoded/encoded.ckpt`.
 
-Input layout is the document layout of §1.2: `[CLS] title [SEP] body [SEP]`, at most 288, title kept
-first (`tokenization.bert_pack`). Blocks are **bucketed by packed length** (by default up to
-`DEFAULT_MAX_BUCKETS` lengths chosen from the corpus by `choose_buckets`; or fixed ones, e.g.
-64/128/192/288) so a
-short block is not padded to 288 — transformer cost is ~linear-to-quadratic in T, so on a corpus of
-mostly short blocks this is several times faster. One tf.data pipeline feeds static-shape batches
-([global_batch, bucket_len], the one part-filled batch padded with a repeated row flagged invalid, as
-the original padded with doc 0; see `_batch_plan`); rows are scattered back in corpus order.
+Input layout is the document layout of original §1.2: `[CLS] title [SEP] body [SEP]`, at most 288,
+title kept first (`tokenization.bert_pack`). Blocks are **bucketed by packed length** (by default up
+to `DEFAULT_MAX_BUCKETS` lengths chosen from the corpus by `choose_buckets`; or fixed ones, e.g.
+64/128/192/288) so a short block is not padded to 288 — transformer cost is ~linear-to-quadratic in
+T, so on a corpus of mostly short blocks this is several times faster. One tf.data pipeline feeds
+static-shape batches ([global_batch, bucket_len], the one part-filled batch padded with a repeated
+row flagged invalid, as the original padded with doc 0; see `_batch_plan`); rows are scattered back
+in corpus order.
 
 The embedder is a `RealmEmbedder` (any callable model on the three inputs) or an exported embedder
 SavedModel (path or loaded object, `projected` signature). Runs under an optional tf.distribute strategy.
@@ -178,9 +178,8 @@ def _batch_plan(which, buckets, global_batch):
   computes the fewest tokens (bucket length x batch slots) of any static-shape plan: with N_j rows
   in bucket j or longer, any plan needs at least ceil(N_j / B) batches of length >= len_j, and its
   cost is B * sum_j (len_j - len_{j-1}) * (#batches of length >= len_j), a sum this plan meets
-  term by term. On the refresh benchmark's synthetic corpus (2048 blocks, batch 128, default
-  buckets) the batches hold 1.30x the real tokens, against 1.41x when every bucket padded its own
-  last batch. (Hand-written: tf.data's bucket_by_sequence_length leaves a part-filled batch in every bucket.)
+  term by term (the padding it saves on the refresh benchmark's corpus: docs/scaling.md).
+  (Hand-written: tf.data's bucket_by_sequence_length leaves a part-filled batch in every bucket.)
   """
   which = np.asarray(which)
   order = np.argsort(-which, kind="stable").astype(np.int64)  # [N] longest bucket first

@@ -402,7 +402,7 @@ def sharded_top_k(query, shard_chunks, shard_num_rows, k, shard_offset, use_bflo
 
 
 def scann_settings_for(num_rows, **overrides):
-  """ScaNN settings from N (ScaNN docs/algorithms.md; tf2_stack_notes §3.4), overridable.
+  """ScaNN settings from N (the rules of thumb of ScaNN's docs/algorithms.md), overridable.
 
   * N < 20k: brute force (float32) scoring.
   * N < 100k: asymmetric hashing (2 dims/block, AVQ threshold 0.2) + exact reorder.
@@ -414,7 +414,8 @@ def scann_settings_for(num_rows, **overrides):
        "reorder": 0, "scoring": "brute_force"}
   if num_rows >= 20000:
     # Without a tree there is no residual quantisation, so AH alone ranks tightly clustered data
-    # coarsely; a wide exact reorder keeps recall@8 >= 0.95 (measured on clustered synthetic data).
+    # coarsely; a wide exact reorder keeps recall@8 >= 0.95 (tests/retrieval/test_index.py, on
+    # clustered synthetic data).
     s["scoring"] = "ah"
     s["reorder"] = 1000
   if num_rows >= 100000:
@@ -639,7 +640,7 @@ def build_index(emb, kind="brute_force", **kwargs):
 
 MIPS_CHOICES = ("brute_force", "scann", "auto")
 # `mips="auto"` builds ScaNN from this many rows on: from there ScaNN answers REALM's queries several
-# times faster than exact search at recall@8 >= 0.99 (benchmarks/mips.py, docs/scaling.md "MIPS");
+# times faster than exact search at recall@8 >= 0.99 (benchmarks/mips.py; README "Measured");
 # below it brute force is fast enough and exact.
 AUTO_SCANN_MIN_ROWS = 50000
 

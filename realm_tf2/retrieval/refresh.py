@@ -1,4 +1,4 @@
-r"""Standalone document-index refresher (the original `realm/refresh_doc_embeds.py`, §1.7).
+r"""Standalone document-index refresher (`realm/refresh_doc_embeds.py` of original §1.7).
 
 Watches `model_dir/export/<step>/embedder` (embedder exports written by the trainer), and for each new
 newest export writes a versioned snapshot

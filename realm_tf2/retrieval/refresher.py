@@ -1,4 +1,4 @@
-"""Asynchronous document-index refresh (REALM §1.7): `IndexSnapshot`, `IndexHolder`, `IndexRefresher`.
+"""Asynchronous document-index refresh (original §1.7): `IndexSnapshot`, `IndexHolder`, refresher.
 
 The original ran a separate refresher job that re-embedded the corpus from the newest export and wrote
 `export/encoded/<ts>`; generators picked it up later. Here a background thread does the same inside the

@@ -1,4 +1,4 @@
-"""Experiment config for ORQA fine-tuning (the defaults of the original, reference §3.4)."""
+"""Experiment config for ORQA fine-tuning (the original's defaults, original §3.4)."""
 import realm_tf2  # noqa: F401
 
 from official.core import config_definitions as cfg

@@ -1,4 +1,4 @@
-"""Inverse Cloze Task (ORQA retriever pre-training, reference §3.2) as a Model Garden Task."""
+"""Inverse Cloze Task (ORQA retriever pre-training, original §3.2) as a Model Garden Task."""
 import dataclasses
 from typing import Dict, Optional, Tuple
 

@@ -1,4 +1,4 @@
-"""ORQA open-domain QA fine-tuning Task (reference §3.3–§3.5).
+"""ORQA open-domain QA fine-tuning Task (original §3.3–§3.5).
 
 Device side (`compute_loss` / `validation_step`, XLA-able with exact retrieval): `OrqaModel`
 (retrieve + read), the correctness of retrieved blocks and read spans
@@ -18,8 +18,9 @@ Host side (eval only, via Model Garden's `aggregate_logs` / `reduce_aggregated_l
 span is cut out of the raw block text (`RealmTokenizer.span_text`, the function the serving export
 runs in-graph) and the metrics of the original's evaluation are computed over the real questions
 (batch padding excluded), under the original's names:
-  exact_match            reader_correct at the predicted (block, span): token-level (§3.3); the
-                         best export is chosen on it, as the original's exporter does (§3.4)
+  exact_match            reader_correct at the predicted (block, span): token-level (original
+                         §3.3); the best export is chosen on it, as the original's exporter does
+                         (original §3.4)
   official_exact_match   SQuAD-normalised string EM of the answer text (regex mode for CuratedTrec)
   reader_oracle          some span of the read blocks is correct
   top_{k}_match          an answer (`HasAnswer`: raw, case-sensitive substring; regex mode: a
@@ -80,7 +81,7 @@ class OrqaTaskConfig(base.RealmTaskConfig):
   """ORQA fine-tuning.
 
   Attributes:
-    retriever_module_path: Embedder export (contract §3) with `encoded/encoded.ckpt` (block_emb);
+    retriever_module_path: Embedder export (contracts §3) with `encoded/encoded.ckpt` (block_emb);
       or either tower of a REALM run with separate towers (`export/<step>/embedder`, the query
       tower, or `.../doc_embedder`, the document tower: block_emb then comes from the `embedder`
       beside it, see `check_retriever_export`).
@@ -106,21 +107,12 @@ class OrqaTaskConfig(base.RealmTaskConfig):
       extraction, HasAnswer, serving) are then `title\nbody`. Off by default, as the original.
     predict_output: If set, eval predictions are written there as JSONL.
     freeze_question_word_embeddings: Keep the question tower's wordpiece embeddings at their
-      initial (retriever export) values; the rest of the tower still trains. Off by default (the
-      original fine-tunes everything). The block index is fixed, computed with those same
-      embeddings; on a small QA set, fine-tuning moves the vectors of the train questions' words
-      (e.g. entity names) away from it while unseen names stay put, so the tower memorises the
-      train entities instead of learning how questions differ from the sentences it was
-      pre-trained on. Measured on a 100-person world (80 train persons, 20 held-out, ICT-trained
-      tiny retriever): dev recall@1 0.48 without the freeze (1 run), 0.78-0.9 with it (5 runs); see
-      tests/tasks/test_orqa_generalisation.py. Not a general win: on the demo world (300 entities,
-      REALM-trained retriever, 1000 ORQA steps, one run each) it lowered dev recall@5 from 0.56 to
-      0.35.
+      retriever-export values (the rest of the tower trains). For small QA sets whose dev entities
+      never occur in training questions: the fixed index was built with these embeddings, and
+      fine-tuning would move only the train questions' names. Off by default, as the original.
     reader_learning_rate_multiplier: The reader's learning rate (and weight decay) relative to the
-      question tower's; 1.0 (default) is the original's single rate. Below 1 keeps a pre-trained
-      reader close to its initialisation while the question tower adapts. Measured on the 100-person
-      held-out world (reader initialised from the ICT-trained BERT): see
-      tests/tasks/test_orqa_generalisation.py.
+      question tower's; 1.0 is the original's single rate. Below 1 keeps a pre-trained reader
+      close to its initialisation while the question tower adapts.
   """
   retriever_module_path: str = ""
   reader_module_path: str = ""

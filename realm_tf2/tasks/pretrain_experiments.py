@@ -1,5 +1,5 @@
 """Experiment configs of pre-training, registered with Model Garden's `exp_factory`:
-`realm/ict` (ORQA ICT, reference §3.2) and `realm/pretrain` (REALM, §1.9)."""
+`realm/ict` (ORQA ICT, original §3.2) and `realm/pretrain` (REALM, original §1.9)."""
 import realm_tf2  # noqa: F401
 
 from official.core import config_definitions as cfg
@@ -26,9 +26,9 @@ def ict_experiment() -> cfg.ExperimentConfig:
 
 @exp_factory.register_config_factory("realm/pretrain")
 def realm_experiment() -> cfg.ExperimentConfig:
-  """REALM defaults (§1.9): batch 512, 200k steps, lr 3e-5, k=8 incl. the null document, 10 masks,
-  lengths 96/288/384; checkpoints (= index refresh cadence) every 500 steps (the paper's "~500");
-  evaluation on the first 5 held-out shards; best export by retrieval_utility."""
+  """REALM defaults (original §1.9): batch 512, 200k steps, lr 3e-5, k=8 incl. the null document, 10
+  masks, lengths 96/288/384; checkpoints (= index refresh cadence) every 500 steps (the paper's
+  "~500"); evaluation on the first 5 held-out shards; best export by retrieval_utility."""
   task = realm_task.RealmPretrainTaskConfig()
   task.optimizer.learning_rate = 3e-5
   return cfg.ExperimentConfig(

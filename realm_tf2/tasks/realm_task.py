@@ -1,4 +1,4 @@
-"""REALM pre-training (reference §1.1) as a Model Garden Task.
+"""REALM pre-training (original §1.1) as a Model Garden Task.
 
 The index is used only to CHOOSE the K candidates; the train step re-embeds the query and all K
 candidates with the live embedder, so retrieval gets gradients through `log_softmax(scores)`,
@@ -41,7 +41,7 @@ from realm_tf2.tasks.ict_task import vocab_size_of
 
 @dataclasses.dataclass
 class RealmDataConfig(cfg.DataConfig):
-  """REALM data: `input_path` = glob of the GZIP pre-training shards (CONTRACTS §2).
+  """REALM data: `input_path` = glob of the GZIP pre-training shards (contracts §2).
 
   The first `num_eval_shards` sorted shards are held out: training reads the rest, evaluation
   (`is_training=False`) reads only those.
@@ -108,22 +108,19 @@ class RealmPretrainTaskConfig(base.RealmTaskConfig):
     scann: ScaNN settings (None fields: chosen from the corpus size).
     embedder_init: Embedder source (ICT export / converter output / checkpoint); "" = random.
     bert_init: Knowledge-augmented encoder source (`bert` export / converter output / checkpoint).
-    retriever_warmup_steps: For this many optimizer steps the retriever's learning rate is 0 (it
-      stays exactly at its init, e.g. the ICT warm start) while the encoder learns to read the
-      retrieved documents; then it rises linearly to `retriever_learning_rate_multiplier` times the
-      encoder's rate (1.0 by default) over `retriever_ramp_steps`
-      (`optimization.DelayedLinearRamp`; the retriever's Adam moments track its gradients all along,
-      so the release is smooth). 0 (the paper) trains both from step 0. Not in the original: it is
-      for encoders that start from random weights, where the retriever otherwise learns that no
-      document helps yet and collapses onto the null document (measured on the demo world:
-      null_doc_prob -> 1.0 within 300 steps at lr 1e-3, mlm_accuracy flat).
-    retriever_ramp_steps: See `retriever_warmup_steps`.
-    retriever_learning_rate_multiplier: The retriever's rate relative to the encoder's, after any
-      warm-up (1.0 = one rate for both, the paper). Not in the original: with a shared query/document
-      embedder every retriever step also moves the embeddings of documents no query retrieved, which
-      the next refresh swaps in; at the high rates of tiny models (1e-3) that drift undid the gold
-      block's gain within a few hundred steps (measured on the end-to-end test's world, which sets
-      0.1; see tests/test_run_pretrain.py). Must be > 0 (checked at startup by run_pretrain.py).
+    retriever_warmup_steps: Optimizer steps during which the retriever's learning rate is 0 (it
+      stays at its init, e.g. the ICT warm start) while the encoder learns to read the retrieved
+      documents; then the rate rises linearly over `retriever_ramp_steps` to
+      `retriever_learning_rate_multiplier` times the encoder's (`optimization.DelayedLinearRamp`;
+      the retriever's Adam moments track its gradients all along). 0 (the original) trains both
+      from step 0. Use it when the encoder starts from random weights: the retriever otherwise
+      collapses onto the null document before the encoder can read (the demo sets it).
+    retriever_ramp_steps: Length of that linear release, in optimizer steps.
+    retriever_learning_rate_multiplier: The retriever's rate relative to the encoder's after any
+      warm-up; 1.0 = one rate, as the original; must be > 0. Below 1 when the encoder's rate is
+      high for a trained retriever (e.g. a fresh MLM head, `configs/runs/real_realm.yaml`): a shared
+      query/document tower moves the vectors of documents no query retrieved, and the next refresh
+      swaps them into the index.
   """
   train_data: RealmDataConfig = dataclasses.field(default_factory=RealmDataConfig)
   validation_data: RealmDataConfig = dataclasses.field(

@@ -1,4 +1,7 @@
-"""Orbit actions of pre-training that write exports: `export/<step>/` and `export/best/` (CONTRACTS §3)."""
+"""Orbit actions of pre-training that write exports: `export/<step>/`, `export/best/`.
+
+Layouts of contracts §3.
+"""
 import json
 import os
 from typing import Callable, Optional

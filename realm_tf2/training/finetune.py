@@ -1,9 +1,9 @@
-"""ORQA fine-tuning runs (reference §3.4): start-up checks, train / eval / predict, best exports.
+"""ORQA fine-tuning runs (original §3.4): start-up checks, train / eval / predict, best exports.
 
 `run_finetune.py` turns its flags into an experiment config and calls `run`. After every evaluation
 that improves `exact_match` (token-level, the metric the original's
 `BestSavedModelAndCheckpointExporter` watches), `model_dir/export/best/{retriever,reader}`
-(CONTRACTS §3), `export/best/checkpoint` and `model_dir/export/serving` (the servable QA model) are
+(contracts §3), `export/best/checkpoint` and `model_dir/export/serving` (the servable QA model) are
 (re)written and `export/best/best_metric.txt` records "<step> <exact_match>". `predict` restores the
 best checkpoint (else the latest), as the original's `orqa_predict.py`, and writes the predictions
 JSONL plus its metrics as JSON.
@@ -30,7 +30,8 @@ from realm_tf2.training import startup_checks
 from realm_tf2.training import strategy as strategy_lib
 
 TOOL = "run_finetune"
-# The original's exporter keeps the checkpoint with the best token-level `exact_match` (§3.4).
+# The original's exporter keeps the checkpoint with the best token-level `exact_match` (original
+# §3.4).
 BEST_METRIC = "exact_match"
 MODES = ("train", "eval", "predict", "train_and_eval")
 

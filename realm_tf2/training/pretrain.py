@@ -3,7 +3,7 @@
 `run_pretrain.py` only turns flags into an `ExperimentConfig` and a `PretrainOptions` and calls one of
 these. What they add around `driver.run_experiment` (Model Garden Trainer + orbit):
   ICT    export/<step>/embedder every `export_every_steps`; at the end, the whole retrieval corpus
-         embedded into `embedder/encoded/encoded.ckpt` (the initial REALM index, §3.2).
+         embedded into `embedder/encoded/encoded.ckpt` (the initial REALM index, original §3.2).
   REALM  the first index snapshot (`initial_snapshot`), the `IndexHolder` the input pipeline reads,
          the `IndexRefresher` (thread, or loading the standalone refresher's snapshots), step and
          best exports, refresh metrics in metrics.jsonl, `TRAINING_DONE` at the end. With
@@ -149,7 +149,8 @@ def run_ict(params, model_dir: str, options: PretrainOptions) -> str:
                         extra_metrics_fn=lambda: task.stats.as_metrics("pipeline/"), trainer=trainer)
   out = exporter.export(int(trainer.global_step.numpy()))  # ICT exports once, at the end
   if options.retrieval_corpus_path:
-    # The whole retrieval corpus embedded with the final weights: REALM's initial index (§3.2).
+    # The whole retrieval corpus embedded with the final weights: REALM's initial index
+    # (original §3.2).
     store = block_store_lib.BlockStore.from_retrieval_corpus(options.retrieval_corpus_path)
     encode_final_export(params, out, trainer.model, store)
   logging.info("ICT input pipeline: %s", task.stats.report())

@@ -12,10 +12,9 @@ Writes (all through tf.io.gfile, each file atomically, streamed entity by entity
   DIR/facts.jsonl          {"question", "answer", "entity", "kind", "relation", "split"}: which entity
                            (= knowledge document title) each question is about, for analysis and tests.
   DIR/world.json           manifest: seed, sizes, paths, counts.
-The entity graph (`entities.py`) is held in memory; text is rendered and written one entity at a time.
-Measured at 100k entities (seed 0): 26 s CPU, peak RSS 0.78 GB (0.63 GB of it the TensorFlow import), 21 MB of
-knowledge text, 354k questions; the 158 country documents have 300-530 words (several 288-wordpiece
-blocks each).
+The entity graph (`entities.py`) is held in memory; text is rendered and written one entity at a
+time (time and memory at 100k entities: docs/scaling.md). The country documents have 300-530 words
+(several 288-wordpiece blocks each).
 """
 import hashlib
 import json

@@ -63,7 +63,7 @@ def test_finetune_step_runs():
   assert r["seconds_per_step_median"] > 0 and np.isfinite(r["loss"])
 
 
-@pytest.mark.slow  # builds the REALM tf.data pipeline (py_function retrieval): minutes on a loaded VM.
+@pytest.mark.slow  # builds the REALM tf.data pipeline (py_function retrieval): minutes on 2 cores.
 def test_input_pipeline_runs(tmp_path):
   from benchmarks import input_pipeline
   r = input_pipeline.main(TINY_MODEL + [

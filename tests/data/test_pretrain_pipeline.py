@@ -231,9 +231,9 @@ for model in models:
 def test_embed_queries_is_thread_safe():
   """3 threads embed queries of changing batch sizes with one Keras embedder (as the retrieval
   stage's 2 parallel `py_function` calls and the validation input do), for 3 s each with a
-  Dense+LayerNorm model and a tiny `RealmEmbedder`. With eager calls the first model aborted the
-  process within about 2 s in each of 3 runs ("free(): invalid next size"; see `_embed_queries`), and a
-  REALM run crashed that way at step 425. Run in a subprocess, so a crash fails only this test.
+  Dense+LayerNorm model and a tiny `RealmEmbedder`. With eager calls the first model aborts the
+  process within seconds (heap corruption; see `_embed_queries` and docs/history.md). Run in a
+  subprocess, so a crash fails only this test.
   """
   import subprocess, sys  # pylint: disable=g-import-not-at-top,multiple-imports
   repo = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))

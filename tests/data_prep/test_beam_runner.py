@@ -101,6 +101,8 @@ def test_cli_beam_flag(tmp_path, tiny_vocab_file):
        f"--vocab_file={tiny_vocab_file}", f"--output_dir={tmp_path / 'cli'}", "--max_block_length=20",
        "--beam", "--runner=DirectRunner"], cwd=repo, capture_output=True, text=True, timeout=600)
   assert proc.returncode == 0, proc.stderr[-3000:]
-  assert "written" in proc.stdout
+  assert json.load(open(tmp_path / "cli" / "report.json"))["written"] > 0
+  assert (tmp_path / "cli" / "report.json").read_bytes() == (tmp_path / "local" /
+                                                               "report.json").read_bytes()
   for name in ("blocks.tfr", "titles.tfr", "examples.tfr"):
     assert (tmp_path / "cli" / name).read_bytes() == (tmp_path / "local" / name).read_bytes(), name

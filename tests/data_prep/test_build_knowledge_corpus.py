@@ -120,6 +120,8 @@ def test_bad_input(tmp_path, tiny_vocab_file):
                              "bad_field_type": 1}
   assert c.written == 2 and c.extra["truncated_sentences"] == 1
   assert c.read == c.num_skipped + c.extra["documents_blocked"]  # nothing dropped uncounted
+  with open(os.path.join(out, "report.json")) as f:  # the final report, as a file
+    assert json.load(f) == {"tool": "build_knowledge_corpus", **c.as_dict()}
   blocks = list(cf.iter_orqa_blocks(out))
   long_block = blocks[1][2]
   assert len(long_block["token_ids"]) == 288 - 3 - len(long_block["title_ids"])

@@ -35,6 +35,11 @@ def test_document_records_salient(tmp_path):
   # no title filter without a knowledge corpus: "List of cities" kept; "Nothing" has no span
   assert [r["title"].decode() for r in recs] == ["Paris", "Caf\u00e9", "List of cities"]
   assert c.read == 4 and c.written == 3 and dict(c.skipped) == {"no_valid_span": 1}
+  with open(tmp_path / "out" / "report.json") as f:  # the final report, as a file
+    report = json.load(f)
+  assert report["tool"] == "build_pretrain_corpus" and report["read"] == 4
+  assert report["written"] == 3 and report["skipped_by_reason"] == {"no_valid_span": 1}
+  assert report == {"tool": "build_pretrain_corpus", **c.as_dict()}
   assert _spans(recs[0], "sentence") == [
       "The city of Paris was founded in 1875.", "It is near the river.",
       "Mary wrote a book in June 1900."]
@@ -70,6 +75,8 @@ def test_records_are_knowledge_blocks(tmp_path, tiny_vocab_file):
   c2 = bpc.build_pretrain_corpus(other, str(tmp_path / "p2"), knowledge_corpus_dir=kdir,
                                  verbose=False)
   assert c2.extra["uid_mismatch"] >= 1
+  with open(tmp_path / "p2" / "report.json") as f:
+    assert json.load(f)["uid_mismatch"] == c2.extra["uid_mismatch"]
 
 
 def test_random_masking_is_seeded(tmp_path):

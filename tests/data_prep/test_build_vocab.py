@@ -84,7 +84,7 @@ def test_bounded_word_counter_prunes_rare_words():
   assert c.num_pruned == 2 and c.prune_threshold == 2
 
 
-def test_cli_flags_documented_and_main_in_process(tmp_path, capsys):
+def test_cli_flags_documented_and_main_in_process(tmp_path):
   from absl import flags
   fv = flags.FlagValues()  # private: importing the module must not touch the global FLAGS
   build_vocab.define_flags(fv)
@@ -97,8 +97,10 @@ def test_cli_flags_documented_and_main_in_process(tmp_path, capsys):
   fv(["build_vocab", f"--input={corpus}", f"--output={out}", "--vocab_size=100",
       "--lower_thresh=2"])
   build_vocab.run_from_flags(fv)
-  printed = capsys.readouterr().out
-  assert "build_vocab: read 21, written" in printed and "skipped 0" in printed
+  with open(build_vocab.report_path(out)) as f:  # the final report, as a file
+    report = json.load(f)
+  assert report["tool"] == "build_vocab" and report["read"] == 21 and report["skipped"] == 0
+  assert report["written"] == len(tf.io.gfile.GFile(out).read().splitlines())
   assert tf.io.gfile.GFile(out).read().splitlines()[0] == "[PAD]"
 
 
@@ -112,5 +114,7 @@ def test_cli_subprocess(tmp_path):
        "--vocab_size=100", "--lower_thresh=2"],
       cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
   assert res.returncode == 0, res.stderr[-2000:]
-  assert "read 21, written" in res.stdout and "skipped 0" in res.stdout
+  with open(build_vocab.report_path(out)) as f:
+    report = json.load(f)
+  assert report["read"] == 21 and report["written"] > 0 and report["skipped"] == 0
   assert tf.io.gfile.GFile(out).read().splitlines()[0] == "[PAD]"

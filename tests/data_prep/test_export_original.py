@@ -46,7 +46,7 @@ INPUTS = {
     "block_mask": np.array([[0, 0, 0, 0, 1, 1, 0, 0], [0, 0, 0, 1, 1, 1, 0, 0]], np.int32)}
 FEATS = ("input_ids", "input_mask", "segment_ids")
 
-# Reference §4 names, written out for layer 0 (the other layers differ only in the index).
+# Original §4 names, written out for layer 0 (the other layers differ only in the index).
 LAYER_0 = [
     "bert/encoder/layer_0/attention/self/query/kernel",
     "bert/encoder/layer_0/attention/self/query/bias",
@@ -71,7 +71,7 @@ EMBEDDINGS_POOLER = [
 MLM = ["cls/predictions/transform/dense/kernel", "cls/predictions/transform/dense/bias",
        "cls/predictions/transform/LayerNorm/gamma", "cls/predictions/transform/LayerNorm/beta",
        "cls/predictions/output_bias"]
-# HF `load_tf_weights_in_realm` (hf_realm_port.md §4.1): the prefixes its rules rewrite.
+# HF `load_tf_weights_in_realm` (original §4.4): the prefixes its rules rewrite.
 HF_PREFIXES = (
     "bert/", "cls/predictions/", "module/module/module/module/bert/",
     "module/module/module/module/cls/predictions/", "module/module/module/dense/",
@@ -207,7 +207,7 @@ def realm_from_step_export(tmp_path_factory, tiny_vocab_file):
   with open(out / export_original.REPORT_NAME) as f:
     report = json.load(f)
   return dict(step_dir=step_dir, out=out, converted=converted, block_emb=block_emb,
-              embedder=embedder, bert=bert, cli_stdout=cli.stdout, report=report)
+              embedder=embedder, bert=bert, report=report)
 
 
 def test_realm_step_export_round_trip(realm_from_step_export):
@@ -221,7 +221,7 @@ def test_realm_step_export_round_trip(realm_from_step_export):
   for d in (r["out"], r["converted"]):  # encoded.ckpt written, then carried over by the converter
     enc = tf.train.load_checkpoint(str(d / "embedder" / "encoded" / "encoded.ckpt"))
     np.testing.assert_array_equal(enc.get_tensor("block_emb"), r["block_emb"])
-  assert "embedder: " in r["cli_stdout"] and r["report"]["source_kind"] == "export"
+  assert "embedder" in r["report"]["towers"] and r["report"]["source_kind"] == "export"
 
 
 def test_realm_names_are_the_released_ones(realm_from_step_export):

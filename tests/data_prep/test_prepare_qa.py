@@ -48,6 +48,11 @@ def test_resplit_counts_and_membership(tmp_path):
   assert te == [{"question": "what is the capital of France ?", "answer": ["Paris"]}]
   np.testing.assert_array_equal(prepare_qa.is_dev_question(questions),
                                 _dev_by_fingerprint(questions))
+  with open(tmp_path / "out" / "WebQuestions.report.json") as f:  # the final report, as a file
+    report = json.load(f)
+  assert [report[k] for k in ("train", "dev", "test")] == [out["train"], out["dev"], out["test"]]
+  assert report["train_file"]["read"] == 60 and report["train_file"]["written"] == 60
+  assert report["test_file"]["written"] == 1 and report["dataset_name"] == "WebQuestions"
 
 
 def test_dedupe_and_merge(tmp_path):

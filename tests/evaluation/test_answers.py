@@ -1,4 +1,4 @@
-"""Normalisation table, EM, regex mode and has_answer (ORQA semantics, reference §3.5)."""
+"""Normalisation table, EM, regex mode and has_answer (ORQA semantics, original §3.5)."""
 import pytest
 
 from realm_tf2.evaluation import answers

@@ -88,22 +88,28 @@ def test_cli_main_in_process_error_exit(tmp_path, files, capsys):
   ref, _ = files
   fv = flags.FlagValues()
   evaluate.define_flags(fv)
-  fv(["evaluate", f"--references={ref}", f"--predictions={pred}", "--is_regex"])
+  out = str(tmp_path / "regex.json")
+  fv(["evaluate", f"--references={ref}", f"--predictions={pred}", "--is_regex",
+      f"--output_file={out}"])
   evaluate.main(["evaluate"], fv)
-  result = json.loads(capsys.readouterr().out.strip())
+  with open(out) as f:
+    result = json.load(f)
   # Regex mode: "Varenko Dralis" matches "varenko dralis" (IGNORECASE); "12 June 1875" does not match "1875".
   assert result["is_regex"] and result["num_correct"] == 1 and result["num_references"] == 3
 
 
-def test_cli_train_references(tmp_path, files, capsys):
+def test_cli_train_references(tmp_path, files):
   ref, pred = files
   train = _write(tmp_path / "train.jsonl", [
       json.dumps({"question": "Who founded the Varenko Press?", "answer": ["1875"]}), ""])
   fv = flags.FlagValues()
   evaluate.define_flags(fv)
-  fv(["evaluate", f"--references={ref}", f"--predictions={pred}", f"--train_references={train}"])
+  out = str(tmp_path / "overlap.json")
+  fv(["evaluate", f"--references={ref}", f"--predictions={pred}", f"--train_references={train}",
+      f"--output_file={out}"])
   evaluate.main(["evaluate"], fv)
-  result = json.loads(capsys.readouterr().out.strip())
+  with open(out) as f:
+    result = json.load(f)
   overlap = result["train_overlap"]
   assert overlap["train_references"] == train and overlap["num_train_references"] == 1
   # The wrong prediction "1875" (gold "12 June 1875") is a training answer; no gold answer overlaps.

@@ -81,7 +81,7 @@ def spans(seq_len, max_width):
 
 
 def span_logits(w, sequence_output, block_mask, max_width, prefix="reader/"):
-  """ORQA span scorer (§3.3) with -10000 on invalid spans; returns (logits [N,S], starts, ends)."""
+  """ORQA span scorer (original §3.3), -10000 on invalid spans -> (logits [N,S], starts, ends)."""
   starts, ends = spans(sequence_output.shape[1], max_width)
   proj = sequence_output @ np.asarray(w[prefix + "dense/kernel"], np.float64) + w[prefix + "dense/bias"]
   half = proj.shape[-1] // 2

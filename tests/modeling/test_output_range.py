@@ -57,7 +57,7 @@ def test_knowledge_encoder_output_range_is_exact():
   np.testing.assert_allclose(p["pooled_output"].numpy(), f["pooled_output"].numpy(), atol=1e-5)
 
 
-@pytest.mark.slow  # XLA compile: ~1 min on a 2-core VM.
+@pytest.mark.slow  # XLA compile: about a minute on 2 CPU cores.
 def test_output_range_under_xla():
   part, full = _part_and_full()
   feats = dict(_features(), mlm_positions=tf.constant([[1, 2], [3, 1], [2, 2]], tf.int32))

@@ -109,7 +109,7 @@ def _bytes(values):
 
 
 def write_retrieval_corpus(path, num_blocks, vocab):
-  """One GZIP shard of the REALM retrieval corpus (CONTRACTS §2) with `num_blocks` rows."""
+  """One GZIP shard of the REALM retrieval corpus (contracts §2) with `num_blocks` rows."""
   words = [vocab.index(w) for w in tiny_fixtures.WORDS]
   with tf.io.TFRecordWriter(path, options="GZIP") as w:
     for i in range(num_blocks):
@@ -162,7 +162,7 @@ SALIENT = ("paris", "london", "1875", "1900", "book", "city", "may", "march")
 
 
 def write_pretrain_corpus(directory, num_shards=2, copies=4):
-  """GZIP pre-training shards (CONTRACTS §2) with sentence and salient-span byte offsets."""
+  """GZIP pre-training shards (contracts §2) with sentence and salient-span byte offsets."""
   os.makedirs(directory, exist_ok=True)
   paths = []
   for s in range(num_shards):

@@ -1,4 +1,4 @@
-"""Malformed records in every input format of CONTRACTS §2: counted and reported by reason, or an
+"""Malformed records in every input format of contracts §2: counted and reported by reason, or an
 error naming the file and record; never a crash deep in a stack trace, never a silent drop.
 
 Covered elsewhere (kept, not duplicated): knowledge JSONL incl. broken JSON / non-UTF-8 / missing and

@@ -102,7 +102,7 @@ def test_plan_tokens_is_the_batch_plan_cost():
   assert embed_corpus.choose_buckets([97, 99, 10], 1, 100, max_buckets=2) == (16, 100)
 
 
-@pytest.mark.slow  # traces a BERT once; 25-60 s wall on the shared 2-core box
+@pytest.mark.slow  # traces a BERT once: tens of seconds on 2 CPU cores
 @pytest.mark.parametrize("xla", [False, True])  # auto (None) picks False for 19 blocks
 def test_embed_blocks_matches_unbucketed_reference_in_corpus_order(setup, xla):
   store, embedder, want = setup
@@ -126,7 +126,7 @@ def test_embed_blocks_matches_unbucketed_reference_in_corpus_order(setup, xla):
   assert stats["real_tokens"] == lengths.sum() <= stats["padded_tokens"]
 
 
-@pytest.mark.slow  # tracing BERT replicated over 2 devices takes > 20 s on a loaded 2-core box
+@pytest.mark.slow  # tracing BERT replicated over 2 devices: tens of seconds
 def test_embed_blocks_under_mirrored_strategy(setup, mirrored_strategy):
   store, embedder, want = setup
   strategy = mirrored_strategy

@@ -125,7 +125,7 @@ def test_consumer_never_blocks_and_sees_consistent_versions(tmp_path):
   ids, scores = holder.get().index.search(np.eye(1, D, dtype=np.float32), 1)
   assert ids[0, 0] == 0 and np.isclose(scores[0, 0], BASE[0, 0] * 4)
   # Reads kept flowing during 3 refreshes of >= 0.6 s each, and none waited for one (0.2 s is slack
-  # for a loaded 2-core CI box; a blocked read would take >= 0.6 s).
+  # for a busy CI machine; a blocked read would take >= 0.6 s).
   assert reads[0] > 10 and max_latency[0] < 0.2, (reads[0], max_latency[0])
   trainer.step = 9
   assert refresher.staleness()["steps"] == 5 and 0 <= refresher.staleness()["minutes"] < 5

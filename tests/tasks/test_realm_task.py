@@ -69,7 +69,7 @@ def test_loss_matches_numpy(tiny_vocab_file):
   assert logs["index_version"].numpy() == 2.0
 
 
-@pytest.mark.slow  # XLA compile of 3 BERT towers x 2 replicas: minutes on a loaded 2-core VM.
+@pytest.mark.slow  # XLA compile of 3 BERT towers x 2 replicas: minutes on 2 CPU cores.
 def test_xla_train_step_mirrored(tiny_vocab_file):
   task = _task(tiny_vocab_file, jit=True)
   strategy = fresh_mirrored_strategy()

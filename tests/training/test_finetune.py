@@ -18,7 +18,7 @@ def test_best_export_follows_token_exact_match_and_survives_a_restart(tmp_path, 
   action = finetune.BestExportAction(None, None, step, str(tmp_path))
   for value, at in ((0.25, 10), (0.5, 20), (0.5, 30), (0.4, 40)):
     step.assign(at)
-    # official_exact_match moves the other way: it must not drive the choice (§3.4).
+    # official_exact_match moves the other way: it must not drive the choice (original §3.4).
     action({"exact_match": value, "official_exact_match": 1.0 - value})
   assert exported == [("best", 10), ("serving", None), ("best", 20), ("serving", None)]
   best_file = os.path.join(str(tmp_path), "export", "best", "best_metric.txt")

@@ -197,7 +197,8 @@ def test_cli_matches_library_across_hash_seeds(world20, tmp_path):
                          "--num_entities=20", "--seed=7"], capture_output=True, text=True,
                         cwd=REPO_ROOT, env=env, timeout=300)
   assert proc.returncode == 0, proc.stderr
-  assert json.loads(proc.stdout.strip().splitlines()[-1])["num_entities"] == 20
+  with open(os.path.join(out, "world.json")) as f:  # the manifest the CLI writes
+    assert json.load(f)["num_entities"] == 20
   first_dir = os.path.dirname(world20["knowledge"])
   for name in DATA_FILES:
     assert _read_bytes(os.path.join(out, name)) == _read_bytes(os.path.join(first_dir, name)), name
