@@ -31,7 +31,7 @@ def test_run_demo_reduced(tmp_path):
   out_dir = str(tmp_path / "demo")
   proc = _run([f"--output_dir={out_dir}"] + REDUCED)
   assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
-  stages = ("world", "vocab", "knowledge_corpus", "pretrain_corpus", "ict", "realm", "encode", "orqa",
+  stages = ("world", "vocab", "knowledge_corpus", "pretrain_corpus", "ict", "realm", "orqa",
             "evaluate", "answer")
   markers = {}
   for stage in stages:  # each stage ran and recorded its result

@@ -21,7 +21,7 @@ import time
 from typing import Callable, Dict, List, Optional, Sequence
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-STAGES = ("world", "vocab", "knowledge_corpus", "pretrain_corpus", "ict", "realm", "encode", "orqa",
+STAGES = ("world", "vocab", "knowledge_corpus", "pretrain_corpus", "ict", "realm", "orqa",
           "evaluate", "answer")
 SIZES = ("tiny", "demo", "mini", "small", "base")
 
@@ -329,23 +329,13 @@ class Demo:
     step = _latest_step_dir(os.path.join(model_dir, "export"))
     result = {"step": step, "refreshes": refreshes, "index_versions": sorted(set(versions)),
               "bert_export": os.path.join(model_dir, "export", str(step), "bert"),
+              # The final export's embedder carries the corpus embedded by the final retriever.
+              "retriever": os.path.join(model_dir, "export", str(step), "embedder"),
               "retrieval_utility_first_loop": train[0].get("retrieval_utility"),
               "retrieval_utility_last_loop": train[-1].get("retrieval_utility"),
               "retrieval_utility_eval": evals[-1].get("retrieval_utility") if evals else None,
               **_train_stats(os.path.join(model_dir, "metrics.jsonl"), ("mlm_accuracy", "training_loss"))}
     return result
-
-  def stage_encode(self, realm_step: int):
-    """Embeds the corpus with the final REALM retriever: the standalone refresher, once."""
-    model_dir = self.path("realm")
-    self.run_cli("encode", ["-m", "realm_tf2.retrieval.refresh", f"--model_dir={model_dir}",
-                            f"--retrieval_corpus={self.retrieval_glob}", "--once",
-                            f"--candidate_seq_len={self.c.max_block_length}",
-                            f"--buckets={self.c.max_block_length}", f"--start_at_step={realm_step}",
-                            "--max_wait_secs=60", "--keep=1"])
-    retriever = os.path.join(model_dir, "export", "encoded", str(realm_step), "embedder")
-    _require(os.path.join(retriever, "encoded", "encoded.ckpt.index"), "encode")
-    return {"retriever": retriever}
 
   def _orqa_args(self, retriever, reader):
     return ["run_finetune.py", f"--model_dir={self.path('orqa')}", *self.size_args(),
@@ -463,12 +453,11 @@ class Demo:
                          # host mode keeps the fingerprint of runs made before the flag existed
                          **({"retrieval": c.retrieval} if c.retrieval != "host" else {})},
                lambda: self.stage_realm(ict["export"]), [self.path("realm")])
-    enc = st("encode", {"step": realm["step"]}, lambda: self.stage_encode(realm["step"]))
     orqa_fp = {"size": size, "steps": c.orqa_steps, "batch": c.orqa_batch_size, "xla": c.xla,
                "extra": c.extra_overrides.get("orqa")}
-    orqa = st("orqa", orqa_fp, lambda: self.stage_orqa(enc["retriever"], realm["bert_export"]),
+    orqa = st("orqa", orqa_fp, lambda: self.stage_orqa(realm["retriever"], realm["bert_export"]),
               [self.path("orqa")])
-    ev = st("evaluate", orqa_fp, lambda: self.stage_evaluate(enc["retriever"], realm["bert_export"]))
+    ev = st("evaluate", orqa_fp, lambda: self.stage_evaluate(realm["retriever"], realm["bert_export"]))
     st("answer", {"n": c.num_samples}, self.stage_answer)
     del orqa, ev
     summary = self.summary(time.time() - t_start)
