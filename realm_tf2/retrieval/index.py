@@ -639,10 +639,11 @@ def build_index(emb, kind="brute_force", **kwargs):
 
 
 MIPS_CHOICES = ("brute_force", "scann", "auto")
-# `mips="auto"` builds ScaNN from this many rows on: from there ScaNN answers REALM's queries several
-# times faster than exact search at recall@8 >= 0.99 (benchmarks/mips.py; README "Measured");
-# below it brute force is fast enough and exact.
-AUTO_SCANN_MIN_ROWS = 50000
+# `mips="auto"` builds ScaNN from this many rows on, where `scann_settings_for` adds its partitioning
+# tree: there ScaNN answered 15x the queries of exact search at recall@8 1.0, while below it (no tree)
+# it was no faster at 50k rows and exact search already serves thousands of queries a second
+# (benchmarks/mips.py, docs/scaling.md "MIPS: brute force or ScaNN").
+AUTO_SCANN_MIN_ROWS = 100000
 
 
 def resolve_mips(mips: str, num_rows: int) -> str:
