@@ -251,19 +251,24 @@ class RetrievalFeaturizer:
     tokenizer_ids: (cls_id, sep_id).
     cfg: `PretrainInputConfig`.
     stats: `PipelineStats` receiving counts and skip reasons.
-    mask_id: The [MASK] id. Given, a retrieved block that contains the query's sentence (its
-      wordpieces, masked ones as their targets or as wildcards past `max_masks`) is a trivial
-      retrieval too, whatever the uids say: the sentence "originates from" that block (§1.4). This
-      removes the source block even when the pre-training records are whole documents and the blocks
-      their chunks, where the uids differ. Without it, only the uid test of the original applies.
+    mask_id: The [MASK] id. Given with `title_ids_fn`, a retrieved block with the record's title
+      that contains the query's sentence (its wordpieces, masked ones as their targets or as
+      wildcards past `max_masks`) is a trivial retrieval too, whatever the uids say: the sentence
+      "originates from" that block (§1.4). This removes the source block when the pre-training text
+      is the knowledge corpus but its records are whole documents and the blocks their chunks, where
+      the uids differ. The title keeps another document that states the same sentence (a real
+      candidate) in. Without them, only the uid test of the original applies.
+    title_ids_fn: list of title bytes -> list of int wordpiece arrays (the corpus tokenizer's).
   """
 
   def __init__(self, holder, block_store, tokenizer_ids, cfg: PretrainInputConfig,
-               stats: pipeline_stats.PipelineStats, mask_id: Optional[int] = None):
+               stats: pipeline_stats.PipelineStats, mask_id: Optional[int] = None,
+               title_ids_fn=None):
     self.holder = holder
     self.store = block_store
     self.cls_id, self.sep_id = tokenizer_ids
-    self.mask_id = mask_id
+    self.mask_id = mask_id if title_ids_fn is not None else None
+    self.title_ids_fn = title_ids_fn
     self.cfg = cfg
     self.stats = stats
     self._warned_no_trivial = False
@@ -323,6 +328,10 @@ class RetrievalFeaturizer:
         sentence, known = self._query_sentence(q_tokens, batch, r)
         by_content = np.array([not t and sentence_in_block(self.store.body(row), sentence, known)
                                for row, t in zip(retrieved, trivial)], bool)  # [k]
+        if by_content.any():  # rare: tokenize the record's title only then
+          title = self.title_ids_fn([bytes(batch["title"][r])])[0]
+          by_content &= np.array([np.array_equal(self.store.title(row), title)
+                                  for row in retrieved], bool)
         self.stats.add("trivial_retrievals_removed_by_content", int(by_content.sum()))
         trivial |= by_content
       kept = retrieved[~trivial][:k - 1]
@@ -460,7 +469,9 @@ def build_pretrain_dataset(file_pattern: str,
   ds = _masked_queries(file_pattern, tokenizer, cfg, input_context, files)
   ds = ds.batch(cfg.retrieval_batch_size)
   featurizer = RetrievalFeaturizer(holder, block_store, (tokenizer.cls_id, tokenizer.sep_id), cfg,
-                                   stats, mask_id=tokenizer.mask_id)
+                                   stats, mask_id=tokenizer.mask_id,
+                                   title_ids_fn=lambda titles: tokenizer.tokenize_np(
+                                       [t.decode("utf-8", "replace") for t in titles]))
   names = list(featurizer.output_spec)
   in_names = ["skip_code", "record_index", "title", "text", "query_input_ids", "query_input_mask",
               "query_segment_ids", "mlm_positions", "mlm_targets", "mlm_mask"]

@@ -70,7 +70,8 @@ def setup(tiny_vocab_file, tmp_path_factory):
       w.write(r)
   # Retrieval corpus: block 0 is the "john" record's own document (trivial retrieval).
   titles = ["john", "paris", "mary", "book"]
-  bodies = [DOC, "paris is the capital .", "mary wrote a book .", "the book was first ."]
+  # Block 2 is a chunk of the "mary" record's document (same title, the sentence in its body).
+  bodies = [DOC, "paris is the capital .", S2, "the book was first ."]
   store = bs.BlockStore.from_arrays(tok.tokenize_np(titles), tok.tokenize_np(bodies),
                                     titles=titles, bodies=bodies)
   emb = np.array([[10., 0.], [5., 0.], [3., 0.], [1., 0.]], np.float32)
@@ -115,9 +116,9 @@ def test_masking_candidates_and_skips(setup):
   np.testing.assert_array_equal(null[:3], [tok.cls_id, tok.sep_id, tok.sep_id])
   assert null[3:].sum() == 0
   np.testing.assert_array_equal(first["candidate_segment_ids"][0, 0, :3], [0, 0, 1])
-  # The "mary" record (title "mary") has no block uid, but its sentence occurs in row 0's body
-  # (the same text under another title): row 0 is its trivial retrieval by content, so 1, 2 kept.
-  np.testing.assert_array_equal(second["retrieved_block_ids"][0], [-1, 1, 2])
+  # The "mary" record has no block uid, but row 2 has its title and its sentence: its source, a
+  # trivial retrieval by content. Row 0 states the sentence under another title: a real candidate.
+  np.testing.assert_array_equal(second["retrieved_block_ids"][0], [-1, 0, 1])
   # Candidate 1 = [CLS] title [SEP] body [SEP] of row 1; joint = [CLS] q [SEP] body [SEP], no title.
   cand = first["candidate_input_ids"][0, 1]
   t, b = store.title(1), store.body(1)
