@@ -199,12 +199,18 @@ def matmul_gflops(n: int = 1024, dtype=tf.float32, xla: bool = True, repeats: in
   return {"gflops_best": flops / s["best"] / 1e9, "gflops_median": flops / s["median"] / 1e9}
 
 
-def measure_peak(sizes=(512, 1024, 2048), repeats: int = 5) -> Dict[str, float]:
-  """The machine's fp32 matmul rate: max over square sizes and plain-TF vs XLA (best of repeats)."""
+def peak_dtype(precision: str):
+  """The matmul dtype a run's speed is held against: bfloat16 when it computes in bfloat16 (mixed
+  precision), where the CPU's bf16 units (AMX) set the attainable rate, else float32."""
+  return tf.bfloat16 if "bfloat16" in str(precision) else tf.float32
+
+
+def measure_peak(sizes=(512, 1024, 2048), repeats: int = 5, dtype=tf.float32) -> Dict[str, float]:
+  """The machine's `dtype` matmul rate: max over square sizes and plain-TF vs XLA (best of repeats)."""
   best, detail = 0.0, {}
   for n in sizes:
     for xla in (False, True):
-      r = matmul_gflops(n, tf.float32, xla, repeats=repeats)
+      r = matmul_gflops(n, dtype, xla, repeats=repeats)
       detail[f"n{n}_{'xla' if xla else 'tf'}"] = r["gflops_best"]
       best = max(best, r["gflops_best"])
   return {"peak_gflops": best, **detail}
@@ -214,11 +220,13 @@ class PeakTracker:
   """Re-measures the matmul peak between benchmark phases (other load on the machine moves it).
 
   `sample()` takes one quick measurement at the size that won the initial sweep; `peak` is the max
-  of all samples, `median` their median. Ratios are reported against both.
+  of all samples, `median` their median. Ratios are reported against both. `dtype`: the matmul
+  dtype of the rate (`peak_dtype(precision)`: bfloat16 for bf16 runs).
   """
 
-  def __init__(self, sizes=(512, 1024, 2048), repeats: int = 5):
-    sweep = measure_peak(sizes, repeats)
+  def __init__(self, sizes=(512, 1024, 2048), repeats: int = 5, dtype=tf.float32):
+    self.dtype = tf.as_dtype(dtype)
+    sweep = measure_peak(sizes, repeats, self.dtype)
     self.detail = sweep
     keys = [k for k in sweep if k.startswith("n")]
     winner = max(keys, key=lambda k: sweep[k])
@@ -227,7 +235,7 @@ class PeakTracker:
     self.samples = [sweep["peak_gflops"]]
 
   def sample(self, repeats: int = 3) -> float:
-    r = matmul_gflops(self._n, tf.float32, self._xla, repeats=repeats)["gflops_best"]
+    r = matmul_gflops(self._n, self.dtype, self._xla, repeats=repeats)["gflops_best"]
     self.samples.append(r)
     return r
 
@@ -241,6 +249,7 @@ class PeakTracker:
 
   def describe(self) -> Dict:
     return {"peak_gflops": self.peak, "peak_gflops_median": self.median,
+            "peak_dtype": self.dtype.name,
             "peak_matmul": f"{self._n}x{self._n} {'xla' if self._xla else 'tf'}",
             "peak_samples": len(self.samples)}
 

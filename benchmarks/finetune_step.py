@@ -66,7 +66,8 @@ def build(a):
 
 def run(a):
   common.set_threads(a.intra_op)
-  tracker = common.PeakTracker(tuple(int(s) for s in a.peak_sizes.split(",")), repeats=3)
+  tracker = common.PeakTracker(tuple(int(s) for s in a.peak_sizes.split(",")), repeats=3,
+                               dtype=common.peak_dtype(a.precision))
   _, model, batch, step = build(a)
   t = time.perf_counter()
   for _ in range(a.warmup):

@@ -182,7 +182,8 @@ def run(a):
   # Read when the kernels are first loaded (realm_tf2/accel/custom_kernels.py).
   os.environ["REALM_TF2_CUSTOM_KERNELS"] = "1" if a.cpp_kernels else "0"
   common.set_threads(a.intra_op)
-  tracker = common.PeakTracker(tuple(int(s) for s in a.peak_sizes.split(",")), repeats=3)
+  tracker = common.PeakTracker(tuple(int(s) for s in a.peak_sizes.split(",")), repeats=3,
+                               dtype=common.peak_dtype(a.precision))
   task, model, _, batch, step = build(a)
   t = time.perf_counter()
   for _ in range(a.warmup):

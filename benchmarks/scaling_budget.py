@@ -251,17 +251,18 @@ def measure_cpu_embed(peak_per_core_gflops):
 
 def measure_refresh(num_blocks=512, layers=4, hidden=256, heads=4, vocab=30522, batch_size=64,
                     buckets=None, tracker=None, bucket_penalty_tokens=None, precision="float32",
-                    xla=True):
+                    xla=True, cpu_accel="auto"):
   """Corpus-embedding rate and efficiency, FLOPs counted over REAL tokens only.
 
   Synthetic corpus with the refresh benchmark's length mix (`benchmarks/refresh.py`), embedded by
   `embed_corpus.embed_blocks` (length-bucketed by default) with a RealmEmbedder of the given size.
   Returns blocks/s, real-token GFLOP/s (issue count: every layer over the real tokens; required
   count: last layer on [CLS] only, which is what the embedder computes) and both efficiencies
-  against the matmul rate sampled right before and after (always the fp32 rate, the issue's yardstick).
+  against the matmul rate of the run's precision (`common.peak_dtype`) sampled right before and after.
   precision="bfloat16" builds the embedder under the `mixed_bfloat16` policy (as a trainer run with
   `--mixed_precision=bfloat16` builds its refresh snapshots); xla=False embeds with plain TF ops
-  (oneDNN), which on CPUs with AMX runs bf16 matmuls far faster than XLA:CPU does.
+  (oneDNN), which on CPUs with AMX runs bf16 matmuls far faster than XLA:CPU does; `cpu_accel` is
+  `embed_blocks`' mode of `realm_tf2.accel` for that non-XLA step.
   """
   from benchmarks import refresh as refresh_bench  # pylint: disable=g-import-not-at-top
   store = refresh_bench.synthetic_store(num_blocks, vocab)
@@ -272,21 +273,22 @@ def measure_refresh(num_blocks=512, layers=4, hidden=256, heads=4, vocab=30522, 
   buckets = buckets or embed_corpus.AUTO_BUCKETS
   compile_stats = {}
   kw = dict(batch_size=batch_size, buckets=buckets, xla=xla,
-            bucket_penalty_tokens=bucket_penalty_tokens)
+            bucket_penalty_tokens=bucket_penalty_tokens, cpu_accel=cpu_accel)
   embed_corpus.embed_blocks(store, emb, 2, 3, stats=compile_stats, **kw)  # trace + compile each bucket
   lengths = embed_corpus.packed_lengths(store)
   issue = sum(common.embedder_forward_flops(1, int(l), hidden, layers, 4 * hidden, 128)
               for l in lengths)
   required = sum(common.embedder_forward_flops(1, int(l), hidden, layers, 4 * hidden, 128,
                                                cls_only=True) for l in lengths)
-  tracker = tracker or common.PeakTracker((512, 1024), repeats=3)
+  tracker = tracker or common.PeakTracker((512, 1024), repeats=3,
+                                          dtype=common.peak_dtype(precision))
   before = tracker.sample()
   stats = {}
   embed_corpus.embed_blocks(store, emb, 2, 3, stats=stats, **kw)
   after = tracker.sample()
   peak = 0.5 * (before + after)
   rate = issue / stats["seconds"] / 1e9
-  return {"blocks": num_blocks, "precision": precision, "xla": xla,
+  return {"blocks": num_blocks, "precision": precision, "xla": xla, "cpu_accel": cpu_accel,
           "buckets_arg": buckets if isinstance(buckets, str) else list(buckets),
           "bucket_penalty_tokens": bucket_penalty_tokens,
           "buckets": stats["bucket_lengths"],
@@ -308,6 +310,9 @@ def run(a):
   cores = os.cpu_count() or 1
   per_core = peak / cores
   rec(quantity="cpu_matmul_peak", gflops=peak, cores=cores, gflops_per_core=per_core)
+  bf16_peak = common.measure_peak((512, 1024), repeats=3, dtype=tf.bfloat16)["peak_gflops"]
+  rec(quantity="cpu_matmul_peak_bfloat16", gflops=bf16_peak, cores=cores,
+      note="the rate bf16 runs (refresh_embed_measured with precision bfloat16) are held against")
   if a.refresh_blocks:
     # "auto" as embed_blocks picks it for this corpus size (the per-bucket compile penalty keeps a
     # small corpus to few buckets), "auto" without the penalty (what a large corpus gets: up to 8),

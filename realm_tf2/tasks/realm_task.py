@@ -204,13 +204,14 @@ class RealmTask(base.RealmBaseTask):
   before inputs are built: the pipeline reads `holder.get()` for every retrieval batch. Device
   retrieval (`task.retrieval=device`) with `set_device_retrieval(device_store, pick_embedder)`
   before the first step: the step retrieves (`retrieve`). training/pretrain.py does either.
-  Metrics: loss, mlm_accuracy, retrieval_utility, null_doc_prob, index_version, index_step (means
-  over the batch); device mode adds example_valid (share of examples with K candidates, the others
+  Metrics: loss, mlm_accuracy, retrieval_utility, null_doc_prob, top_doc_prob (the largest
+  retrieval probability among the K: near 1, the softmax is saturated and the retriever's gradient,
+  which scales with p(z|x)(1 - p(z|x)), near 0), index_version, index_step (means over the batch); device mode adds example_valid (share of examples with K candidates, the others
   weigh 0 in the loss), trivial_removed and duplicates_removed (per example, among the top K).
   """
 
-  metric_names = ("mlm_accuracy", "retrieval_utility", "null_doc_prob", "index_version",
-                  "index_step")
+  metric_names = ("mlm_accuracy", "retrieval_utility", "null_doc_prob", "top_doc_prob",
+                  "index_version", "index_step")
   device_metric_names = ("example_valid", "trivial_removed", "duplicates_removed")
 
   def __init__(self, params, logging_dir=None, name=None):
@@ -414,6 +415,7 @@ class RealmTask(base.RealmBaseTask):
         "mlm_accuracy": result["mlm_accuracy"],
         "retrieval_utility": result["retrieval_utility"],
         "null_doc_prob": tf.reduce_mean(tf.exp(result["candidate_log_probs"][:, 0])),
+        "top_doc_prob": tf.reduce_mean(tf.exp(tf.reduce_max(result["candidate_log_probs"], -1))),
         "index_version": tf.reduce_mean(tf.cast(inputs["index_version"], tf.float32)),
         "index_step": tf.reduce_mean(tf.cast(inputs["index_step"], tf.float32)),
     }
