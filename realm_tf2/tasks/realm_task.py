@@ -206,8 +206,9 @@ class RealmTask(base.RealmBaseTask):
   before the first step: the step retrieves (`retrieve`). training/pretrain.py does either.
   Metrics: loss, mlm_accuracy, retrieval_utility, null_doc_prob, top_doc_prob (the largest
   retrieval probability among the K: near 1, the softmax is saturated and the retriever's gradient,
-  which scales with p(z|x)(1 - p(z|x)), near 0), index_version, index_step (means over the batch); device mode adds example_valid (share of examples with K candidates, the others
-  weigh 0 in the loss), trivial_removed and duplicates_removed (per example, among the top K).
+  which scales with p(z|x)(1 - p(z|x)), near 0), index_version, index_step (means over the batch);
+  device mode adds example_valid (share of examples with K candidates, the others weigh 0 in the
+  loss), trivial_removed and duplicates_removed (per example, among the top K).
   """
 
   metric_names = ("mlm_accuracy", "retrieval_utility", "null_doc_prob", "top_doc_prob",
