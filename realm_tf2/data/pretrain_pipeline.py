@@ -28,8 +28,9 @@ Output features (per example; K=num_candidates, Q/C/J = query/candidate/joint le
   index_version int32 [], index_step int32 []  (snapshot used for this example)
 
 `task.retrieval=device` (`build_device_pretrain_dataset`): the host only reads, masks and batches;
-the train step embeds the masked queries with the live query tower and retrieves and packs on the
-accelerator (`retrieval/device_retrieval.py`). Same records, same masking, but no `py_function`, no
+the train step embeds the masked queries with the picking query tower (the snapshot's by default,
+`task.device_retrieval.pick_with`) and retrieves and packs on the accelerator
+(`retrieval/device_retrieval.py`). Same records, same masking, but no `py_function`, no
 candidate_*/joint_*/retrieved_block_ids/index_* features. Instead, per example:
   source_uid int32 []  (`device_retrieval.graph_doc_uid` of the record's title and text)
   pipeline_counts int32 [len(DEVICE_COUNT_KEYS)]  (records read and skipped by reason since the

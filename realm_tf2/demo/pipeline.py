@@ -57,7 +57,7 @@ class DemoConfig:
     num_samples: Dev questions answered through the serving model at the end.
     xla: Compile the training steps with XLA (slow to compile on CPU; on for TPU/GPU).
     retrieval: REALM stage's `run_pretrain.py --retrieval`: "host" (input pipeline, stale snapshot)
-      or "device" (in the train step, live query tower).
+      or "device" (in the train step, `task.device_retrieval.pick_with`).
     extra_overrides: {stage: "a.b=1,..."} extra --params_override per training stage.
     python: Interpreter of the stage subprocesses.
   """
